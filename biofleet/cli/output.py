@@ -1,0 +1,25 @@
+"""Terminal output helpers shared by the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output only: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def load_profile_or_exit(ref: str):
+    from biofleet.profile import load_profile
+
+    return load_profile(ref)

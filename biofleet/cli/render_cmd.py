@@ -1,0 +1,34 @@
+"""``biofleet render``: write the sbatch scripts without submitting them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from biofleet.cli.output import console, print_json
+
+
+def render(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Shipped profile name or YAML path.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the scripts into (created if missing).")] = Path("scripts"),
+    fleet_dir: Annotated[Optional[str], typer.Option(help="Fleet directory on the cluster (default: cluster.workdir/<name>, expanded here).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output only.")] = False,
+) -> None:
+    """Render one sbatch script per job of the profile, for review; nothing is submitted.
+
+    Example: biofleet render --profile t4x10 --out ./scripts
+    """
+    from biofleet.profile import load_profile
+    from biofleet.render import render_fleet, write_scripts
+
+    p = load_profile(profile)
+    paths = write_scripts(render_fleet(p, fleet_dir), out)
+    if json_out:
+        print_json({"profile": p.name, "scripts": [str(x) for x in paths]})
+        return
+    c = console()
+    for path in paths:
+        c.print(f"wrote {path}")
+    c.print(f"review them, then: sbatch {paths[0]}  (or let biofleet up --profile {profile} submit and track them)")

@@ -1,0 +1,85 @@
+"""Profile -> fit-check inputs, and the fleet summary views (GPUs, cost)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from biofleet.errors import ProfileError, ProfileIssue
+from biofleet.profile import Instance, JobSpec, Profile
+
+HOURS_PER_MONTH = 730
+
+
+def node_label(job: JobSpec, task: int) -> str:
+    return f"{job.name}[{task}]" if job.is_array else job.name
+
+
+def fit_inputs(profile: Profile, *, allow_network: bool = False):
+    """One ``NodeInput`` per node of every job, models resolved through the catalogue."""
+    from biofleet.catalog.models import UnknownModelError, get_model
+    from biofleet.fitcheck import NodeInput
+    from biofleet.render import gpu_of
+
+    insts = profile.instances()
+    gpu_jobs = {job.name for job in profile.jobs if job.gpu is not None}
+    models = {}
+    issues = []
+    for inst in insts:
+        ref = inst.spec.model
+        if inst.job not in gpu_jobs or ref in models:
+            continue
+        try:
+            models[ref] = get_model(ref, extra=profile.models, allow_network=allow_network)
+        except UnknownModelError as exc:
+            issues.append(ProfileIssue(None, None, f"servers.{inst.server}.model", str(exc.args[0] if exc.args else exc)))
+    if issues:
+        raise ProfileError(issues)
+    nodes = []
+    for job in profile.jobs:
+        gpu = gpu_of(job)
+        if gpu is None:  # CPU-only job: nothing to fit into GPU memory
+            continue
+        for t in range(len(job.nodes)):
+            servers = []
+            for inst in (i for i in insts if i.job == job.name and i.task == t):
+                servers.append((server_input(inst, models[inst.spec.model]), inst.gpus))
+            nodes.append(NodeInput(label=node_label(job, t), gpu=gpu, gpu_count=job.gpus_per_node,
+                                   servers=tuple(servers)))
+    return nodes
+
+
+def server_input(inst: Instance, model):
+    from biofleet.fitcheck import ServerInput
+
+    s = inst.spec
+    return ServerInput(
+        name=inst.name, model=model, kind=s.kind, engine=s.engine, dtype=s.dtype,
+        quantization=s.quantization, max_model_len=s.max_model_len,
+        gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
+        kv_cache_dtype=s.kv_cache_dtype, enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=s.max_num_batched_tokens, env={**s.env},
+    )
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    name: str
+    path: str
+    gpus: dict[str, int]  # GPU name -> count
+    servers: int  # placed instances
+    usd_per_month: float
+
+
+def summarize(profile: Profile, path: str = "") -> FleetSummary:
+    from biofleet.render import gpu_of
+
+    gpus: dict[str, int] = {}
+    cost = 0.0
+    for job in profile.jobs:
+        spec = gpu_of(job)
+        if spec is None:
+            continue
+        n = len(job.nodes) * job.gpus_per_node
+        gpus[spec.name] = gpus.get(spec.name, 0) + n
+        cost += n * spec.price_per_hour * HOURS_PER_MONTH
+    return FleetSummary(profile.name, path, gpus, len(profile.instances()), round(cost, 2))

@@ -1,0 +1,161 @@
+"""Where backends are: the registry directory or a static list.
+
+A *source* answers "which backends exist now" (:class:`RegistrySource`,
+:class:`StaticSource`); the :class:`BackendPool` keeps one live
+:class:`Backend` per endpoint key with its health and load. The pool is
+replaced piecewise: a request in flight keeps a reference to the ``Backend``
+it was sent to, so a backend that moves or disappears mid-request still has
+its counters decremented correctly and the request is not dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from biofleet.proxy.config import ProxyConfig
+from biofleet.registry import read_records
+
+log = logging.getLogger("biofleet.proxy")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What discovery knows about one backend."""
+
+    key: str
+    url: str  # base URL, no trailing slash, no /v1
+    served_names: tuple[str, ...]
+    kind: Literal["generate", "embed"] = "generate"
+
+
+@dataclass(eq=False)
+class Backend:
+    """A backend as the proxy sees it: spec plus health and load."""
+
+    spec: BackendSpec
+    inflight: int = 0
+    healthy: bool = True  # optimistic until a probe or a request says otherwise
+    ok_streak: int = 0
+    waiting: float = 0.0  # vllm:num_requests_waiting
+    kv_usage: float = 0.0  # vllm:kv_cache_usage_perc
+    removed: bool = False
+    last_error: str | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    def mark_down(self, reason: str) -> None:
+        if self.healthy:
+            log.warning("backend %s ejected: %s", self.key, reason)
+        self.healthy = False
+        self.ok_streak = 0
+        self.last_error = reason
+
+
+class Source(Protocol):
+    async def fetch(self) -> list[BackendSpec]: ...
+
+
+class StaticSource:
+    def __init__(self, specs: Iterable[BackendSpec]):
+        self._specs = list(specs)
+
+    async def fetch(self) -> list[BackendSpec]:
+        return list(self._specs)
+
+
+class RegistrySource:
+    """Backends from ``<fleet>/registry/*.json`` (see :mod:`biofleet.registry`)."""
+
+    def __init__(self, registry_dir: Path):
+        self.registry_dir = registry_dir
+
+    def fetch_sync(self) -> list[BackendSpec]:
+        return [
+            BackendSpec(key=ep.key, url=ep.url.rstrip("/"), served_names=tuple(ep.served_names), kind=ep.kind)
+            for ep in read_records(self.registry_dir)
+        ]
+
+    async def fetch(self) -> list[BackendSpec]:
+        # A directory listing plus a few small files; off the event loop so a slow
+        # shared filesystem (NFS/Lustre) never stalls requests.
+        return await asyncio.to_thread(self.fetch_sync)
+
+
+class CombinedSource:
+    def __init__(self, sources: Iterable[Source]):
+        self.sources = list(sources)
+
+    async def fetch(self) -> list[BackendSpec]:
+        out: list[BackendSpec] = []
+        for s in self.sources:
+            out.extend(await s.fetch())
+        return out
+
+
+def source_from_config(config: ProxyConfig) -> Source:
+    sources: list[Source] = []
+    if config.backends:
+        sources.append(StaticSource(
+            BackendSpec(key=name, url=b.url.rstrip("/"), served_names=b.served_names, kind=b.kind)
+            for name, b in config.backends.items()
+        ))
+    if config.registry_dir is not None:
+        sources.append(RegistrySource(config.registry_dir))
+    return sources[0] if len(sources) == 1 else CombinedSource(sources)
+
+
+class BackendPool:
+    """The current backends, indexed by served name."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, Backend] = {}
+        self.by_model: dict[str, list[Backend]] = {}
+        self.version = 0
+
+    def update(self, specs: Iterable[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
+        """Apply a fresh listing; returns (added, removed). Unchanged backends keep their state."""
+        new: dict[str, Backend] = {}
+        added: list[Backend] = []
+        for spec in specs:
+            if spec.key in new:
+                continue  # duplicate key in the listing: first wins
+            cur = self.backends.get(spec.key)
+            if cur is not None and cur.spec == spec:
+                new[spec.key] = cur
+            else:
+                b = Backend(spec)
+                new[spec.key] = b
+                added.append(b)
+        removed = [b for k, b in self.backends.items() if new.get(k) is not b]
+        for b in removed:
+            b.removed = True
+        if added or removed:
+            for b in added:
+                log.info("backend %s at %s serves %s", b.key, b.url, ",".join(b.spec.served_names))
+            for b in removed:
+                log.info("backend %s at %s removed", b.key, b.url)
+            self.backends = new
+            by_model: dict[str, list[Backend]] = {}
+            for b in new.values():
+                for name in b.spec.served_names:
+                    by_model.setdefault(name, []).append(b)
+            self.by_model = by_model
+            self.version += 1
+        return added, removed
+
+    def replicas(self, served: str) -> list[Backend]:
+        return self.by_model.get(served, [])
+
+    def served_names(self) -> list[str]:
+        return list(self.by_model)

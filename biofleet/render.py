@@ -1,0 +1,253 @@
+"""Profile -> sbatch scripts.
+
+One Jinja environment with ``StrictUndefined``; every value that reaches the
+shell goes through a quoting filter (``q``: single-quoted literal, ``qpath``: a
+path in which only ``~``, ``$HOME`` and ``$USER`` expand, ``qjoin``: an argv).
+The server command lines are built here as argv lists, never as strings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from biofleet import __version__
+from biofleet.errors import RenderError
+from biofleet.profile import Instance, JobSpec, Profile
+from biofleet.resources import templates_dir
+
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+PORT_PLACEHOLDER = "@PORT@"
+_SAFE_PATH = re.compile(r"^(~|\$HOME|\$\{HOME\}|\$USER|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$")
+
+
+@dataclass(frozen=True)
+class PathArg:
+    """An argv element that is a path on the cluster side (``~``/``$HOME``/``$USER`` expand)."""
+
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def quote(value: Any) -> str:
+    if isinstance(value, PathArg):
+        return quote_path(value.value)
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return shlex.quote(str(value))
+
+
+def quote_path(value: Any) -> str:
+    """Double-quoted path with only ~, $HOME and $USER left to the shell."""
+    s = str(value)
+    if not _SAFE_PATH.match(s):
+        return shlex.quote(s)
+    if s == "~" or s.startswith("~/"):
+        s = "$HOME" + s[1:]
+    elif "~" in s:
+        return shlex.quote(s)
+    return f'"{s}"'
+
+
+def quote_join(argv: Iterable[Any]) -> str:
+    return " ".join(quote(a) for a in argv)
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = quote
+    env.filters["qpath"] = quote_path
+    env.filters["qjoin"] = quote_join
+    return env
+
+
+# ---------------------------------------------------------------------------
+
+
+def local_fleet_dir(profile: Profile) -> str:
+    """The fleet directory with ~/$HOME/$USER expanded on *this* machine."""
+    base = os.path.expandvars(os.path.expanduser(profile.cluster.workdir))
+    return str(Path(base) / profile.name)
+
+
+def server_argv(inst: Instance, profile: Profile, fleet_dir: str) -> list[Any]:
+    spec = inst.spec
+    c = profile.cluster
+    names = [inst.served_name, *spec.aliases]
+    model: Any = PathArg(spec.model) if spec.model.startswith(("/", "~", ".", "$")) else spec.model
+    if spec.engine == "mock":
+        argv: list[Any] = [
+            "python3", "-m", "biofleet.mock_engine",
+            "--host", c.bind_host, "--port", PORT_PLACEHOLDER,
+            "--served-model-name", *names, "--kind", spec.kind,
+        ]
+        if spec.max_model_len:
+            argv += ["--max-model-len", str(spec.max_model_len)]
+        return _with_env(spec.env, argv + list(spec.extra_args))
+
+    argv = [PathArg(c.python), "-m", VLLM_MODULE, "--model", model, "--served-model-name", *names,
+            "--host", c.bind_host, "--port", PORT_PLACEHOLDER]
+    if spec.dtype != "auto":
+        argv += ["--dtype", spec.dtype]
+    if spec.kind == "embed":
+        # vLLM >= 0.10 selects the pooling runner explicitly (replaces --task embed).
+        argv += ["--runner", "pooling"]
+    if spec.max_model_len:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    argv += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
+    if spec.tensor_parallel_size > 1:
+        argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    if spec.quantization:
+        argv += ["--quantization", spec.quantization]
+    if spec.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", spec.kv_cache_dtype]
+    if spec.enforce_eager:
+        argv.append("--enforce-eager")
+    if spec.max_num_seqs:
+        argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+    if spec.max_num_batched_tokens:
+        argv += ["--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
+    if spec.trust_remote_code:
+        argv.append("--trust-remote-code")
+    argv += list(spec.extra_args)
+    if c.container:
+        binds = [PathArg(fleet_dir)]
+        if c.hf_home:
+            binds.append(PathArg(c.hf_home))
+        binds += [PathArg(b) for b in c.container_binds]
+        prefix: list[Any] = ["apptainer", "exec", "--nv"]
+        for b in binds:
+            prefix += ["--bind", b]
+        prefix.append(PathArg(c.container))
+        argv = prefix + argv
+    return _with_env(spec.env, argv)
+
+
+def _with_env(env: dict[str, str], argv: list[Any]) -> list[Any]:
+    # Per-server variables (e.g. an attention backend) must not leak to co-located servers.
+    if not env:
+        return argv
+    return ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
+
+
+def _directives(profile: Profile, job: JobSpec, fleet_dir: str) -> list[str]:
+    c = profile.cluster
+    if re.search(r"\s", fleet_dir):
+        raise RenderError(
+            f"fleet directory {fleet_dir!r} contains whitespace, which #SBATCH --output cannot take; "
+            f"set cluster.workdir to a path without spaces"
+        )
+    if job.gpu is None:
+        gres = None
+    else:
+        gres_type = job.gres_type if job.gres_type is not None else gpu_of(job).gres_type
+        gres = f"gpu:{gres_type}:{job.gpus_per_node}" if gres_type else f"gpu:{job.gpus_per_node}"
+    d: dict[str, str | None] = {
+        "job-name": f"biofleet-{profile.name}-{job.name}",
+        "partition": job.partition or c.partition,
+        "account": job.account or c.account,
+        "qos": job.qos or c.qos,
+        "constraint": job.constraint or c.constraint,
+        "reservation": c.reservation,
+        "time": job.time or c.time,
+        "cpus-per-task": str(job.cpus_per_task or c.cpus_per_task),
+        "mem": job.mem or c.mem,
+        "gres": gres,
+        "nodes": "1",
+        "ntasks": "1",
+        "output": f"{fleet_dir}/logs/{job.name}-%A_%a.out" if job.is_array else f"{fleet_dir}/logs/{job.name}-%j.out",
+    }
+    if job.is_array:
+        d["array"] = f"0-{len(job.nodes) - 1}"
+    lines = [f"--{k}={v}" for k, v in sorted(d.items()) if v]
+    return lines + sorted(c.sbatch_extra)
+
+
+def gpu_of(job: JobSpec):
+    """The job's GPU spec, or None for a CPU-only job."""
+    from biofleet.catalog.gpus import custom_gpu, get_gpu
+
+    if job.gpu is None:
+        return None
+    if isinstance(job.gpu, str):
+        return get_gpu(job.gpu)
+    return custom_gpu(job.gpu.memory_gib, job.gpu.compute_capability, name=job.gpu.name)
+
+
+@dataclass
+class RenderedServer:
+    name: str
+    model: str
+    kind: str
+    engine: str
+    served: str
+    port: str
+    gpus: str
+    argv: list[Any] = field(default_factory=list)
+
+
+def render_job(profile: Profile, job: JobSpec, fleet_dir: str) -> str:
+    insts = [i for i in profile.instances() if i.job == job.name]
+    tasks = []
+    for t in range(len(job.nodes)):
+        servers = [
+            RenderedServer(
+                name=i.name, model=i.spec.model, kind=i.spec.kind, engine=i.spec.engine,
+                served=",".join([i.served_name, *i.spec.aliases]),
+                port=str(i.spec.port) if i.spec.port else "auto",
+                gpus=",".join(map(str, i.gpus)),
+                argv=server_argv(i, profile, fleet_dir),
+            )
+            for i in insts if i.task == t
+        ]
+        tasks.append({"index": t, "servers": servers})
+    c = profile.cluster
+    ctx = {
+        "version": __version__,
+        "profile": profile.name,
+        "job": job.name,
+        "fleet": profile.name,
+        "fleet_dir": fleet_dir,
+        "bind_host": c.bind_host,
+        "advertise": c.advertise,
+        "hf_home": c.hf_home,
+        "env": sorted(c.env.items()),
+        "setup": list(c.setup),
+        "secret_files": sorted(c.secret_files.items()),
+        "directives": _directives(profile, job, fleet_dir),
+        "tasks": tasks,
+    }
+    return _env().get_template("job.sbatch.j2").render(**ctx)
+
+
+def render_fleet(profile: Profile, fleet_dir: str | None = None) -> dict[str, str]:
+    """``{file name: script text}`` for every job of the profile."""
+    fleet_dir = fleet_dir or local_fleet_dir(profile)
+    return {f"{job.name}.sbatch": render_job(profile, job, fleet_dir) for job in profile.jobs}
+
+
+def write_scripts(scripts: dict[str, str], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in scripts.items():
+        p = out / name
+        p.write_text(text)
+        p.chmod(0o755)
+        paths.append(p)
+    return paths
