@@ -387,10 +387,10 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
         method = "awq" if req.startswith("awq") else "gptq"
         variant = quantized_variant(m, method)
         fix = (f"use {variant.id} with quantization {method}" if variant else
-               f"drop quantization {req} (the checkpoint is not {method.upper()}), or point model at a "
-               f"{method.upper()} checkpoint of {m.id} and describe it under models:")
+               f"drop quantization {req} (the checkpoint is not {method.upper()}), or point model at "
+               f"{_an(method)} {method.upper()} checkpoint of {m.id} and describe it under models:")
         out.append(_f("error", f"{method}-checkpoint-mismatch",
-                      f"quantization {req} needs a {method.upper()}-quantised checkpoint; {m.id} is not quantised",
+                      f"quantization {req} needs {_an(method)} {method.upper()}-quantised checkpoint; {m.id} is not quantised",
                       fix))
     elif req and ck and req not in _COMPATIBLE.get(ck, {ck}):
         out.append(_f("error", "quant-checkpoint-mismatch",
@@ -476,6 +476,10 @@ def _divisors_hint(m: ModelSpec, gpus_on_node: int) -> str:
     return " or ".join(str(t) for t in ok[-3:])
 
 
+def _an(method: str) -> str:
+    return "an" if method.lower().startswith(("a", "e", "i", "o", "u", "f")) else "a"
+
+
 def _ceil2(x: float) -> float:
     return math.ceil(x * 100 - 1e-9) / 100
 
@@ -514,7 +518,8 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     return ServerFit(
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,
-        activation_gib=act, non_torch_gib=nt, cuda_graph_gib=graphs, budget_gib=budget, kv_cache_gib=kv,
+        activation_gib=act, non_torch_gib=nt, cuda_graph_gib=graphs, budget_gib=budget,
+        kv_cache_gib=kv if per_tok else min(kv, 0.0),  # encoder-only: no KV cache, only a possible deficit
         kv_bytes_per_token=per_tok, kv_cache_tokens=tokens, max_concurrency=conc, max_model_len=max_len,
         max_num_batched_tokens=_batched_tokens(server, gpu, max_len), findings=tuple(findings),
     )
@@ -539,6 +544,9 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, w: float, overhead: floa
                 if v is not None and (method != "awq" or gpu.compute_capability >= (7, 5)):
                     opts.append(f"use {v.id} with quantization {method}")
                     break
+            else:
+                if need_util > UTIL_SUM_WARN:
+                    opts.append(f"a 4-bit AWQ/GPTQ checkpoint of {m.id} (describe it under models:)")
         if per_tok and server.kv_cache_dtype == "auto" and allow_len_cut and gpu.supports_fp8:
             opts.append("use kv_cache_dtype fp8 (halves the KV cache)")
         if not opts or need_util > UTIL_SUM_WARN:
@@ -572,8 +580,7 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, w: float, overhead: floa
 
 def check_server_on_gpu(server: ServerInput, gpu: GpuSpec, gpus_on_node: int = 1) -> FitReport:
     """One server on ``tensor_parallel_size`` GPUs of a node of ``gpus_on_node`` identical GPUs."""
-    count = max(gpus_on_node, server.tensor_parallel_size if server.tensor_parallel_size <= gpus_on_node else 0, 1)
-    idx = tuple(range(min(server.tensor_parallel_size, count)))
+    idx = tuple(range(min(server.tensor_parallel_size, max(gpus_on_node, 1))))
     node = NodeInput(label=f"{gpu.name}-node", gpu=gpu, gpu_count=max(gpus_on_node, 1), servers=((server, idx),))
     return check([node])
 

@@ -338,17 +338,24 @@ class Profile(_Frozen):
                     f"is {spec.replicas} but the jobs place {key!r} {placed[key]} time(s); "
                     f"place it {spec.replicas} times or change replicas",
                 ))
-        # served names and aliases must be unique across different servers
+        # A served name may be shared only by servers of the same model: they are replicas
+        # (e.g. one on an L4 and one on a T4, with different settings). Anything else is ambiguous.
         owner: dict[str, str] = {}
         for key, spec in self.servers.items():
             for nm in (spec.served_name or key, *spec.aliases):
-                if nm in owner and owner[nm] != key:
-                    errors.append((("servers", key), f"served name/alias {nm!r} is also used by server {owner[nm]!r}"))
+                other = owner.get(nm)
+                if other is not None and other != key and self.servers[other].model != spec.model:
+                    errors.append((
+                        ("servers", key),
+                        f"served name/alias {nm!r} is also used by server {other!r} with another model; "
+                        f"servers may share a served name only as replicas of the same model",
+                    ))
                 owner.setdefault(nm, key)
         for key, spec in self.servers.items():
+            own = {spec.served_name or key, *spec.aliases}
             for role in spec.roles:
                 target = self.routing.tasks.get(role)
-                if target is not None and owner.get(target) != key:
+                if target is not None and target not in own:
                     errors.append((
                         ("servers", key, "roles"),
                         f"role {role!r} is routed to {target!r} in routing.tasks; remove one of the two",

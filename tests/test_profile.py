@@ -112,7 +112,7 @@ BROKEN = [
     ("port out of range", ("    roles: [code_generation]", "    roles: [code_generation]\n    port: 80"),
      "{f}:17  servers.coder.port: Input should be greater than or equal to 1024"),
     ("served name clash", ("    roles: [code_generation]", "    roles: [code_generation]\n    aliases: [math]"),
-     "{f}:18  servers.math: served name/alias 'math' is also used by server 'coder'"),
+     "{f}:18  servers.math: served name/alias 'math' is also used by server 'coder' with another model; servers may share a served name only as replicas of the same model"),
     ("unknown GPU key", ("    gpu: T4\n", "    gpu: {memory_gib: 16, compute_capability: 7.5, vram: 1}\n"),
      "{f}:23  jobs.0.gpu.vram: unknown key; valid keys: compute_capability, memory_gib, name, price_per_hour"),
     ("empty jobs", ("jobs:\n  - name: t4\n    gpu: T4\n    nodes: [coder, math]\n", "jobs: []\n"),

@@ -422,7 +422,7 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         mlp = n_mat * h * moe_inter * (experts + shared)
     else:
         mlp = n_mat * h * inter
-    return round((emb + layers * (attn + mlp)) / 1e9, 3)
+    return round((emb + layers * (attn + mlp)) / 1e9, 6)
 
 
 _ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "distilbert", "electra", "mpnet", "nomic_bert", "deberta-v2"}

@@ -133,3 +133,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def load_routing_file(path: Path) -> RoutingConfig:
+    """A YAML file holding a RoutingConfig (the same shape as a profile's ``routing:``)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if isinstance(data, dict) and set(data) == {"routing"}:
+        data = data["routing"]  # a profile-like file with only a routing: section
+    return RoutingConfig.model_validate(data)
+
+
+def parse_backend_arg(text: str) -> tuple[str, StaticBackend]:
+    """``NAME=URL`` from the command line; the served name is NAME."""
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise ValueError(f"--backend {text!r}: expected NAME=URL, e.g. coder=http://127.0.0.1:8001")
+    return name, StaticBackend(url=url, served_names=(name,))

@@ -44,6 +44,7 @@ class Backend:
     waiting: float = 0.0  # vllm:num_requests_waiting
     kv_usage: float = 0.0  # vllm:kv_cache_usage_perc
     removed: bool = False
+    ever_up: bool = False  # a first passing probe admits at once; re-admission needs a streak
     last_error: str | None = field(default=None, repr=False)
 
     @property

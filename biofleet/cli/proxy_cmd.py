@@ -1,0 +1,56 @@
+"""``biofleet proxy``: one OpenAI-compatible endpoint in front of the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def proxy(
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Fleet registry directory to discover backends from.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option("--backend", help="Static backend NAME=URL (served name NAME); repeatable.")] = None,
+    routing: Annotated[Optional[Path], typer.Option("--routing", help="YAML file with a routing section (default, aliases, tasks, fallbacks, ...).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File holding the token clients must send as 'Authorization: Bearer'.")] = None,
+    backend_key_file: Annotated[Optional[Path], typer.Option("--backend-key-file", help="File holding the backends' API key (vLLM --api-key).")] = None,
+    strategy: Annotated[str, typer.Option(help="least-outstanding or round-robin.")] = "least-outstanding",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the fleet's models behind one OpenAI-compatible endpoint.
+
+    Examples:
+
+      biofleet proxy --registry ~/.biofleet/fleets/demo/registry
+
+      biofleet proxy --backend coder=http://127.0.0.1:8001 --backend math=http://127.0.0.1:8002 --port 8080
+    """
+    from pydantic import ValidationError
+
+    from biofleet.proxy.config import ProxyConfig, load_routing_file, parse_backend_arg
+
+    try:
+        backends = dict(parse_backend_arg(b) for b in backend or [])
+        fields: dict = {
+            "registry_dir": registry, "backends": backends, "host": host, "port": port,
+            "token_file": token_file, "backend_api_key_file": backend_key_file, "strategy": strategy,
+        }
+        if routing is not None:
+            fields["routing"] = load_routing_file(routing)
+        config = ProxyConfig(**fields)
+        if token_file is not None:
+            config.resolved_token()  # fail now, not at the first request
+    except ValidationError as exc:
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            typer.echo(f"{path + ': ' if path else ''}{err['msg']}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    from biofleet.proxy.server import serve
+
+    serve(config, log_level=log_level)

@@ -1,0 +1,613 @@
+"""The proxy as an ASGI app: :func:`build_app` is the factory.
+
+The three OpenAI POST routes are served by a lean raw-ASGI path (no
+middleware, no Request object, the body forwarded as received when its
+``model`` needs no rewrite); everything else (``/v1/models``, ``/health``,
+``/metrics``, ``/admin/reload``) goes through a small Starlette app, which
+also runs the lifespan: one shared ``httpx.AsyncClient``, the discovery loop
+and the health prober.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from biofleet.proxy import routing as R
+from biofleet.proxy.config import CloudFallback, ProxyConfig
+from biofleet.proxy.discovery import Backend, BackendPool, BackendSpec, Source, source_from_config
+from biofleet.proxy.health import HealthChecker
+from biofleet.proxy.metrics import ProxyMetrics
+from biofleet.proxy.transport import (
+    Attempt,
+    Outcome,
+    RawHeaders,
+    Receive,
+    Scope,
+    Send,
+    call_json,
+    error_body,
+    forward_once,
+    request_id,
+    send_error,
+    send_json,
+    upstream_request_headers,
+)
+
+log = logging.getLogger("biofleet.proxy")
+
+# path -> (field that must be present, endpoint kind)
+_OPENAI_POST = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+_CLASSIFIER_TIMEOUT_S = 30.0
+
+
+def make_client(config: ProxyConfig) -> httpx.AsyncClient:
+    """The one upstream client of an app: keep-alive pool, no env proxies, no redirects."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=config.connect_timeout_s, read=config.request_timeout_s,
+                              write=config.request_timeout_s, pool=config.connect_timeout_s),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30.0),
+        trust_env=False,  # a cluster-wide HTTP_PROXY must never capture backend traffic
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class CloudTarget:
+    cloud: CloudFallback
+    key: str | None  # read from the env var at start; None: skipped
+    backend: Backend  # for in-flight accounting and metrics labels
+
+
+@dataclass
+class ProxyState:
+    config: ProxyConfig
+    source: Source
+    pool: BackendPool = field(default_factory=BackendPool)
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    client: httpx.AsyncClient | None = None
+    token: bytes | None = None  # b"Bearer <token>"
+    backend_key: str | None = None
+    clouds: dict[str, CloudTarget] = field(default_factory=dict)
+    cursors: dict[str, int] = field(default_factory=dict)
+    reload_event: asyncio.Event | None = None
+    health: HealthChecker | None = None
+    _gauges: dict[str, Any] = field(default_factory=dict)
+
+    # -- discovery -----------------------------------------------------------
+
+    async def refresh(self) -> None:
+        specs = await self.source.fetch()
+        added, removed = self.pool.update(specs)
+        for b in removed:
+            self._gauges.pop(b.key, None)
+            if b.key not in self.pool.backends:
+                self.metrics.forget_backend(b.key)
+        for b in added:
+            # Not routable until its first probe passes: a freshly registered
+            # vLLM may still be loading weights.
+            b.healthy = False
+            b.ok_streak = 0
+        if added and self.health is not None:
+            await self.health.probe_all(added)
+        for b in added:
+            self.metrics.healthy.labels(b.key).set(1 if b.healthy else 0)
+
+    def request_reload(self) -> None:
+        if self.reload_event is not None:
+            self.reload_event.set()
+
+    def gauge(self, b: Backend) -> Any:
+        g = self._gauges.get(b.key)
+        if g is None:
+            g = self._gauges[b.key] = self.metrics.inflight.labels(b.key)
+        return g
+
+    def next_cursor(self, model: str) -> int:
+        c = self.cursors.get(model, 0)
+        self.cursors[model] = c + 1
+        return c
+
+    # -- views -----------------------------------------------------------------
+
+    def model_health(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for name, reps in self.pool.by_model.items():
+            out[name] = {"healthy": sum(1 for b in reps if b.healthy), "total": len(reps)}
+        return out
+
+    def available_models(self) -> list[str]:
+        healthy = [m for m, h in self.model_health().items() if h["healthy"]]
+        aliases = [a for a, t in self.config.routing.aliases.items() if t in healthy and a not in healthy]
+        return list(dict.fromkeys(healthy + aliases))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = msg.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+        if not msg.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+def _last_user_text(obj: dict[str, Any]) -> str:
+    msgs = obj.get("messages")
+    if isinstance(msgs, list):
+        for m in reversed(msgs):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, str):
+                    return c
+                if isinstance(c, list):
+                    return " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+        return ""
+    p = obj.get("prompt")
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list) and p and isinstance(p[0], str):
+        return p[-1]
+    return ""
+
+
+class ProxyApp:
+    """ASGI entry point. ``state`` is the live :class:`ProxyState`; ``starlette`` the non-hot routes."""
+
+    def __init__(self, state: ProxyState, starlette: Starlette):
+        self.state = state
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            required = _OPENAI_POST.get(scope["path"])
+            if required is not None:
+                await self._openai(scope, receive, send, required)
+                return
+        await self.starlette(scope, receive, send)
+
+    # -- auth --------------------------------------------------------------------
+
+    def authorized(self, auth: bytes | None) -> bool:
+        expected = self.state.token
+        if expected is None:
+            return True
+        return auth is not None and hmac.compare_digest(auth, expected)
+
+    # -- the hot path --------------------------------------------------------------
+
+    async def _openai(self, scope: Scope, receive: Receive, send: Send, required: str) -> None:
+        st = self.state
+        started = time.perf_counter()
+        if not self.authorized(_header(scope, b"authorization")):
+            await send_error(send, 401, "missing or invalid bearer token", "invalid_api_key",
+                             [(b"www-authenticate", b"Bearer")])
+            return
+        limit = st.config.max_body_bytes
+        clen = _header(scope, b"content-length")
+        if clen is not None and clen.isdigit() and int(clen) > limit:
+            await send_error(send, 413, f"request body larger than {limit} bytes", "body_too_large")
+            return
+        try:
+            body = await _read_body(receive, limit)
+        except _BodyTooLarge:
+            await send_error(send, 413, f"request body larger than {limit} bytes", "body_too_large")
+            return
+        except _ClientGone:
+            return
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            await send_error(send, 400, f"request body is not valid JSON: {exc}", "invalid_json")
+            return
+        if not isinstance(obj, dict):
+            await send_error(send, 400, "request body must be a JSON object", "invalid_json")
+            return
+        if required not in obj:
+            await send_error(send, 400, f"missing required field {required!r}", "missing_field")
+            return
+
+        # Everything from here may take long (classifiers, upstream): watch for the
+        # client going away and cancel, so in-flight counts and upstream work end.
+        work = asyncio.ensure_future(self._route_and_forward(scope, send, obj, body, required, started))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                log.info("client disconnected; request cancelled")
+            watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+
+    async def _route_and_forward(self, scope: Scope, send: Send, obj: dict[str, Any], body: bytes,
+                                 required: str, started: float) -> None:
+        st = self.state
+        routing = st.config.routing
+        try:
+            served = await self._decide(obj, required)
+        except R.RouteError as exc:
+            st.metrics.errors.labels(str(obj.get("model", "")), exc.code).inc()
+            await send_error(send, exc.status, exc.message, exc.code)
+            return
+
+        if routing.safety is not None and required != "input":
+            blocked = await self._safety_check(obj, send)
+            if blocked:
+                return
+
+        rid = request_id(scope["headers"])
+        base_headers = [(k, v) for k, v in scope["headers"]]
+        up_headers = upstream_request_headers(base_headers, rid, st.backend_key)
+        path = scope["path"]
+        strip_task = "task_type" in obj
+
+        def body_for(model: str) -> bytes:
+            # Forward the client's bytes untouched whenever we can: re-serialising
+            # costs time on every request and could change number formatting.
+            if obj.get("model") == model and not strip_task:
+                return body
+            out = dict(obj)
+            out["model"] = model
+            out.pop("task_type", None)
+            return json.dumps(out, ensure_ascii=False).encode()
+
+        chain = R.fallback_chain(served, routing)
+        saturated = False
+        reasons: list[str] = []
+        for i, model in enumerate(chain):
+            if i > 0 and not st.pool.replicas(model):
+                continue
+            tried: set[Backend] = set()
+            payload: bytes | None = None
+            while True:
+                reps = [b for b in st.pool.replicas(model) if b not in tried]
+                b = R.pick_backend(reps, st.config.strategy, st.next_cursor(model), st.config.max_inflight_per_backend)
+                if b is None:
+                    if st.config.max_inflight_per_backend is not None and any(
+                        r.healthy and r.inflight >= st.config.max_inflight_per_backend for r in reps
+                    ):
+                        saturated = True
+                    break
+                if tried:
+                    st.metrics.retries.labels(model).inc()
+                tried.add(b)
+                if payload is None:
+                    payload = body_for(model)
+                res = await forward_once(
+                    st.client, Attempt(b, b.url + path, payload, up_headers, model, rid, started),
+                    send, st.metrics, st.gauge(b),
+                )
+                if res.outcome is Outcome.DONE:
+                    if i > 0:
+                        st.metrics.fallbacks.labels(served, model).inc()
+                    return
+                reasons.append(res.reason)
+
+        for cloud_model, target in self._cloud_targets(chain):
+            cloud = target.cloud
+            payload = json.dumps({**{k: v for k, v in obj.items() if k != "task_type"}, "model": cloud_model}).encode()
+            headers = upstream_request_headers(base_headers, rid, target.key)
+            url = cloud.base_url.rstrip("/") + path[len("/v1"):]
+            res = await forward_once(
+                st.client, Attempt(target.backend, url, payload, headers, cloud_model, rid, started),
+                send, st.metrics, st.gauge(target.backend),
+            )
+            if res.outcome is Outcome.DONE:
+                st.metrics.fallbacks.labels(served, f"cloud:{cloud.name}").inc()
+                return
+            reasons.append(res.reason)
+
+        detail = f" ({'; '.join(reasons[-3:])})" if reasons else ""
+        if saturated:
+            st.metrics.errors.labels(served, "saturated").inc()
+            await send_error(send, 429, f"every replica of {served!r} is at capacity; retry shortly{detail}",
+                             "saturated", [(b"retry-after", b"1")])
+        else:
+            st.metrics.errors.labels(served, "unavailable").inc()
+            await send_error(send, 503, f"no healthy replica of {served!r} or its fallbacks{detail}",
+                             "no_healthy_backend", [(b"retry-after", b"5")])
+
+    def _cloud_targets(self, chain: list[str]) -> list[tuple[str, CloudTarget]]:
+        out = []
+        for cloud, cloud_model in R.cloud_targets(chain, self.state.config.routing):
+            t = self.state.clouds.get(cloud.name)
+            if t is not None and t.key:
+                out.append((cloud_model, t))
+        return out
+
+    async def _decide(self, obj: dict[str, Any], required: str) -> str:
+        """The served model name this request goes to."""
+        st = self.state
+        routing = st.config.routing
+        task = obj.get("task_type")
+        model = obj.get("model")
+        if task is not None:
+            if not isinstance(task, str):
+                raise R.RouteError(400, "task_type must be a string", "invalid_task_type")
+            return R.model_for_task(task, routing)
+        if model is None:
+            raise R.RouteError(400, "missing required field 'model'", "missing_field")
+        if not isinstance(model, str):
+            raise R.RouteError(400, "model must be a string", "invalid_model")
+        if model == R.AUTO:
+            return await self._auto(obj, required)
+        served = R.resolve_alias(model, routing)
+        if served in st.pool.by_model or served in _configured_models(routing):
+            return served
+        available = ", ".join(sorted(st.available_models())) or "(none)"
+        raise R.RouteError(404, f"The model {model!r} does not exist here; available models: {available}",
+                           "model_not_found")
+
+    async def _auto(self, obj: dict[str, Any], required: str) -> str:
+        routing = self.state.config.routing
+        if required == "input":  # embeddings: there is nothing to classify
+            target = routing.tasks.get("embedding") or routing.default
+        else:
+            text = _last_user_text(obj)
+            task = None
+            if routing.intent_model and routing.tasks:
+                task = await self._ask_intent(text)
+            if task is None and routing.rules:
+                task = R.classify_by_rules(text, routing.rules)
+            target = routing.tasks.get(task) if task else None
+            if target is None and task is not None:
+                target = task if task in self.state.pool.by_model else None
+            target = target or routing.default
+        if target is None:
+            raise R.RouteError(400, "model 'auto' could not be routed: configure routing.default, "
+                               "routing.rules or routing.intent_model", "auto_unroutable")
+        return target
+
+    async def _classify(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> str | None:
+        """Ask a local classifier model; the reply text, or None if no replica answered."""
+        st = self.state
+        tried: set[Backend] = set()
+        while True:
+            reps = [b for b in st.pool.replicas(model) if b not in tried]
+            b = R.pick_backend(reps, st.config.strategy, st.next_cursor(model))
+            if b is None:
+                return None
+            tried.add(b)
+            headers: RawHeaders = [(b"content-type", b"application/json")]
+            if st.backend_key:
+                headers.append((b"authorization", b"Bearer " + st.backend_key.encode()))
+            b.inflight += 1
+            try:
+                data = await call_json(
+                    st.client, f"{b.url}/v1/chat/completions",
+                    {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0},
+                    headers, _CLASSIFIER_TIMEOUT_S,
+                )
+                return str(data["choices"][0]["message"]["content"] or "")
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                b.mark_down(f"connect failed: {type(exc).__name__}")
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+                log.warning("classifier %s on %s failed: %s", model, b.key, type(exc).__name__)
+            finally:
+                b.inflight -= 1
+
+    async def _ask_intent(self, text: str) -> str | None:
+        routing = self.state.config.routing
+        assert routing.intent_model is not None
+        reply = await self._classify(
+            routing.intent_model,
+            [{"role": "user", "content": R.intent_prompt(text, routing.tasks)}],
+            max_tokens=20,
+        )
+        return None if reply is None else R.parse_intent_reply(reply, routing.tasks)
+
+    async def _safety_check(self, obj: dict[str, Any], send: Send) -> bool:
+        """True when the request was blocked (and the client already answered)."""
+        safety = self.state.config.routing.safety
+        assert safety is not None
+        text = _last_user_text(obj)
+        reply = await self._classify(safety.model, [{"role": "user", "content": text}], max_tokens=20)
+        if reply is None:
+            if safety.fail == "open":
+                log.warning("safety model %s unavailable; request let through (fail: open)", safety.model)
+                return False
+            await send_error(send, 503, f"safety model {safety.model!r} is unavailable and safety.fail is "
+                             "'closed'", "safety_unavailable", [(b"retry-after", b"5")])
+            return True
+        verdict = R.parse_safety_reply(reply)
+        if verdict.safe:
+            return False
+        names = [f"{c} ({safety.categories[c]})" if c in safety.categories else c for c in verdict.categories]
+        self.state.metrics.errors.labels(safety.model, "blocked").inc()
+        await send_json(send, 400, error_body(
+            400, f"request blocked by the safety check: {', '.join(names) or 'unsafe'}", "content_blocked"))
+        return True
+
+
+def build_app(
+    config: ProxyConfig,
+    *,
+    source: Source | None = None,
+    client_factory: Callable[[ProxyConfig], httpx.AsyncClient] = make_client,
+    environ: dict[str, str] | None = None,
+) -> ProxyApp:
+    """A ready-to-serve proxy for ``config``. Secrets (token, backend key, cloud keys) are read here."""
+    env = os.environ if environ is None else environ
+    token = config.resolved_token()
+    state = ProxyState(
+        config=config,
+        source=source or source_from_config(config),
+        token=("Bearer " + token).encode() if token else None,
+        backend_key=config.resolved_backend_key(),
+    )
+    for cloud in config.routing.cloud_fallbacks:
+        key = env.get(cloud.api_key_env) or None
+        if key is None:
+            log.warning("cloud fallback %s disabled: environment variable %s is not set", cloud.name, cloud.api_key_env)
+        spec = BackendSpec(key=f"cloud:{cloud.name}", url=cloud.base_url.rstrip("/"), served_names=("cloud",))
+        state.clouds[cloud.name] = CloudTarget(cloud, key, Backend(spec))
+
+    def admin_ok(request: Request) -> bool:
+        if state.token is None:
+            # No token configured means loopback-only (ProxyConfig enforces it);
+            # still refuse reloads from anywhere but this machine.
+            host = request.client.host if request.client else ""
+            return host in ("127.0.0.1", "::1", "localhost", "testclient")
+        return app.authorized(request.headers.get("authorization", "").encode())
+
+    def unauthorized() -> Response:
+        return Response(error_body(401, "missing or invalid bearer token", "invalid_api_key"), 401,
+                        media_type="application/json", headers={"www-authenticate": "Bearer"})
+
+    async def models(request: Request) -> Response:
+        if not app.authorized(request.headers.get("authorization", "").encode() or None):
+            return unauthorized()
+        now = int(time.time())
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "biofleet"} for m in state.available_models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        per_model = state.model_health()
+        down = sorted(m for m, h in per_model.items() if h["healthy"] == 0)
+        ok = bool(per_model) and not down
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "models": per_model}
+        if down:
+            body["down"] = down
+        if not per_model:
+            body["message"] = "no backends discovered"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        for b in state.pool.backends.values():
+            state.metrics.healthy.labels(b.key).set(1 if b.healthy else 0)
+            state.metrics.upstream_waiting.labels(b.key).set(b.waiting)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    async def reload(request: Request) -> Response:
+        if not admin_ok(request):
+            return unauthorized()
+        await state.refresh()
+        return JSONResponse({"backends": len(state.pool.backends), "models": sorted(state.pool.by_model)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        state.client = client_factory(config)
+        state.reload_event = asyncio.Event()
+        state.health = HealthChecker(
+            state.client, lambda: list(state.pool.backends.values()),
+            interval_s=config.probe_interval_s, timeout_s=config.probe_timeout_s,
+            readmit_after=config.readmit_after, scrape_metrics=config.scrape_metrics,
+            on_change=lambda b: state.metrics.healthy.labels(b.key).set(1 if b.healthy else 0),
+        )
+        try:
+            await state.refresh()
+        except Exception:
+            log.exception("initial discovery failed; retrying in the background")
+        tasks = [asyncio.create_task(_discovery_loop(state)), asyncio.create_task(_health_loop(state))]
+        loop = asyncio.get_running_loop()
+        hup = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, state.request_reload)  # only in the main thread
+            hup = True
+        try:
+            yield
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await state.client.aclose()
+
+    starlette = Starlette(
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/reload", reload, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app = ProxyApp(state, starlette)
+    return app
+
+
+def _configured_models(routing: Any) -> set[str]:
+    """Served names the routing table knows, so a model whose replicas have not
+    registered yet answers 503 (come back later) rather than 404 (no such model)."""
+    names = set(routing.tasks.values()) | set(routing.aliases.values()) | set(routing.fallbacks)
+    for chain in routing.fallbacks.values():
+        names.update(chain)
+    for c in routing.cloud_fallbacks:
+        names.update(c.models)
+    if routing.default:
+        names.add(routing.default)
+    return names
+
+
+async def _discovery_loop(state: ProxyState) -> None:
+    assert state.reload_event is not None
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(state.reload_event.wait(), state.config.discovery_interval_s)
+        state.reload_event.clear()
+        try:
+            await state.refresh()
+        except Exception:
+            log.exception("discovery failed")
+
+
+async def _health_loop(state: ProxyState) -> None:
+    assert state.health is not None
+    while True:
+        await asyncio.sleep(state.config.probe_interval_s)
+        try:
+            await state.health.probe_all()
+        except Exception:
+            log.exception("health probes failed")

@@ -1,0 +1,140 @@
+"""Pure routing decisions: which served model, which replica, in what order.
+
+Nothing here does I/O; :mod:`biofleet.proxy.app` feeds it the request and the
+pool and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from biofleet.proxy.config import CloudFallback, RoutingConfig, Rule, Strategy
+from biofleet.proxy.discovery import Backend
+
+AUTO = "auto"
+
+
+class RouteError(Exception):
+    """A request that cannot be routed; carries the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+def resolve_alias(name: str, routing: RoutingConfig) -> str:
+    return routing.aliases.get(name, name)
+
+
+def model_for_task(task_type: str, routing: RoutingConfig) -> str:
+    try:
+        return routing.tasks[task_type]
+    except KeyError:
+        known = ", ".join(sorted(routing.tasks)) or "(none configured)"
+        raise RouteError(400, f"unknown task_type {task_type!r}; known task types: {known}", "unknown_task_type") from None
+
+
+@lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def classify_by_rules(text: str, rules: Sequence[Rule]) -> str | None:
+    """The task of the first rule whose regex matches the text."""
+    for rule in rules:
+        if _compiled(rule.pattern).search(text):
+            return rule.task
+    return None
+
+
+def intent_prompt(text: str, tasks: Iterable[str]) -> str:
+    names = "\n".join(f"- {t}" for t in sorted(tasks))
+    return (
+        "Classify the request into exactly one of these categories:\n"
+        f"{names}\n\nRequest: {text[:2000]}\n\nAnswer with the category name only."
+    )
+
+
+def parse_intent_reply(reply: str, tasks: Iterable[str]) -> str | None:
+    """The task named in a classifier's reply: exact match first, then the longest name it contains."""
+    words = reply.strip().lower()
+    table = {t.lower(): t for t in tasks}
+    first = words.split()[0].strip(" .:,'\"`") if words.split() else ""
+    if first in table:
+        return table[first]
+    for low in sorted(table, key=len, reverse=True):
+        if low in words:
+            return table[low]
+    return None
+
+
+@dataclass(frozen=True)
+class SafetyVerdict:
+    safe: bool
+    categories: tuple[str, ...] = ()
+
+
+def parse_safety_reply(reply: str) -> SafetyVerdict:
+    """Llama Guard answers ``safe``, or ``unsafe`` and a line of categories (``S1,S10``)."""
+    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
+    if not lines or not lines[0].lower().startswith("unsafe"):
+        return SafetyVerdict(True)
+    rest = lines[1] if len(lines) > 1 else lines[0][len("unsafe"):]
+    cats = tuple(c.strip() for c in re.split(r"[,\s]+", rest) if c.strip())
+    return SafetyVerdict(False, cats)
+
+
+def fallback_chain(served: str, routing: RoutingConfig) -> list[str]:
+    """``served`` followed by its fallbacks, transitively, each once."""
+    out = [served]
+    i = 0
+    while i < len(out):
+        for nxt in routing.fallbacks.get(out[i], ()):
+            if nxt not in out:
+                out.append(nxt)
+        i += 1
+    return out
+
+
+def cloud_targets(chain: Sequence[str], routing: RoutingConfig) -> list[tuple[CloudFallback, str]]:
+    """(cloud, cloud model) for each cloud fallback that maps a model of the chain."""
+    out: list[tuple[CloudFallback, str]] = []
+    for cloud in routing.cloud_fallbacks:
+        for local in chain:
+            if local in cloud.models:
+                out.append((cloud, cloud.models[local]))
+                break
+    return out
+
+
+def _load(b: Backend) -> tuple[int, float, float]:
+    # Our own in-flight count first (exact, instantaneous); the engine's queue
+    # (scraped, a few seconds old) only breaks ties between equally busy replicas.
+    return (b.inflight, b.waiting, b.kv_usage)
+
+
+def pick_backend(
+    candidates: Sequence[Backend],
+    strategy: Strategy,
+    cursor: int,
+    max_inflight: int | None = None,
+) -> Backend | None:
+    """One replica among healthy, unsaturated candidates, or None.
+
+    ``cursor`` is a per-model counter the caller increments; it drives
+    round-robin and rotates among equally loaded replicas otherwise.
+    """
+    usable = [b for b in candidates if b.healthy and not b.removed
+              and (max_inflight is None or b.inflight < max_inflight)]
+    if not usable:
+        return None
+    if strategy == "round-robin" or len(usable) == 1:
+        return usable[cursor % len(usable)]
+    best = min(_load(b) for b in usable)
+    ties = [b for b in usable if _load(b) == best]
+    return ties[cursor % len(ties)]

@@ -1,0 +1,215 @@
+"""Moving bytes: headers in and out, ASGI replies, one upstream attempt.
+
+:func:`forward_once` sends one request to one upstream and, if the upstream
+answered with something worth passing on, streams it to the client chunk by
+chunk as it arrives (``aiter_raw``: no decoding, no buffering). It reports
+whether the caller may still try elsewhere (nothing has reached the client)
+or the exchange is over.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from biofleet.proxy.discovery import Backend
+from biofleet.proxy.metrics import ProxyMetrics
+
+log = logging.getLogger("biofleet.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus what the proxy sets itself.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+    b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection",
+})
+_DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"x-request-id", b"expect"}
+# date/server: the ASGI server in front adds its own; passing the upstream's would duplicate them.
+_DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server"}
+# Upstream statuses that mean "this replica cannot take it now" (vLLM: engine dead / overloaded).
+RETRYABLE_STATUS = frozenset({502, 503})
+_SECRET_WORDS = ("key", "token", "authorization", "secret", "password", "cookie")
+
+
+def request_id(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    for k, v in headers:
+        if k == b"x-request-id" and v and len(v) <= 200:
+            return v
+    return uuid.uuid4().hex.encode()
+
+
+def upstream_request_headers(headers: RawHeaders, rid: bytes, api_key: str | None) -> RawHeaders:
+    """Client headers minus hop-by-hop and credentials; the backend key, if any, instead."""
+    drop = set(_DROP_REQUEST)
+    for k, v in headers:
+        if k == b"connection":  # fields the client named as connection-specific
+            drop.update(t.strip().lower() for t in v.split(b","))
+    out = [(k, v) for k, v in headers if k not in drop]
+    if not any(k == b"accept-encoding" for k, _ in out):
+        # httpx would otherwise ask for gzip, and the raw bytes we pass on would
+        # reach a client that never said it could decode them.
+        out.append((b"accept-encoding", b"identity"))
+    out.append((b"x-request-id", rid))
+    if api_key:
+        out.append((b"authorization", b"Bearer " + api_key.encode()))
+    return out
+
+
+def downstream_headers(headers: RawHeaders, route: bytes, rid: bytes) -> RawHeaders:
+    drop = set(_DROP_RESPONSE)
+    for k, v in headers:
+        if k.lower() == b"connection":
+            drop.update(t.strip().lower() for t in v.split(b","))
+    out = [(k.lower(), v) for k, v in headers if k.lower() not in drop]
+    if not any(k == b"x-request-id" for k, _ in out):
+        out.append((b"x-request-id", rid))
+    out.append((b"x-biofleet-route", route))
+    return out
+
+
+def redact_headers(headers: Iterable[tuple[bytes | str, bytes | str]]) -> list[tuple[str, str]]:
+    """Headers safe to log: any value of a field named like a key/token/authorization is hidden."""
+    out = []
+    for k, v in headers:
+        ks = k.decode("latin-1") if isinstance(k, bytes) else k
+        vs = v.decode("latin-1") if isinstance(v, bytes) else v
+        if any(w in ks.lower() for w in _SECRET_WORDS):
+            vs = "<redacted>"
+        out.append((ks, vs))
+    return out
+
+
+def error_body(status: int, message: str, code: str | int | None = None, type_: str | None = None) -> bytes:
+    t = type_ or {
+        400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+        404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+        503: "service_unavailable", 504: "timeout",
+    }.get(status, "server_error")
+    return json.dumps({"error": {"message": message, "type": t, "param": None,
+                                 "code": code if code is not None else status}}).encode()
+
+
+async def send_json(send: Send, status: int, body: bytes, extra: RawHeaders | None = None) -> None:
+    headers: RawHeaders = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, status: int, message: str, code: str | int | None = None,
+                     extra: RawHeaders | None = None) -> None:
+    await send_json(send, status, error_body(status, message, code), extra)
+
+
+def sse_error(message: str, code: str = "upstream_error") -> bytes:
+    return b"data: " + json.dumps({"error": {"message": message, "type": "server_error", "code": code}}).encode() + b"\n\n"
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # the client got an answer (maybe an error); stop
+    RETRY = "retry"  # nothing reached the client; another upstream may be tried
+
+
+@dataclass
+class Attempt:
+    """One upstream try for one request."""
+
+    backend: Backend
+    url: str
+    body: bytes
+    headers: RawHeaders
+    model: str  # served (or cloud) model name, for metrics and the route header
+    rid: bytes
+    started: float  # perf_counter at request arrival
+
+
+@dataclass
+class AttemptResult:
+    outcome: Outcome
+    status: int = 0
+    reason: str = ""
+
+
+async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metrics: ProxyMetrics,
+                       inflight_gauge: Any) -> AttemptResult:
+    b = a.backend
+    b.inflight += 1
+    inflight_gauge.inc()
+    try:
+        req = client.build_request("POST", a.url, content=a.body, headers=a.headers)
+        try:
+            resp = await client.send(req, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Nothing was sent: the replica is gone or not listening. Eject it now
+            # (passive check); the active probe re-admits it when it answers again.
+            b.mark_down(f"connect failed: {type(exc).__name__}")
+            return AttemptResult(Outcome.RETRY, reason=f"{b.key}: connect failed")
+        except httpx.PoolTimeout:
+            return AttemptResult(Outcome.RETRY, reason=f"{b.key}: connection pool exhausted")
+        except httpx.TimeoutException:
+            metrics.errors.labels(a.model, "timeout").inc()
+            await send_error(send, 504, f"upstream {b.key} did not answer within the timeout", "upstream_timeout")
+            return AttemptResult(Outcome.DONE, 504)
+        except httpx.HTTPError as exc:
+            # e.g. the server closed a kept-alive connection before answering
+            return AttemptResult(Outcome.RETRY, reason=f"{b.key}: {type(exc).__name__}")
+
+        try:
+            status = resp.status_code
+            if status in RETRYABLE_STATUS:
+                return AttemptResult(Outcome.RETRY, status, f"{b.key}: answered {status}")
+            route = f"{a.model}@{b.key}".encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": downstream_headers(resp.headers.raw, route, a.rid)})
+            first = True
+            is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+            try:
+                async for chunk in resp.aiter_raw():
+                    if first:
+                        metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
+                        first = False
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except httpx.HTTPError as exc:
+                # Bytes already reached the client: never retry. Tell an SSE client in-band.
+                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "upstream_broken"
+                metrics.errors.labels(a.model, kind).inc()
+                log.warning("stream from %s broke: %s", b.key, type(exc).__name__)
+                if is_sse:
+                    msg = "upstream timed out" if kind == "timeout" else "upstream connection broke"
+                    await send({"type": "http.response.body", "body": sse_error(msg, kind), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return AttemptResult(Outcome.DONE, status, kind)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            metrics.requests.labels(a.model, b.key, str(status)).inc()
+            metrics.latency.labels(a.model, b.key).observe(time.perf_counter() - a.started)
+            return AttemptResult(Outcome.DONE, status)
+        finally:
+            await resp.aclose()
+    finally:
+        b.inflight -= 1
+        inflight_gauge.dec()
+
+
+async def call_json(client: httpx.AsyncClient, url: str, payload: dict[str, Any], headers: RawHeaders,
+                    timeout: float) -> dict[str, Any]:
+    """A small internal request (intent/safety classifiers); raises on any failure."""
+    r = await client.post(url, content=json.dumps(payload).encode(), headers=headers, timeout=timeout)
+    r.raise_for_status()
+    data = r.json()
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data

@@ -1,0 +1,178 @@
+"""Helpers for the proxy and mock-engine tests: real uvicorn servers on loopback.
+
+Each server runs in its own thread with its own event loop, on a port the OS
+picks, so tests exercise real sockets (streaming, disconnects, keep-alive)
+and can still look at the app's state directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from biofleet.mock_engine import build_app as build_mock
+from biofleet.proxy.app import ProxyApp, build_app
+from biofleet.proxy.config import ProxyConfig, StaticBackend
+
+
+class ServerThread:
+    """``with ServerThread(app) as s: s.url``: uvicorn on 127.0.0.1, stopped on exit."""
+
+    def __init__(self, app: Any, port: int = 0):
+        self.app = app
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                     access_log=False, lifespan="on", loop="asyncio", http="h11")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.005)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the server's loop (to touch its state safely) and return its result."""
+        assert self.loop is not None
+        fut: asyncio.Future = asyncio.run_coroutine_threadsafe(_acall(fn), self.loop)
+        return fut.result(timeout=5)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _acall(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def mock(names: str | tuple[str, ...], **kw: Any) -> ServerThread:
+    names = (names,) if isinstance(names, str) else names
+    return ServerThread(build_mock(names, **kw)).start()
+
+
+def proxy_config(backends: dict[str, tuple[str, tuple[str, ...] | str]], **kw: Any) -> ProxyConfig:
+    """``{"b1": (url, "coder")}`` -> a ProxyConfig with fast probes for tests."""
+    bk = {
+        name: StaticBackend(url=url, served_names=(served,) if isinstance(served, str) else served)
+        for name, (url, served) in backends.items()
+    }
+    kw.setdefault("probe_interval_s", 0.2)
+    kw.setdefault("discovery_interval_s", 0.2)
+    kw.setdefault("readmit_after", 1)
+    return ProxyConfig(backends=bk, **kw)
+
+
+def start_proxy(config: ProxyConfig, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+    app = build_app(config, **kw)
+    return ServerThread(app).start(), app
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Upstream:
+    """A scriptable fake backend (raw ASGI): records requests, answers with ``handler``.
+
+    ``handler(path, headers, body, send)`` is an async function; the default answers
+    a small JSON chat completion. ``/health`` answers ``health_status``.
+    """
+
+    def __init__(self, handler: Callable[..., Any] | None = None, served: str = "coder"):
+        self.handler = handler or self.default
+        self.served = served
+        self.requests: list[dict[str, Any]] = []
+        self.health_status = 200
+        self.disconnected = threading.Event()
+
+    async def default(self, path: str, headers: dict[str, str], body: bytes, send: Any) -> None:
+        payload = (b'{"id":"x","object":"chat.completion","model":"%s","choices":[{"index":0,'
+                   b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+                   b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}') % self.served.encode()
+        await send_bytes(send, 200, payload)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/health":
+            await send_bytes(send, self.health_status, b"")
+            return
+        if scope["path"] == "/metrics":
+            await send_bytes(send, 200, b"", b"text/plain")
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.requests.append({"path": scope["path"], "headers": headers, "body": body, "raw_headers": scope["headers"]})
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnected.set()
+
+        w = asyncio.ensure_future(watch())
+        try:
+            await self.handler(scope["path"], headers, body, send)
+        finally:
+            w.cancel()
+
+
+async def send_bytes(send: Any, status: int, body: bytes, ctype: bytes = b"application/json",
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())] + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def upstream(handler: Callable[..., Any] | None = None, served: str = "coder") -> tuple[ServerThread, Upstream]:
+    u = Upstream(handler, served)
+    return ServerThread(u).start(), u
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

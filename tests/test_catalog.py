@@ -1,0 +1,198 @@
+"""GPU and model catalogues: lookups, derived flags, config.json parsing, error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from biofleet.catalog.gpus import GPUS, UnknownGpuError, custom_gpu, get_gpu
+from biofleet.catalog.models import (MODELS, UnknownModelError, estimate_params_b, get_model, model_from_config,
+                                     quantized_variant)
+
+
+@pytest.mark.parametrize("alias,name", [("h100", "H100-80GB"), ("A100", "A100-40GB"), ("t4", "T4"),
+                                        ("Tesla T4", "T4"), ("nvidia-l4", "L4"), ("a100-80gb", "A100-80GB")])
+def test_gpu_aliases(alias, name):
+    assert get_gpu(alias).name == name
+
+
+def test_gpu_flags():
+    t4, l4, a100, p40 = get_gpu("T4"), get_gpu("L4"), get_gpu("A100-80GB"), get_gpu("P40")
+    assert t4.visible_gib == pytest.approx(14.57) and t4.gres_type == "t4" and t4.price_per_hour == 0.35
+    assert not t4.supports_bf16 and not t4.supports_flash_attn2 and t4.vllm_supported
+    assert l4.supports_fp8 and l4.supports_bf16 and not a100.supports_fp8 and a100.supports_bf16
+    assert not p40.vllm_supported
+    assert all(g.visible_gib < g.memory_gib for g in GPUS.values())
+
+
+def test_unknown_gpu_lists_known():
+    with pytest.raises(UnknownGpuError) as ei:
+        get_gpu("B200")
+    assert isinstance(ei.value, KeyError)
+    assert "unknown GPU 'B200'" in str(ei.value) and "T4" in str(ei.value) and "H100-80GB" in str(ei.value)
+
+
+def test_custom_gpu():
+    g = custom_gpu(48, "8.6", name="A6000")
+    assert g.compute_capability == (8, 6) and g.visible_gib == pytest.approx(44.64) and g.supports_bf16
+    assert custom_gpu(16, (7, 5)).compute_capability == (7, 5)
+    with pytest.raises(ValueError):
+        custom_gpu(16, "seven")
+
+
+SEED_MODELS = [
+    "Qwen/Qwen2.5-Coder-7B-Instruct", "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen/Qwen2.5-Math-7B-Instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct", "Qwen/Qwen2.5-Coder-14B-Instruct",
+    "Qwen/Qwen2.5-Coder-32B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.1-8B-Instruct",
+    "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct",
+    "meta-llama/Llama-Guard-3-8B", "meta-llama/Llama-Guard-3-1B", "mistralai/Mistral-7B-Instruct-v0.3",
+    "mistralai/Mistral-7B-Instruct-v0.2", "microsoft/Phi-3.5-mini-instruct", "microsoft/Phi-3-mini-4k-instruct",
+    "microsoft/Phi-3-mini-128k-instruct", "google/gemma-2b-it", "google/gemma-2-2b-it", "google/gemma-2-9b-it",
+    "BioMistral/BioMistral-7B", "nvidia/Llama-3.1-Nemotron-8B-Orchestrator", "nvidia/Llama-3.1-Nemotron-Safety-8B-V3",
+    "BAAI/bge-m3", "BAAI/bge-base-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2",
+    "deepseek-ai/deepseek-coder-33b-instruct", "codellama/CodeLlama-34b-Instruct-hf",
+    "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct", "deepseek-ai/DeepSeek-Coder-V2-Instruct",
+    "deepseek-ai/deepseek-math-7b-instruct", "bigcode/starcoder2-7b", "ibm-granite/granite-3.3-8b-instruct",
+    "01-ai/Yi-1.5-9B-Chat", "m42-health/Llama3-Med42-8B", "microsoft/BioGPT-Large",
+]
+
+
+@pytest.mark.parametrize("ref", SEED_MODELS)
+def test_seed_models_resolve(ref):
+    m = get_model(ref)
+    assert m.params_b > 0 and m.num_layers > 0 and m.source
+
+
+def test_aliases_and_case():
+    assert get_model("qwen/qwen2.5-coder-7b-instruct").id == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    assert get_model("biomistral").id == "BioMistral/BioMistral-7B"
+    assert get_model("Qwen2.5-Math-7B-Instruct").id == "Qwen/Qwen2.5-Math-7B-Instruct"
+
+
+def test_known_shapes_match_published_sizes():
+    # parameter counts follow from the config shapes (catches a mistyped layer/width)
+    for mid in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mistral-7B-Instruct-v0.2",
+                "google/gemma-2-9b-it", "microsoft/Phi-3.5-mini-instruct", "codellama/CodeLlama-34b-Instruct-hf"):
+        m = MODELS[mid]
+        cfg = dict(hidden_size=m.hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
+                   num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim, vocab_size=m.vocab_size,
+                   intermediate_size=m.intermediate_size, model_type=m.model_type,
+                   tie_word_embeddings=m.tie_word_embeddings)
+        assert estimate_params_b(cfg) == pytest.approx(m.params_b, rel=0.02), mid
+
+
+def test_kv_shapes_from_calibration_notes():
+    # per-token KV (fp16) quoted in vllm_memory_rules.md section 2
+    def kib(mid):
+        m = get_model(mid)
+        return 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2 / 1024
+    assert kib("meta-llama/Llama-3.2-1B-Instruct") == 32
+    assert kib("Qwen/Qwen2.5-32B-Instruct") == 256
+    assert kib("meta-llama/Llama-3.1-70B-Instruct") == 320
+    assert kib("microsoft/Phi-3.5-mini-instruct") == 384
+    assert kib("google/gemma-2-2b-it") == 104
+    assert kib("google/gemma-2-9b-it") == 336
+
+
+def test_quantized_variant():
+    coder = get_model("Qwen/Qwen2.5-Coder-7B-Instruct")
+    assert quantized_variant(coder, "awq").id == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
+    assert quantized_variant(coder, "awq_marlin").id == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
+    assert quantized_variant(coder, "gptq").id == "Qwen/Qwen2.5-Coder-7B-Instruct-GPTQ-Int4"
+    assert quantized_variant(get_model("BioMistral/BioMistral-7B"), "awq").id.startswith("BioMistral/BioMistral-7B-AWQ")
+    assert quantized_variant(get_model("Qwen/Qwen2.5-Math-7B-Instruct"), "awq") is None
+    awq = get_model("Qwen/Qwen2.5-Coder-7B-Instruct-AWQ")
+    assert awq.quantization == "awq" and awq.quant_bits == 4 and awq.native_dtype == "float16"
+    assert quantized_variant(awq, "awq") is awq
+
+
+def test_unknown_model_message_suggests():
+    with pytest.raises(UnknownModelError) as ei:
+        get_model("Qwen/Qwen2.5-Coder-7B-Instruc")
+    msg = str(ei.value)
+    assert isinstance(ei.value, KeyError)
+    assert "'Qwen/Qwen2.5-Coder-7B-Instruc'" in msg and "Did you mean 'Qwen/Qwen2.5-Coder-7B-Instruct'" in msg
+    assert "models:" in msg and "config.json" in msg
+
+
+def test_extra_models_win(tmp_path):
+    mine = model_from_config({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "vocab_size": 1000, "model_type": "llama"}, "lab/tiny")
+    assert get_model("lab/tiny", extra={"lab/tiny": mine}) is mine
+    with pytest.raises(UnknownModelError):
+        get_model("lab/tiny", cache_dir=tmp_path)
+
+
+def _write(d, cfg, **extra_files):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    for name, content in extra_files.items():
+        (d / name).write_text(json.dumps(content))
+    return d
+
+
+def test_local_config_dir(tmp_path):
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
+           "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944,
+           "vocab_size": 152064, "max_position_embeddings": 32768, "torch_dtype": "float16",
+           "sliding_window": 131072, "use_sliding_window": False,
+           "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
+    d = _write(tmp_path / "coder-awq", cfg)
+    m = get_model(str(d))
+    assert m.id == str(d) and m.num_kv_heads == 4 and m.head_dim == 128 and m.native_dtype == "float16"
+    assert m.quantization == "awq" and m.quant_bits == 4 and m.quant_group_size == 128
+    assert m.sliding_window is None and m.params_b == pytest.approx(7.6, rel=0.02)
+
+
+def test_local_bert_and_gemma_configs(tmp_path):
+    bert = model_from_config({"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "hidden_size": 1024,
+                              "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+                              "vocab_size": 250002, "max_position_embeddings": 8194, "torch_dtype": "float32"}, "x")
+    assert bert.encoder_only and bert.context_length == 8192 and bert.params_b == pytest.approx(0.568, rel=0.03)
+    gemma = model_from_config({"model_type": "gemma2", "hidden_size": 2304, "num_hidden_layers": 26,
+                               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                               "intermediate_size": 9216, "vocab_size": 256000, "tie_word_embeddings": True,
+                               "attn_logit_softcapping": 50.0, "sliding_window": 4096, "dtype": "bfloat16"}, "g")
+    assert gemma.head_dim == 256 and gemma.attn_softcapping and gemma.sliding_window == 4096
+    assert gemma.params_b == pytest.approx(2.61, rel=0.03)
+
+
+def test_local_gptq_sidecar_config(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+    d = _write(tmp_path / "m", cfg, **{"quantize_config.json": {"bits": 4, "group_size": 128}})
+    m = get_model(str(d))
+    assert m.quantization == "gptq" and m.quant_bits == 4
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(UnknownModelError) as ei:
+        get_model(str(tmp_path))
+    assert "has no config.json" in str(ei.value)
+
+
+def test_hub_cache_is_used_offline(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256}
+    (tmp_path / "lab--small.json").write_text(json.dumps(cfg))
+    m = get_model("lab/small", cache_dir=tmp_path)
+    assert m.num_layers == 16 and m.id == "lab/small"
+
+
+def test_hub_fetch_is_cached(tmp_path, monkeypatch):
+    import httpx
+
+    cfg = {"model_type": "llama", "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8}
+    calls = []
+
+    def fake_get(url, **kw):
+        calls.append((url, kw.get("timeout")))
+        return httpx.Response(200, json=cfg, request=httpx.Request("GET", url))
+
+    monkeypatch.setattr(httpx, "get", fake_get)
+    m = get_model("lab/fetched", allow_network=True, cache_dir=tmp_path)
+    assert m.hidden_size == 512 and calls == [("https://huggingface.co/lab/fetched/resolve/main/config.json", 10.0)]
+    assert (tmp_path / "lab--fetched.json").is_file()
+    get_model("lab/fetched", cache_dir=tmp_path)  # offline now, from the cache
+    assert len(calls) == 1
