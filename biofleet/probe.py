@@ -100,5 +100,30 @@ async def probe_all(
     return {r.url: r for r in results}
 
 
-def probe_sync(urls: Sequence[str], **kw) -> dict[str, ProbeResult]:
-    return asyncio.run(probe_all(urls, **kw))
+def probe_all_any(urls: Sequence[str], *, transport=None, **kw) -> dict[str, ProbeResult]:
+    """Probe from synchronous code. A synchronous transport (the SSH tunnel) is driven from
+    a thread pool, since each tunnelled connection is a blocking channel."""
+    import httpx
+
+    if transport is None or isinstance(transport, httpx.AsyncBaseTransport):
+        return asyncio.run(probe_all(urls, transport=transport, **kw))
+    return asyncio.run(_probe_threaded(urls, transport, **kw))
+
+
+async def _probe_threaded(urls, transport, *, api_key=None, metrics=True, timeout=2.0):
+    import httpx
+
+    with httpx.Client(timeout=timeout, transport=transport, trust_env=False) as sync_client:
+        adapter = _SyncAdapter(sync_client)
+        results = await asyncio.gather(*(_probe_one(adapter, u, api_key, metrics) for u in urls))
+    return {r.url: r for r in results}
+
+
+class _SyncAdapter:
+    """The one method _probe_one needs, run in a worker thread."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def get(self, url, **kw):
+        return await asyncio.to_thread(self.client.get, url, **kw)

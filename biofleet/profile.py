@@ -139,6 +139,7 @@ class ClusterSettings(_Frozen):
     secret_files: dict[str, ShPath] = Field(default_factory=dict)  # ENV_NAME -> file read at job start
     sbatch_extra: tuple[EngineArg, ...] = ()
     ssh: SSHSettings | None = None
+    slurm_conf: ShPath | None = None  # a non-default slurm.conf (SLURM_CONF) for every SLURM command
 
     @field_validator("setup")
     @classmethod

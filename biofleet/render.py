@@ -236,10 +236,43 @@ def render_job(profile: Profile, job: JobSpec, fleet_dir: str) -> str:
     return _env().get_template("job.sbatch.j2").render(**ctx)
 
 
+def render_proxy_job(profile: Profile, fleet_dir: str) -> str:
+    """The proxy as a SLURM job on the profile's CPU partition."""
+    c, px = profile.cluster, profile.proxy
+    d: dict[str, str | None] = {
+        "job-name": f"biofleet-{profile.name}-proxy",
+        "partition": px.partition or c.partition,
+        "account": c.account,
+        "qos": c.qos,
+        "time": px.time or c.time,
+        "cpus-per-task": str(px.cpus_per_task),
+        "mem": px.mem,
+        "nodes": "1",
+        "ntasks": "1",
+        "output": f"{fleet_dir}/logs/proxy-%j.out",
+    }
+    ctx = {
+        "version": __version__,
+        "profile": profile.name,
+        "fleet_dir": fleet_dir,
+        "host": px.host,
+        "port": str(px.port) if px.port else "auto",
+        "advertise": c.advertise,
+        "python": "python3",
+        "env": sorted(c.env.items()),
+        "setup": list(c.setup),
+        "directives": [f"--{k}={v}" for k, v in sorted(d.items()) if v],
+    }
+    return _env().get_template("proxy.sbatch.j2").render(**ctx)
+
+
 def render_fleet(profile: Profile, fleet_dir: str | None = None) -> dict[str, str]:
     """``{file name: script text}`` for every job of the profile."""
     fleet_dir = fleet_dir or local_fleet_dir(profile)
-    return {f"{job.name}.sbatch": render_job(profile, job, fleet_dir) for job in profile.jobs}
+    scripts = {f"{job.name}.sbatch": render_job(profile, job, fleet_dir) for job in profile.jobs}
+    if profile.proxy.run == "slurm":
+        scripts["proxy.sbatch"] = render_proxy_job(profile, fleet_dir)
+    return scripts
 
 
 def write_scripts(scripts: dict[str, str], out: Path) -> list[Path]:

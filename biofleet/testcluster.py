@@ -306,8 +306,8 @@ class TestCluster:
             # Finished jobs leave squeue after a few seconds instead of 5 minutes, so tests see them go.
             "MinJobAge=5",
             "SchedulerType=sched/backfill",
-            # Schedule right after each submit/finish instead of waiting for the periodic pass.
-            "SchedulerParameters=defer_batch=0,sched_min_interval=0",
+            # batch_sched_delay defaults to 3 s: every batch job would wait for a 3 s scheduling tick.
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
             "SlurmctldTimeout=30",
             "SlurmdTimeout=60",
             "InactiveLimit=0",

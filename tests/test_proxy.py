@@ -300,7 +300,7 @@ def test_inflight_back_to_zero_after_success_and_upstream_error(stack):
 
 def test_upstream_timeout_is_504_and_releases_inflight(stack):
     async def stuck(path, headers, body, send):
-        await asyncio.sleep(3)
+        await asyncio.sleep(1)
         await send_bytes(send, 200, b"{}")
 
     us, _ = upstream(stuck)

@@ -99,8 +99,8 @@ def expand_array_tasks(spec: str) -> list[int]:
 
     The ``%N`` throttle is dropped (it limits how many run at once, not which exist).
     """
-    spec = spec.strip().removeprefix("[").removesuffix("]")
-    spec = spec.split("%", 1)[0]
+    spec = spec.strip().split("%", 1)[0]
+    spec = spec.removeprefix("[").removesuffix("]")
     tasks: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -274,7 +274,9 @@ class Slurm:
         ids = _ids(job_ids)
         if not ids:
             return {}
-        argv = ["squeue", f"--jobs={','.join(ids)}", "--noheader", f"--format={SQUEUE_FORMAT}"]
+        # --states=all: without it squeue hides jobs that just ended (COMPLETED/FAILED/CANCELLED
+        # stay in the controller for MinJobAge seconds) even when asked for them by id.
+        argv = ["squeue", f"--jobs={','.join(ids)}", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}"]
         result = self._run(argv, check=False)
         if result.returncode != 0:
             # When none of the ids is known any more, squeue fails with "Invalid job id specified"

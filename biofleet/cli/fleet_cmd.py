@@ -1,0 +1,391 @@
+"""``biofleet up | status | down | logs | register | unregister | token``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from biofleet.cli.output import console, print_json
+
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--profile", "-p", help="Shipped profile name or YAML path (default: $BIOFLEET_PROFILE, else the last one used with up).")]
+SshOpt = Annotated[Optional[str], typer.Option("--ssh", help="Run SLURM commands on this login node: user@host[:port].")]
+TrustOpt = Annotated[bool, typer.Option("--trust-new-host", help="Accept and record an SSH host key not yet in known_hosts.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="slurm, local (run jobs as local processes) or auto.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output only.")]
+
+_LAST = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "biofleet" / "last-profile"
+
+
+def _profile_ref(ref: str | None) -> str:
+    from biofleet.errors import FleetError
+
+    ref = ref or os.environ.get("BIOFLEET_PROFILE")
+    if ref:
+        return ref
+    if _LAST.exists():
+        return _LAST.read_text().strip()
+    raise FleetError("which fleet? give --profile NAME|FILE (or set BIOFLEET_PROFILE)")
+
+
+def _remember(ref: str) -> None:
+    try:
+        _LAST.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(ref)
+        _LAST.write_text(str(path.resolve()) if path.is_file() else ref)
+    except OSError:
+        pass
+
+
+def _open(ref: str, ssh, trust, backend, engine: str | None = None):
+    from biofleet.fleet import open_fleet
+    from biofleet.profile import load_profile
+
+    p = load_profile(ref)
+    if engine:
+        p = p.model_copy(update={"servers": {k: s.model_copy(update={"engine": engine}) for k, s in p.servers.items()}})
+    return open_fleet(p, backend=backend, ssh=ssh, trust_new_host=trust)
+
+
+def up(
+    profile: ProfileOpt = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until every server answers (default) or return after submitting.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for READY before giving up (jobs keep running).")] = 1800,
+    force: Annotated[bool, typer.Option("--force", help="Submit even when the fit-check finds errors (they are printed).")] = False,
+    proxy: Annotated[Optional[str], typer.Option("--proxy", help="slurm (a job on the CPU partition), local (a process here) or none. Default: the profile's proxy.run.")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Override every server's engine, e.g. mock to dry-run the plumbing without GPUs.")] = None,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit the fleet, wait until every server is READY, start the proxy.
+
+    Running up again reconciles: only servers that are missing or failed are resubmitted.
+
+    Examples:
+
+      biofleet up --profile t4x10
+
+      biofleet up --profile cpu-demo --backend local     # no SLURM needed
+
+      biofleet up --profile t4x10 --engine mock --no-wait   # plumbing dry run
+    """
+    from biofleet.errors import FleetError
+    from biofleet.fleet import FAILED, READY, up as do_up
+
+    ref = _profile_ref(profile)
+    if proxy not in (None, "slurm", "local", "none"):
+        raise FleetError(f"--proxy must be slurm, local or none, not {proxy!r}")
+    if engine not in (None, "vllm", "mock"):
+        raise FleetError(f"--engine must be vllm or mock, not {engine!r}")
+    out = console(stderr=json_out)
+    fleet = _open(ref, ssh, trust_new_host, backend, engine)
+    with fleet:
+        _fit_gate(fleet.profile, force, out)
+        _remember(ref)
+        out.print(f"fleet {fleet.profile.name}: {fleet.backend} backend, directory {fleet.paths.root}")
+        emit, on_status, finish = _progress(out, json_out)
+        try:
+            result = do_up(fleet, profile_ref=ref, wait=wait, timeout=timeout, proxy_mode=proxy,
+                           on_event=emit, on_status=on_status)
+        finally:
+            finish()
+        status = result.status
+        if json_out:
+            print_json({"fleet": fleet.profile.name, "fleet_dir": fleet.paths.root, "backend": fleet.backend,
+                        "submitted": [r.model_dump() for r in result.submitted], "kept": result.kept,
+                        "timed_out": result.timed_out,
+                        "status": status.to_json_dict() if status else None})
+        else:
+            if status is not None:
+                _status_table(out, status)
+            _endpoint_hint(out, fleet, result.state)
+        if status is None:
+            return
+        if result.timed_out:
+            missing = [s.name for s in status.servers if s.state != READY]
+            out.print(f"[yellow]timed out after {timeout:g}s; not ready: {', '.join(missing)}[/yellow] "
+                      "(jobs keep running; watch with biofleet status --watch)")
+            raise typer.Exit(3)
+        if any(s.state != READY for s in status.servers):
+            bad = [s.name for s in status.servers if s.state == FAILED or s.state != READY]
+            out.print(f"[red]not ready: {', '.join(bad)}[/red]; see biofleet logs SERVER, then run up again to resubmit")
+            raise typer.Exit(1)
+
+
+def _fit_gate(profile, force: bool, out) -> None:
+    from biofleet.errors import FleetError
+    from biofleet.fitcheck import check
+    from biofleet.plan import fit_inputs
+
+    report = check(fit_inputs(profile))
+    errors = [(s.name, f) for s in report.servers for f in s.findings if f.severity == "error"]
+    errors += [(g.node, f) for g in report.gpus for f in g.findings if f.severity == "error"]
+    if not errors:
+        return
+    lines = "\n".join(f"  {where}: {f.message} (fix: {f.fix})" for where, f in errors)
+    if not force:
+        raise FleetError(f"fit-check refuses this plan; nothing was submitted:\n{lines}\n"
+                         "run biofleet fit-check for the full report, or up --force to submit anyway")
+    out.print(f"[yellow]--force: submitting despite {len(errors)} fit-check error(s):[/yellow]\n{lines}")
+
+
+def _progress(out, json_out: bool):
+    """A live table on a terminal; one plain line per change otherwise."""
+    if json_out or not out.is_terminal:
+        def emit(msg: str) -> None:
+            out.print(msg, highlight=False, markup=False)
+
+        return emit, None, lambda: None
+    from rich.live import Live
+
+    live = Live(console=out, refresh_per_second=4, transient=True)
+    live.start()
+
+    def emit(msg: str) -> None:
+        live.console.print(msg, highlight=False, markup=False)
+
+    def on_status(status) -> None:
+        live.update(_table(status))
+
+    return emit, on_status, live.stop
+
+
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+_STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDING": "yellow",
+                "FAILED": "bold red", "GONE": "red", "STOPPED": "dim", "NOT_SUBMITTED": "dim"}
+
+
+def _table(status):
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    for col in ("server", "model", "job", "node", "state", "address", "health", "run/wait", "KV", "uptime", "left"):
+        t.add_column(col, no_wrap=col in ("server", "state"))
+    for s in status.servers:
+        style = _STATE_STYLE.get(s.state, "")
+        state = f"[{style}]{s.state}[/{style}]" + (f" {escape(s.reason)}" if s.reason and s.state != "READY" else "")
+        rw = "-" if s.running is None else f"{s.running:g}/{(s.waiting or 0):g}"
+        kv = "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%"
+        addr = s.url.split("://", 1)[-1] if s.url else "-"
+        t.add_row(escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), state, addr,
+                  escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-")
+    return t
+
+
+def _status_table(out, status) -> None:
+    out.print(_table(status))
+    px = status.proxy
+    if px.run:
+        where = f"job {px.job_id}" if px.job_id else "local process"
+        out.print(f"proxy ({where}): {px.state}" + (f" at {px.url}" if px.url else "")
+                  + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else ""))
+    for ep in status.extra_endpoints:
+        out.print(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})")
+    out.print(f"{status.ready}/{len(status.servers)} servers ready")
+
+
+def _endpoint_hint(out, fleet, state) -> None:
+    if state.proxy is None:
+        return
+    url = state.proxy.url or "(the proxy job writes its address to " + fleet.paths.proxy_record + ")"
+    out.print(f"endpoint: {url}/v1   token: biofleet token --profile {fleet.profile.name} "
+              f"(file {fleet.paths.token}, mode 0600)")
+
+
+def status(
+    profile: ProfileOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Scheduler state, registry and HTTP health of every server, and the proxy, in one table.
+
+    Example: biofleet status --profile t4x10 --watch
+    """
+    from biofleet.fleet import collect_status
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    with fleet:
+        if json_out:
+            print_json(collect_status(fleet).to_json_dict())
+            return
+        out = console()
+        if not watch:
+            st = collect_status(fleet)
+            if not st.submitted:
+                out.print(f"fleet {fleet.profile.name} is not up (no state in {fleet.paths.root}); "
+                          f"start it with biofleet up --profile {fleet.profile.name}")
+                raise typer.Exit(1)
+            _status_table(out, st)
+            return
+        from rich.live import Live
+
+        with Live(console=out, refresh_per_second=2) as live:
+            try:
+                while True:
+                    live.update(_table(collect_status(fleet)))
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                pass
+
+
+def down(
+    profile: ProfileOpt = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the fleet directory (logs, scripts, secrets).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs to leave the queue.")] = 120,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cancel exactly the jobs up submitted (by id, never by name), stop the proxy, clear the registry.
+
+    Logs are kept unless --purge. Safe to run twice, and when the jobs already died.
+
+    Example: biofleet down --profile t4x10
+    """
+    from biofleet.fleet import down as do_down
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    out = console(stderr=json_out)
+    with fleet:
+        res = do_down(fleet, purge=purge, timeout=timeout,
+                      on_event=lambda m: out.print(m, markup=False, highlight=False))
+    if json_out:
+        print_json({"fleet": fleet.profile.name, "cancelled": res.cancelled, "removed_records": res.removed_records,
+                    "purged": res.purged, "was_up": res.had_state})
+        return
+    if not res.had_state:
+        out.print(f"fleet {fleet.profile.name} was not up (no state in {fleet.paths.root}); nothing to cancel")
+    else:
+        out.print(f"fleet {fleet.profile.name} is down"
+                  + ("" if purge else f"; logs kept in {fleet.paths.logs}"))
+
+
+def logs(
+    server: Annotated[str, typer.Argument(help="Server name as status shows it (e.g. coder-1), or a served name with one replica.")],
+    profile: ProfileOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    slurm_output: Annotated[bool, typer.Option("--slurm", help="Show the SLURM output file of the task instead of the server's log.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end (0: all).")] = 100,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Print (or follow) the log of the job task running SERVER.
+
+    Example: biofleet logs coder-0 -f
+    """
+    from biofleet.errors import FleetError
+    from biofleet.fleet import log_paths
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    with fleet:
+        server_log, slurm_log = log_paths(fleet, server)
+        path = slurm_log if slurm_output else server_log
+        if not fleet.runner.exists(path):
+            raise FleetError(f"no log yet at {path} (the job may still be pending: biofleet status)")
+        text = fleet.runner.read_text(path)
+        shown = text.splitlines(keepends=True)
+        sys.stdout.write("".join(shown[-lines:] if lines else shown))
+        sys.stdout.flush()
+        seen = len(text)
+        while follow:
+            try:
+                time.sleep(1)
+                text = fleet.runner.read_text(path)
+            except KeyboardInterrupt:
+                break
+            if len(text) > seen:
+                sys.stdout.write(text[seen:])
+                sys.stdout.flush()
+            seen = len(text)
+
+
+def register(
+    name: Annotated[str, typer.Argument(help="Name of the endpoint (also its served name unless --served-name).")],
+    url: Annotated[str, typer.Argument(help="Base URL, e.g. http://gpu-node-7:8000 (without /v1).")],
+    served_name: Annotated[Optional[list[str]], typer.Option("--served-name", help="Model name(s) it serves; repeatable.")] = None,
+    kind: Annotated[str, typer.Option(help="generate or embed.")] = "generate",
+    profile: ProfileOpt = None,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Add an endpoint started outside biofleet to the fleet registry, so the proxy routes to it.
+
+    Example: biofleet register big-coder http://h100-03:8000 --served-name coder
+    """
+    from biofleet.errors import FleetError
+    from biofleet.fleet import register_endpoint
+
+    if not url.startswith(("http://", "https://")):
+        raise FleetError(f"URL must start with http:// or https://, got {url!r}")
+    if kind not in ("generate", "embed"):
+        raise FleetError(f"--kind must be generate or embed, not {kind!r}")
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    with fleet:
+        ep = register_endpoint(fleet, name, url, served_name or [name], kind)
+    console().print(f"registered {ep.server} -> {ep.url} serving {', '.join(ep.served_names)}")
+
+
+def unregister(
+    name: Annotated[str, typer.Argument(help="Name given to biofleet register.")],
+    profile: ProfileOpt = None,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Remove an endpoint added with biofleet register.
+
+    Example: biofleet unregister big-coder
+    """
+    from biofleet.errors import FleetError
+    from biofleet.fleet import unregister_endpoint
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    with fleet:
+        if not unregister_endpoint(fleet, name):
+            raise FleetError(f"no endpoint {name!r} registered by hand in {fleet.paths.registry}")
+    console().print(f"unregistered {name}")
+
+
+def token(
+    profile: ProfileOpt = None,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Print the proxy token (clients send it as 'Authorization: Bearer TOKEN').
+
+    Example: export OPENAI_API_KEY=$(biofleet token --profile t4x10)
+    """
+    from biofleet.fleet import read_token
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    with fleet:
+        sys.stdout.write(read_token(fleet) + "\n")
+
+
+def mount(app: typer.Typer) -> None:
+    for fn in (up, status, down, logs, register, unregister, token):
+        app.command(fn.__name__)(fn)

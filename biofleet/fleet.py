@@ -1,0 +1,690 @@
+"""Fleet lifecycle: up, status, down, logs, register — over any runner and scheduler.
+
+``up`` renders the profile's jobs, submits them, records the job ids in the fleet
+directory, starts the proxy and (optionally) waits until every server answers.
+``status`` joins three sources: the scheduler (one batched query), the registry
+the jobs write, and concurrent HTTP probes. ``down`` cancels exactly the job ids
+``up`` recorded — never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from biofleet.errors import FleetError
+from biofleet.fleetdir import FleetPaths, FleetState, JobRecord, ProxyRecord, new_secret
+from biofleet.plan import node_label
+from biofleet.profile import Instance, Profile
+from biofleet.registry import Endpoint, record_filename
+
+# Server states shown by status, in the order a server goes through them.
+NOT_SUBMITTED, PENDING, RUNNING, STARTING, READY = "NOT_SUBMITTED", "PENDING", "RUNNING", "STARTING", "READY"
+FAILED, STOPPED, GONE = "FAILED", "STOPPED", "GONE"
+SETTLED = {READY, FAILED, STOPPED, GONE}  # up stops waiting for a server in one of these
+NEEDS_RESUBMIT = {NOT_SUBMITTED, FAILED, STOPPED, GONE}
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass
+class Fleet:
+    """A profile bound to where it runs: runner (local/SSH), scheduler (SLURM/local), fleet dir."""
+
+    profile: Profile
+    runner: Any
+    scheduler: Any
+    backend: str  # "slurm" | "local"
+    paths: FleetPaths
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_ssh_target(target: str) -> dict[str, Any]:
+    """``user@host[:port]`` -> SSHSettings fields."""
+    user, _, hostport = target.rpartition("@")
+    host, _, port = hostport.partition(":")
+    out: dict[str, Any] = {"host": host}
+    if user:
+        out["user"] = user
+    if port:
+        out["port"] = int(port)
+    return out
+
+
+def open_fleet(
+    profile: Profile,
+    *,
+    backend: str = "auto",
+    ssh: str | None = None,
+    trust_new_host: bool = False,
+) -> Fleet:
+    """Connect to where the fleet runs and decide the scheduler.
+
+    ``backend``: ``slurm``, ``local`` or ``auto`` (an existing fleet keeps the backend
+    it was started with; a new one uses SLURM when ``sbatch`` is there, else local).
+    """
+    from biofleet.slurm.runner import LocalRunner, SSHRunner
+
+    ssh_settings = None
+    if ssh:
+        from biofleet.profile import SSHSettings
+
+        ssh_settings = SSHSettings(**parse_ssh_target(ssh))
+    elif profile.cluster.ssh is not None:
+        ssh_settings = profile.cluster.ssh
+    if ssh_settings is not None:
+        runner = SSHRunner(
+            ssh_settings.host, user=ssh_settings.user, port=ssh_settings.port,
+            key_file=_expand_local(ssh_settings.key_file), known_hosts=_expand_local(ssh_settings.known_hosts),
+            allow_unknown_host=trust_new_host or ssh_settings.trust_new_host,
+        )
+    else:
+        runner = LocalRunner()
+    try:
+        paths = FleetPaths(_cluster_path(runner, profile.cluster.workdir).rstrip("/") + "/" + profile.name)
+        state = load_state(runner, paths)
+        chosen = backend
+        if chosen == "auto":
+            if state is not None:
+                chosen = state.backend
+            else:
+                chosen = "slurm" if runner.which("sbatch") else "local"
+        if chosen == "local":
+            if ssh_settings is not None:
+                raise FleetError("the local backend runs jobs on this machine; it cannot be combined with SSH")
+            from biofleet.slurm.local import LocalScheduler
+
+            scheduler: Any = LocalScheduler(paths.root + "/local-jobs")
+        elif chosen == "slurm":
+            from biofleet.slurm.scheduler import Slurm
+
+            env = {"SLURM_CONF": profile.cluster.slurm_conf} if profile.cluster.slurm_conf else None
+            scheduler = Slurm(runner, env=env)
+        else:
+            raise FleetError(f"unknown backend {backend!r}; use slurm, local or auto")
+    except BaseException:
+        runner.close()
+        raise
+    return Fleet(profile, runner, scheduler, chosen, paths)
+
+
+def _expand_local(path: str | None) -> str | None:
+    return os.path.expandvars(os.path.expanduser(path)) if path else None
+
+
+def _cluster_path(runner, path: str) -> str:
+    """Expand ~, $HOME and $USER the way the cluster side sees them."""
+    from biofleet.slurm.runner import LocalRunner
+
+    if isinstance(runner, LocalRunner):
+        return os.path.abspath(os.path.expandvars(os.path.expanduser(path)))
+    out = runner.run(["sh", "-c", 'printf "%s\\n%s\\n" "$HOME" "$(id -un)"']).stdout.splitlines()
+    home, user = out[0], out[1]
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    for var, val in (("${HOME}", home), ("$HOME", home), ("${USER}", user), ("$USER", user)):
+        path = path.replace(var, val)
+    return path
+
+
+# ---------------------------------------------------------------------------- state
+
+
+def load_state(runner, paths: FleetPaths) -> FleetState | None:
+    if not runner.exists(paths.state):
+        return None
+    try:
+        return FleetState.model_validate(json.loads(runner.read_text(paths.state)))
+    except ValueError as exc:
+        raise FleetError(
+            f"fleet state {paths.state} is unreadable ({exc}); move it aside to start this fleet afresh"
+        ) from None
+
+
+def save_state(runner, paths: FleetPaths, state: FleetState) -> None:
+    runner.write_text(paths.state, state.dumps())
+
+
+# ---------------------------------------------------------------------------- status
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    served_name: str
+    model: str
+    engine: str
+    node_label: str
+    job: str
+    task: int
+    job_id: str | None = None
+    state: str = NOT_SUBMITTED
+    reason: str | None = None
+    node: str | None = None
+    url: str | None = None
+    health: str | None = None
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None
+    started_at: float | None = None
+    time_left: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def uptime_s(self) -> float | None:
+        return time.time() - self.started_at if self.started_at else None
+
+
+@dataclass
+class ProxyStatus:
+    run: str | None = None
+    job_id: str | None = None
+    state: str = NOT_SUBMITTED
+    url: str | None = None
+    health: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class FleetStatus:
+    fleet: str
+    backend: str
+    fleet_dir: str
+    submitted: bool
+    servers: list[ServerStatus]
+    proxy: ProxyStatus
+    extra_endpoints: list[dict[str, Any]] = field(default_factory=list)  # registered by hand
+
+    @property
+    def ready(self) -> int:
+        return sum(s.state == READY for s in self.servers)
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self.servers) and all(s.state == READY for s in self.servers)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for s, raw in zip(self.servers, d["servers"]):
+            raw["uptime_s"] = round(s.uptime_s, 1) if s.uptime_s is not None else None
+        d["ready"] = self.ready
+        d["total"] = len(self.servers)
+        return d
+
+
+def read_registry(runner, paths: FleetPaths) -> list[Endpoint]:
+    """Every record in the registry dir, in one round trip on remote runners."""
+    from biofleet.slurm.runner import LocalRunner
+
+    if isinstance(runner, LocalRunner):
+        from pathlib import Path
+
+        from biofleet.registry import read_records
+
+        return read_records(Path(paths.registry))
+    script = 'for f in "$1"/*.json; do [ -f "$f" ] && cat "$f" && printf "\\n"; done; true'
+    out = runner.run(["sh", "-c", script, "sh", paths.registry], check=False).stdout
+    recs = []
+    for line in out.splitlines():
+        if line.strip():
+            try:
+                recs.append(Endpoint.model_validate(json.loads(line)))
+            except ValueError:
+                continue
+    return recs
+
+
+def _tail(runner, path: str, n: int = 8) -> list[str]:
+    try:
+        text = runner.read_text(path)
+    except (OSError, Exception):  # noqa: BLE001 - a missing log must not break status
+        return []
+    return text.rstrip("\n").splitlines()[-n:]
+
+
+def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None = None) -> FleetStatus:
+    from biofleet.slurm.states import JobState
+
+    p = fleet.profile
+    state = state if state is not None else load_state(fleet.runner, fleet.paths)
+    insts = p.instances()
+    servers = [ServerStatus(i.name, i.served_name, i.spec.model, i.spec.engine,
+                            node_label(p.job(i.job), i.task), i.job, i.task) for i in insts]
+    proxy = ProxyStatus()
+    if state is None:
+        return FleetStatus(p.name, fleet.backend, fleet.paths.root, False, servers, proxy)
+
+    ids = state.job_ids()
+    infos = fleet.scheduler.states(ids) if ids else {}
+    records = read_registry(fleet.runner, fleet.paths)
+    by_key = {(r.server, r.job_id): r for r in records}
+
+    for st, inst in zip(servers, insts):
+        rec = state.latest(inst.job, inst.task)
+        if rec is None:
+            continue
+        st.job_id = rec.task_job_id(inst.task)
+        info = infos.get(st.job_id)
+        endpoint = by_key.get((inst.name, st.job_id))
+        if info is None:
+            st.state, st.reason = GONE, "left the queue (no accounting record)"
+        elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
+            st.state, st.reason = PENDING, info.reason
+        elif info.state.is_terminal:
+            ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED)
+            st.state = STOPPED if ok_end else FAILED
+            st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
+            if not ok_end:
+                st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
+        else:
+            st.state = RUNNING if endpoint is None else STARTING
+            st.reason = "starting, not registered yet" if endpoint is None else "registered, not healthy yet"
+        if info is not None:
+            st.node = info.nodes
+            st.time_left = info.time_left
+        if endpoint is not None and (info is None or not info.state.is_terminal):
+            st.url = endpoint.url
+            st.started_at = endpoint.started_at
+
+    manual = [r for r in records if r.manual]
+    # proxy
+    if state.proxy is not None:
+        proxy.run, proxy.job_id = state.proxy.run, state.proxy.job_id
+        proxy.url = state.proxy.url
+        if state.proxy.run == "slurm" and state.proxy.job_id:
+            info = infos.get(state.proxy.job_id)
+            if info is None or info.state.is_terminal:
+                proxy.state = STOPPED if info is None or info.state == JobState.CANCELLED else FAILED
+                proxy.reason = info.state.value if info else "left the queue"
+            elif info.state == JobState.PENDING:
+                proxy.state, proxy.reason = PENDING, info.reason
+            else:
+                proxy.state = STARTING
+            if proxy.url is None and fleet.runner.exists(fleet.paths.proxy_record):
+                try:
+                    proxy.url = json.loads(fleet.runner.read_text(fleet.paths.proxy_record)).get("url")
+                except ValueError:
+                    pass
+        elif state.proxy.run == "local":
+            proxy.state = STARTING if _pid_alive(state.proxy.pid) else STOPPED
+
+    if probe:
+        _probe_into(fleet, servers, proxy)
+    return FleetStatus(p.name, fleet.backend, fleet.paths.root, True, servers, proxy,
+                       [r.model_dump(exclude_none=True) for r in manual])
+
+
+def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -> None:
+    from biofleet.probe import probe_all_any
+
+    key = _read_secret(fleet, fleet.paths.backend_key)
+    urls = [s.url for s in servers if s.url]
+    results = probe_all_any(urls, api_key=key, transport=fleet.runner.http_transport()) if urls else {}
+    for s in servers:
+        r = results.get(s.url) if s.url else None
+        if r is None:
+            continue
+        s.running, s.waiting, s.kv_cache_usage = r.running, r.waiting, r.kv_cache_usage
+        if r.healthy and s.served_name in r.models:
+            s.state, s.health, s.reason = READY, "ok", None
+        elif r.healthy:
+            s.health = f"serves {r.models}, not {s.served_name!r}"
+        else:
+            s.health = r.error or "unhealthy"
+    if proxy.url and proxy.state not in (STOPPED, FAILED):
+        token = _read_secret(fleet, fleet.paths.token)
+        pr = probe_all_any([proxy.url], api_key=token, transport=fleet.runner.http_transport(), metrics=False)
+        r = pr.get(proxy.url)
+        if r is not None and r.status is not None:
+            proxy.state = READY
+            proxy.health = "ok" if r.status == 200 else f"/health {r.status} (some model has no healthy replica)"
+        elif r is not None:
+            proxy.health = r.error
+
+
+def _read_secret(fleet: Fleet, path: str) -> str | None:
+    try:
+        return fleet.runner.read_text(path).strip() or None
+    except Exception:  # noqa: BLE001 - no secret yet
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------------------- up
+
+
+@dataclass
+class UpResult:
+    state: FleetState
+    submitted: list[JobRecord]
+    kept: list[str]  # servers left alone because they are healthy or on their way
+    status: FleetStatus | None
+    timed_out: bool = False
+
+
+Event = Callable[[str], None]
+
+
+def prepare_fleet_dir(fleet: Fleet) -> None:
+    r, p = fleet.runner, fleet.paths
+    for d in (p.root, p.scripts, p.logs, p.registry):
+        r.mkdir(d)
+    r.mkdir(p.secrets, mode=0o700)
+    for path in (p.token, p.backend_key):
+        if not r.exists(path):
+            r.write_text(path, new_secret() + "\n", mode=0o600)
+
+
+def up(
+    fleet: Fleet,
+    *,
+    profile_ref: str,
+    wait: bool = True,
+    timeout: float = 1800,
+    proxy_mode: str | None = None,
+    on_event: Event = lambda msg: None,
+    on_status: Callable[[FleetStatus], None] | None = None,
+    poll: float = 2.0,
+) -> UpResult:
+    from biofleet.render import render_job
+
+    p, r, paths = fleet.profile, fleet.runner, fleet.paths
+    prepare_fleet_dir(fleet)
+    state = load_state(r, paths)
+    kept: list[str] = []
+    if state is None:
+        state = FleetState(fleet=p.name, profile=profile_ref, backend=fleet.backend, fleet_dir=paths.root)
+        todo = {(i.job, i.task) for i in p.instances()}
+    else:
+        if state.backend != fleet.backend:
+            raise FleetError(
+                f"fleet {p.name} was started with the {state.backend} backend; run biofleet down first "
+                f"to switch to {fleet.backend}"
+            )
+        current = collect_status(fleet, state=state)
+        todo = set()
+        for s in current.servers:
+            if s.state in NEEDS_RESUBMIT:
+                todo.add((s.job, s.task))
+            else:
+                kept.append(s.name)
+        # A task is resubmitted whole; co-located servers of a task that needs it are restarted too.
+        kept = [n for n, s in ((s.name, s) for s in current.servers) if (s.job, s.task) not in todo]
+        if kept:
+            on_event(f"keeping {len(kept)} server(s) that are running or on their way: {', '.join(kept)}")
+    state.profile = profile_ref
+    submitted: list[JobRecord] = []
+    for job in p.jobs:
+        tasks = sorted(t for (j, t) in todo if j == job.name)
+        if not tasks:
+            continue
+        script = paths.script(job.name)
+        r.write_text(script, render_job(p, job, paths.root), mode=0o755)
+        extra: list[str] = []
+        if job.is_array and len(tasks) < len(job.nodes):
+            extra.append("--array=" + ",".join(map(str, tasks)))
+        job_id = fleet.scheduler.submit(script, extra_args=extra)
+        rec = JobRecord(job=job.name, job_id=job_id, tasks=tasks, array=job.is_array)
+        state.jobs.append(rec)
+        submitted.append(rec)
+        save_state(r, paths, state)  # after every submission: a crash must not lose a job id
+        what = f"tasks {','.join(map(str, tasks))}" if job.is_array else "1 node"
+        on_event(f"submitted job {job.name} ({what}) as {job_id}")
+    _write_routing(fleet)
+    _ensure_proxy(fleet, state, proxy_mode or p.proxy.run, on_event)
+    save_state(r, paths, state)
+
+    if not wait:
+        return UpResult(state, submitted, kept, None)
+    status = None
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    while True:
+        status = collect_status(fleet, state=state)
+        for s in status.servers:
+            desc = s.state + (f" ({s.reason})" if s.reason and s.state != READY else "")
+            if last.get(s.name) != desc:
+                last[s.name] = desc
+                on_event(f"{s.node_label} {s.name}: {desc}")
+                for line in s.log_tail if s.state == FAILED else ():
+                    on_event(f"    | {line}")
+        if on_status is not None:
+            on_status(status)
+        if all(s.state in SETTLED for s in status.servers) and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED):
+            return UpResult(state, submitted, kept, status)
+        if time.monotonic() >= deadline:
+            return UpResult(state, submitted, kept, status, timed_out=True)
+        time.sleep(poll)
+
+
+def _write_routing(fleet: Fleet) -> None:
+    p = fleet.profile
+    routing = p.routing.model_copy(update={"tasks": p.task_table()})
+    fleet.runner.write_text(fleet.paths.routing, json.dumps(routing.model_dump(mode="json"), indent=2))
+
+
+def _proxy_argv(fleet: Fleet, host: str, port: str) -> list[str]:
+    paths = fleet.paths
+    return [
+        "-m", "biofleet.cli.main", "proxy", "--registry", paths.registry, "--routing", paths.routing,
+        "--host", host, "--port", port, "--token-file", paths.token, "--backend-key-file", paths.backend_key,
+    ]
+
+
+def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -> None:
+    from biofleet.slurm.runner import LocalRunner
+
+    p, paths = fleet.profile, fleet.paths
+    if mode == "none":
+        return
+    if state.proxy is not None:
+        alive = False
+        if state.proxy.run == "local":
+            alive = _pid_alive(state.proxy.pid)
+        elif state.proxy.job_id:
+            info = fleet.scheduler.states([state.proxy.job_id]).get(state.proxy.job_id)
+            alive = info is not None and not info.state.is_terminal
+        if alive:
+            return
+    if mode == "local":
+        if not isinstance(fleet.runner, LocalRunner):
+            raise FleetError("--proxy local needs the fleet on this machine; with SSH use proxy.run: slurm")
+        host = p.proxy.host
+        port = p.proxy.port or _free_port(host)
+        log = open(paths.logs + "/proxy.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, *_proxy_argv(fleet, host, str(port))], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+        )
+        log.close()
+        connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{connect}:{port}"
+        state.proxy = ProxyRecord(run="local", pid=proc.pid, host=host, url=url)
+        fleet.runner.write_text(paths.proxy_record, json.dumps({"url": url, "pid": proc.pid}))
+        on_event(f"proxy started locally (pid {proc.pid}) at {url}")
+        return
+    from biofleet.render import render_proxy_job
+
+    script = paths.script("proxy")
+    fleet.runner.write_text(script, render_proxy_job(p, paths.root), mode=0o755)
+    if fleet.runner.exists(paths.proxy_record):
+        fleet.runner.remove(paths.proxy_record)
+    job_id = fleet.scheduler.submit(script)
+    state.proxy = ProxyRecord(run="slurm", job_id=job_id)
+    on_event(f"proxy submitted as job {job_id} (partition {p.proxy.partition or p.cluster.partition})")
+
+
+def _free_port(host: str) -> int:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------- down
+
+
+@dataclass
+class DownResult:
+    cancelled: list[str]
+    removed_records: int
+    purged: bool
+    had_state: bool
+
+
+def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120, on_event: Event = lambda m: None) -> DownResult:
+    r, paths = fleet.runner, fleet.paths
+    state = load_state(r, paths)
+    cancelled: list[str] = []
+    if state is not None:
+        ids = state.job_ids()
+        if ids:
+            fleet.scheduler.cancel(ids)
+            cancelled = ids
+            on_event(f"cancelled job(s) {' '.join(ids)}; waiting for them to leave the queue")
+            try:
+                fleet.scheduler.wait_gone(ids, timeout)
+            except TimeoutError as exc:
+                raise FleetError(f"{exc}; run biofleet down again, or scancel them by id") from None
+        if state.proxy and state.proxy.run == "local" and _pid_alive(state.proxy.pid):
+            _stop_local_proxy(state.proxy.pid)
+            on_event(f"stopped the local proxy (pid {state.proxy.pid})")
+    removed = 0
+    ours = set()
+    if state is not None:
+        for rec in state.jobs:
+            ours.update(rec.task_job_id(t) for t in rec.tasks)
+    for ep in read_registry(r, paths):
+        if ep.job_id in ours or (purge and ep.manual):
+            _remove_quiet(r, f"{paths.registry}/{record_filename(ep.server, ep.job_id)}")
+            removed += 1
+    if state is not None:
+        r.remove(paths.state)
+    if r.exists(paths.proxy_record):
+        r.remove(paths.proxy_record)
+    if purge and r.exists(paths.root):
+        r.rmtree(paths.root)
+        on_event(f"removed {paths.root}")
+    return DownResult(cancelled, removed, purge, state is not None)
+
+
+def _stop_local_proxy(pid: int | None) -> None:
+    if not pid:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"biofleet" not in fh.read():
+                return  # the pid was reused by something else: leave it alone
+    except OSError:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_quiet(runner, path: str) -> None:
+    try:
+        runner.remove(path)
+    except Exception:  # noqa: BLE001 - already gone (the job removed it on exit)
+        pass
+
+
+# ---------------------------------------------------------------------------- logs, register, token
+
+
+def find_instance(profile: Profile, name: str) -> Instance:
+    insts = profile.instances()
+    for i in insts:
+        if i.name == name:
+            return i
+    matches = [i for i in insts if i.server == name or i.served_name == name]
+    if len(matches) == 1:
+        return matches[0]
+    names = ", ".join(i.name for i in insts)
+    if matches:
+        raise FleetError(f"{name!r} has {len(matches)} replicas; name one: {', '.join(i.name for i in matches)}")
+    raise FleetError(f"no server {name!r} in fleet {profile.name}; servers: {names}")
+
+
+def log_paths(fleet: Fleet, name: str) -> tuple[str, str]:
+    """(server log, SLURM output) of the latest submission running server ``name``."""
+    inst = find_instance(fleet.profile, name)
+    state = load_state(fleet.runner, fleet.paths)
+    rec = state.latest(inst.job, inst.task) if state else None
+    if rec is None:
+        raise FleetError(f"{inst.name} has not been submitted; run biofleet up --profile {fleet.profile.name}")
+    key = rec.task_job_id(inst.task)
+    job = fleet.profile.job(inst.job)
+    out = (f"{fleet.paths.logs}/{job.name}-{rec.job_id}_{inst.task}.out" if job.is_array
+           else f"{fleet.paths.logs}/{job.name}-{rec.job_id}.out")
+    return fleet.paths.server_log(inst.name, key), out
+
+
+def register_endpoint(fleet: Fleet, name: str, url: str, served_names: Sequence[str], kind: str = "generate") -> Endpoint:
+    ep = Endpoint(fleet=fleet.profile.name, server=name, url=url.rstrip("/"),
+                  served_names=tuple(served_names) or (name,), kind=kind, engine="external", manual=True,
+                  started_at=time.time())
+    fleet.runner.mkdir(fleet.paths.registry)
+    fleet.runner.write_text(f"{fleet.paths.registry}/{record_filename(name, None)}", ep.model_dump_json(exclude_none=True))
+    return ep
+
+
+def unregister_endpoint(fleet: Fleet, name: str) -> bool:
+    path = f"{fleet.paths.registry}/{record_filename(name, None)}"
+    if not fleet.runner.exists(path):
+        return False
+    fleet.runner.remove(path)
+    return True
+
+
+def read_token(fleet: Fleet) -> str:
+    tok = _read_secret(fleet, fleet.paths.token)
+    if tok is None:
+        raise FleetError(f"no proxy token at {fleet.paths.token}; biofleet up creates it")
+    return tok
+
+
+def quote_cmd(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,213 @@
+"""The SLURM output parsers, on output recorded from a real SLURM 22.05 (tests/data/slurm) and edge cases."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from biofleet.slurm.scheduler import (
+    expand_array_tasks,
+    parse_sacct,
+    parse_sbatch,
+    parse_squeue,
+    split_job_id,
+)
+from biofleet.slurm.states import TERMINAL, JobState, parse_state
+
+DATA = Path(__file__).parent / "data" / "slurm"
+
+
+def read(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# ---------------------------------------------------------------------------- sbatch
+
+
+def test_sbatch_recorded():
+    assert parse_sbatch(read("sbatch_parsable.txt")) == "12"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("123\n", "123"), ("123;cluster-a\n", "123"), ("sbatch: warning: something\n456\n", "456"), ("  77  ", "77")],
+)
+def test_sbatch_forms(text, expected):
+    assert parse_sbatch(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "Submitted batch job\n", "abc;def"])
+def test_sbatch_without_id(text):
+    with pytest.raises(ValueError, match="no job id"):
+        parse_sbatch(text)
+
+
+# ---------------------------------------------------------------------------- squeue
+
+
+def test_squeue_recorded_mixed():
+    jobs = parse_squeue(read("squeue_mixed.txt"))
+    # A running job with a time limit; its name contains the field separator.
+    j = jobs["13"]
+    assert j.state is JobState.RUNNING
+    assert j.name == "with limit|pipe"
+    assert (j.nodes, j.partition) == ("cpu-01", "cpuspot")
+    assert (j.time_used, j.time_left, j.time_limit) == ("0:01", "9:59", "10:00")
+    assert j.start_time == "2026-11-24T19:40:47"
+    assert j.array_job_id is None and j.array_task_id is None and j.reason is None
+    # Running array tasks: one entry each, ids as users see them.
+    t3 = jobs["2_3"]
+    assert (t3.state, t3.nodes, t3.array_job_id, t3.array_task_id) == (JobState.RUNNING, "t4-01", "2", 3)
+    # The pending range "2_[6-14%3]" is expanded into one PENDING entry per task.
+    for t in range(6, 15):
+        info = jobs[f"2_{t}"]
+        assert info.state is JobState.PENDING
+        assert info.reason == "JobArrayTaskLimit"
+        assert info.nodes is None and info.start_time is None
+        assert (info.array_job_id, info.array_task_id) == ("2", t)
+    assert "2_[6-14%3]" not in jobs
+    assert len(jobs) == 2 + 9 + 3
+
+
+def test_squeue_recorded_finished():
+    jobs = parse_squeue(read("squeue_finished.txt"))
+    # Ended jobs stay visible (with --states=all) for MinJobAge seconds, with their final state.
+    assert jobs["14"].state is JobState.CANCELLED and jobs["14"].name == "cancel me"
+    assert jobs["13"].state is JobState.COMPLETED
+    # Waiting for GPUs: a reason, no node, an expected start time, a 30 min limit.
+    w = jobs["3"]
+    assert (w.state, w.reason, w.nodes, w.time_limit) == (JobState.PENDING, "Resources", None, "30:00")
+    assert w.start_time == "2027-11-24T19:44:24"
+    assert jobs["2"].state is JobState.RUNNING and jobs["2"].nodes == "h100-01"
+    assert {k for k, v in jobs.items() if v.array_job_id == "1"} == {f"1_{t}" for t in range(8)}
+    failed = parse_squeue(read("squeue_failed.txt"))["12"]
+    assert (failed.state, failed.reason) == (JobState.FAILED, "NonZeroExitCode")
+    assert failed.is_terminal
+
+
+def test_squeue_recorded_array_running():
+    jobs = parse_squeue(read("squeue_array_running.txt"))
+    assert {k for k, v in jobs.items() if v.state is JobState.PENDING} == {f"2_{t}" for t in range(6, 15)}
+    assert jobs["13"].name == "with limit|pipe"
+
+
+def test_short_codes_recorded():
+    # %t (short) and %T (long) columns of the same squeue call must agree.
+    for line in read("squeue_short_codes.txt").splitlines():
+        _id, short, long, _reason = line.split("|")
+        assert parse_state(short) is parse_state(long)
+
+
+def test_squeue_edge_cases():
+    text = (
+        "20956421_[2-4%25]|20956421|20956421|2-4%25|PENDING|Priority||t4flex|0:00|1:00:00|1:00:00|N/A|arr\n"
+        "77|77|77|N/A|PENDING|Resources||h100flex|0:00|UNLIMITED|UNLIMITED|2026-01-01T10:00:00|big\n"
+        "\n"
+        "garbage line\n"
+        "78|78|78|N/A|WEIRD_NEW_STATE|None|cpu-01|cpuspot|0:01|UNLIMITED|UNLIMITED|N/A|x\n"
+    )
+    with pytest.warns(UserWarning, match="WEIRD_NEW_STATE"):
+        jobs = parse_squeue(text)
+    assert sorted(jobs) == ["20956421_2", "20956421_3", "20956421_4", "77", "78"]
+    assert jobs["20956421_4"].time_limit == "1:00:00"
+    assert jobs["77"].reason == "Resources" and jobs["77"].start_time == "2026-01-01T10:00:00"
+    assert jobs["78"].state is JobState.UNKNOWN and jobs["78"].raw_state == "WEIRD_NEW_STATE"
+
+
+def test_squeue_empty():
+    assert parse_squeue("") == {}
+
+
+# ---------------------------------------------------------------------------- sacct
+# Hand-written in the exact --parsable2 layout: the test cluster runs without accounting
+# (as many small clusters do), so there is no real sacct output to record there.
+
+SACCT = """\
+101|vllm-coder|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
+101.batch|batch|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
+101.extern|extern|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
+102|math|CANCELLED by 0|0:15|t4-02|00:00:40|2026-11-24T10:00:00|2026-11-24T10:00:40
+103|oops|FAILED|1:0|cpu-01|00:00:01|2026-11-24T10:01:00|2026-11-24T10:01:01
+104|big|OUT_OF_MEMORY|0:125|h100-01|00:10:00|2026-11-24T10:02:00|2026-11-24T10:12:00
+105_3|arr|TIMEOUT|0:0|t4-03|01:00:00|2026-11-24T09:00:00|2026-11-24T10:00:00
+105_[4-6%2]|arr|PENDING|0:0|None assigned|00:00:00|Unknown|Unknown
+106|name|with|pipe|RUNNING|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown
+106.0|python3|RUNNING+|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown
+"""
+
+
+def test_sacct_parse():
+    jobs = parse_sacct(SACCT)
+    assert sorted(jobs) == ["101", "102", "103", "104", "105_3", "105_4", "105_5", "105_6", "106"]
+    assert jobs["101"].state is JobState.COMPLETED and jobs["101"].exit_code == "0:0"
+    assert jobs["101"].source == "sacct" and jobs["101"].time_used == "00:05:12"
+    assert jobs["102"].state is JobState.CANCELLED and jobs["102"].raw_state == "CANCELLED by 0"
+    assert jobs["103"].state is JobState.FAILED and jobs["103"].exit_code == "1:0"
+    assert jobs["104"].state is JobState.OUT_OF_MEMORY
+    assert (jobs["105_3"].state, jobs["105_3"].array_task_id) == (JobState.TIMEOUT, 3)
+    assert jobs["105_5"].state is JobState.PENDING and jobs["105_5"].end_time is None
+    assert jobs["106"].name == "name|with|pipe" and jobs["106"].state is JobState.RUNNING
+
+
+def test_sacct_step_only_and_empty():
+    assert parse_sacct("") == {}
+    assert parse_sacct("7.batch|batch|COMPLETED|0:0|t4-01|00:00:01|x|y\n") == {}
+
+
+# ---------------------------------------------------------------------------- ids and states
+
+
+@pytest.mark.parametrize(
+    "spec, tasks",
+    [
+        ("2-4%25", [2, 3, 4]),
+        ("[2-4%25]", [2, 3, 4]),
+        ("5", [5]),
+        ("1,3,5-7", [1, 3, 5, 6, 7]),
+        ("0-10:5", [0, 5, 10]),
+        ("[1-2,9]%1", [1, 2, 9]),
+    ],
+)
+def test_expand_array_tasks(spec, tasks):
+    assert expand_array_tasks(spec) == tasks
+
+
+def test_split_job_id():
+    assert split_job_id("20956421_[2-4%25]") == ("20956421", "[2-4%25]", None)
+    assert split_job_id("123_4.batch") == ("123", "4", "batch")
+    assert split_job_id("123") == ("123", None, None)
+    for bad in ("", "abc", "12;rm -rf /", "--name=x"):
+        with pytest.raises(ValueError):
+            split_job_id(bad)
+
+
+@pytest.mark.parametrize(
+    "text, state",
+    [
+        ("PD", JobState.PENDING), ("R", JobState.RUNNING), ("CG", JobState.COMPLETING),
+        ("CD", JobState.COMPLETED), ("F", JobState.FAILED), ("CA", JobState.CANCELLED),
+        ("TO", JobState.TIMEOUT), ("NF", JobState.NODE_FAIL), ("PR", JobState.PREEMPTED),
+        ("OOM", JobState.OUT_OF_MEMORY), ("CANCELLED by 0", JobState.CANCELLED),
+        ("CANCELLED by 1234", JobState.CANCELLED), ("RUNNING+", JobState.RUNNING),
+        (" configuring ", JobState.CONFIGURING), ("BOOT_FAIL", JobState.BOOT_FAIL),
+        ("DEADLINE", JobState.DEADLINE), ("SUSPENDED", JobState.SUSPENDED), ("REQUEUED", JobState.REQUEUED),
+    ],
+)
+def test_parse_state(text, state):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse_state(text) is state
+
+
+def test_unknown_state_warns():
+    with pytest.warns(UserWarning, match="unknown SLURM job state 'FROBNICATED'"):
+        assert parse_state("FROBNICATED") is JobState.UNKNOWN
+
+
+def test_terminal_set():
+    assert JobState.COMPLETED in TERMINAL and JobState.OUT_OF_MEMORY in TERMINAL
+    assert not JobState.COMPLETING.is_terminal
+    assert not JobState.UNKNOWN.is_terminal
+    assert JobState.RUNNING.is_active and not JobState.FAILED.is_active
