@@ -1,0 +1,152 @@
+"""The whole lifecycle on the local backend (no SLURM): up, status, proxy, reconcile, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from biofleet.cli.main import app
+from biofleet.fleet import READY, collect_status, down, open_fleet, up
+from biofleet.profile import load_profile
+
+
+@pytest.fixture
+def demo_profile(tmp_path) -> Path:
+    p = tmp_path / "demo.yaml"
+    p.write_text(f"extends: cpu-demo\nname: demo-local\ncluster:\n  workdir: {tmp_path}/work\n")
+    return p
+
+
+def _processes_of(fleet_dir: str) -> list[int]:
+    """PIDs whose command line or environment mentions this fleet (servers, scripts, proxy)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fleet_dir.encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_up_status_proxy_reconcile_down(demo_profile):
+    profile = load_profile(demo_profile)
+    events: list[str] = []
+    with open_fleet(profile, backend="local") as fleet:
+        res = up(fleet, profile_ref=str(demo_profile), timeout=60, on_event=events.append, poll=0.3)
+        assert not res.timed_out
+        assert [s.state for s in res.status.servers] == [READY] * 4, events
+        assert {r.job for r in res.submitted} == {"coders", "misc"}
+
+        # the registry holds one record per server, written by the jobs themselves
+        regs = sorted(p.name for p in Path(fleet.paths.registry).glob("*.json"))
+        assert len(regs) == 4 and all(r.endswith(".json") for r in regs)
+
+        # secrets are 0600 and never in scripts
+        token = Path(fleet.paths.token).read_text().strip()
+        assert (Path(fleet.paths.token).stat().st_mode & 0o777) == 0o600
+        assert (Path(fleet.paths.backend_key).stat().st_mode & 0o777) == 0o600
+        for script in Path(fleet.paths.scripts).glob("*.sbatch"):
+            assert token not in script.read_text()
+
+        # the proxy routes by model and by task type, and refuses requests without the token
+        url = json.loads(Path(fleet.paths.proxy_record).read_text())["url"]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {token}"}).status_code != 200:
+            assert time.monotonic() < deadline, "proxy never saw every backend healthy"
+            time.sleep(0.2)
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(f"{url}/v1/chat/completions", headers=auth,
+                       json={"model": "auto", "task_type": "statistics", "messages": [{"role": "user", "content": "mean?"}]})
+        assert r.status_code == 200
+        assert r.headers["x-biofleet-route"].startswith("math@")
+        r = httpx.post(f"{url}/v1/embeddings", headers=auth, json={"model": "embeddings", "input": "a gene"})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) > 0, r.text
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+
+        # the backends themselves refuse requests without the backend key
+        rec = json.loads(next(Path(fleet.paths.registry).glob("math.*.json")).read_text())
+        assert httpx.get(f"{rec['url']}/v1/models").status_code == 401
+
+        # kill one coder task: status shows it, up resubmits only that task
+        st = collect_status(fleet)
+        coder1 = next(s for s in st.servers if s.name == "coder-1")
+        local_rec = json.loads(Path(fleet.paths.root, "local-jobs", f"{coder1.job_id}.json").read_text())
+        os.killpg(local_rec["pgid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while next(s for s in collect_status(fleet).servers if s.name == "coder-1").state == READY:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        res2 = up(fleet, profile_ref=str(demo_profile), timeout=60, poll=0.3)
+        assert [(r.job, r.tasks) for r in res2.submitted] == [("coders", [1])]
+        assert sorted(res2.kept) == ["coder-0", "embeddings", "math"]
+        assert all(s.state == READY for s in res2.status.servers)
+
+        fleet_dir = fleet.paths.root
+        assert _processes_of(fleet_dir)
+        d = down(fleet)
+        assert d.had_state and len(d.cancelled) == 3
+        # nothing left running, no registry records, logs kept
+        deadline = time.monotonic() + 10
+        while _processes_of(fleet_dir):
+            assert time.monotonic() < deadline, _processes_of(fleet_dir)
+            time.sleep(0.2)
+        assert list(Path(fleet.paths.registry).glob("*.json")) == []
+        assert list(Path(fleet.paths.logs).glob("*.log"))
+        # down twice is safe
+        d2 = down(fleet)
+        assert not d2.had_state and d2.cancelled == []
+
+
+def test_cli_up_json_status_down(demo_profile, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    runner = CliRunner()
+    ref = str(demo_profile)
+    r = runner.invoke(app, ["up", "--profile", ref, "--backend", "local", "--timeout", "60", "--json"])
+    try:
+        assert r.exit_code == 0, r.output
+        payload = json.loads(r.stdout)
+        assert payload["status"]["ready"] == 4
+        r = runner.invoke(app, ["status", "--profile", ref, "--json"])
+        st = json.loads(r.stdout)
+        assert st["ready"] == 4 and st["proxy"]["state"] == "READY"
+        assert {s["name"] for s in st["servers"]} == {"coder-0", "coder-1", "math", "embeddings"}
+        r = runner.invoke(app, ["logs", "math", "--profile", ref, "--slurm"])
+        assert r.exit_code == 0 and "biofleet: starting math (mock)" in r.stdout, r.stdout
+        r = runner.invoke(app, ["logs", "math", "--profile", ref])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["register", "cloud-x", "http://127.0.0.1:9", "--served-name", "x", "--profile", ref])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["status", "--profile", ref, "--json"])
+        assert json.loads(r.stdout)["extra_endpoints"][0]["server"] == "cloud-x"
+        r = runner.invoke(app, ["unregister", "cloud-x", "--profile", ref])
+        assert r.exit_code == 0
+        r = runner.invoke(app, ["logs", "nope", "--profile", ref])
+        assert r.exit_code == 1 and "no server 'nope'" in str(r.exception)
+    finally:
+        r = runner.invoke(app, ["down", "--profile", ref, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["was_up"] is True
+
+
+def test_up_refuses_a_plan_that_does_not_fit(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        "extends: t4x4\nname: bad\n"
+        f"cluster: {{workdir: {tmp_path}/w}}\n"
+        "servers:\n  analysis: {gpu_memory_utilization: 0.3}\n"
+    )
+    r = CliRunner().invoke(app, ["up", "--profile", str(p), "--backend", "local", "--no-wait"])
+    assert r.exit_code == 1
+    assert "fit-check refuses this plan; nothing was submitted" in str(r.exception)
+    assert not (tmp_path / "w" / "bad" / "state.json").exists()
