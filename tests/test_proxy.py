@@ -326,7 +326,9 @@ def test_client_disconnect_mid_stream_releases_inflight_and_upstream(stack):
     try:
         with httpx.Client() as c, c.stream("POST", p.url + "/v1/chat/completions",
                                             json={"model": "coder", "stream": True, **CHAT}) as r:
-            next(r.iter_raw())
+            assert r.status_code == 200, r.read()
+            it = r.iter_raw()  # keep a reference: a collected iterator closes the connection
+            assert next(it) == b'data: {"n":1}\n\n'
             assert inflight(app) == {"u": 1}
         # the client closed its connection: the proxy must notice without the upstream producing anything
         wait_until(lambda: inflight(app) == {"u": 0}, what="in-flight released")

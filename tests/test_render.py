@@ -68,10 +68,14 @@ def test_sbatch_directives_sorted_and_complete():
 
 
 def test_no_secret_values_in_scripts(tmp_path):
+    """Jobs read secrets from 0600 files at start; nothing secret is in the text or on a command line."""
     for path in shipped_profiles():
-        for text in rendered(path).values():
-            assert "VLLM_API_KEY=\"$(cat \"$FLEET_DIR/secrets/backend.key\")\"" in text
+        for name, text in rendered(path).items():
             assert "--api-key" not in text  # would show in ps
+            if name == "proxy.sbatch":
+                assert '--token-file "$FLEET_DIR/secrets/proxy.token"' in text
+            else:
+                assert "VLLM_API_KEY=\"$(cat \"$FLEET_DIR/secrets/backend.key\")\"" in text
 
 
 def test_quoting_filters():

@@ -217,7 +217,8 @@ class LocalRunner:
         Path(path).unlink(missing_ok=True)
 
     def rmtree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=False) if Path(path).exists() else None
+        if Path(path).exists():
+            shutil.rmtree(path)
 
     def which(self, cmd: str) -> bool:
         return shutil.which(cmd) is not None
@@ -245,7 +246,7 @@ def _decode(data: bytes | str | None) -> str:
 
 
 def _trust_hint(host: str, port: int) -> str:
-    target = host if port == 22 else f"-p {port} {host}"
+    target = f"-p {port} {host}"
     return (
         "If you trust this host, add its key with:\n"
         f"  ssh-keyscan {target} >> ~/.ssh/known_hosts\n"
@@ -315,7 +316,8 @@ class SSHRunner:
                 "login node; ask the admins before removing the old entry."
             ) from None
         except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc) or "Server '" in str(exc) and "not found" in str(exc):
+            # RejectPolicy's message: "Server '[host]:port' not found in known_hosts".
+            if "not found in known_hosts" in str(exc):
                 raise UnknownHostError(
                     f"refusing to connect to {host}:{self.port}: its host key is not in {self.known_hosts}.\n"
                     + _trust_hint(host, self.port)
@@ -393,13 +395,17 @@ class SSHRunner:
         path = self._remote_path(path)
         parent = posixpath.dirname(path) or "."
         self.mkdir(parent)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        # SFTP's open() cannot pass a mode, so a new file is briefly created with the server's
+        # default (0644). Create it inside a private 0700 directory, set the mode, write, and
+        # only then rename it into place: nobody else can open it at any moment.
+        private = posixpath.join(parent, f".biofleet-tmp-{uuid.uuid4().hex[:12]}")
+        sftp.mkdir(private, 0o700)
+        tmp = posixpath.join(private, posixpath.basename(path))
         try:
-            # Create empty, set the mode, and only then write: a 0600 secret is never readable by others.
             with sftp.open(tmp, "w") as fh:
                 sftp.chmod(tmp, mode)
+                fh.set_pipelined(True)
                 fh.write(text.encode())
-                fh.flush()
             try:
                 sftp.posix_rename(tmp, path)
             except OSError:
@@ -407,12 +413,15 @@ class SSHRunner:
                 if self.exists(path):
                     sftp.remove(path)
                 sftp.rename(tmp, path)
-        except BaseException:
+        finally:
             try:
                 sftp.remove(tmp)
             except OSError:
                 pass
-            raise
+            try:
+                sftp.rmdir(private)
+            except OSError:
+                pass
 
     def read_text(self, path: str) -> str:
         with self._sftp_client().open(self._remote_path(path), "r") as fh:
