@@ -285,7 +285,9 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         info = infos.get(st.job_id)
         endpoint = by_key.get((inst.name, st.job_id))
         if info is None:
+            # Without accounting SLURM forgets a finished job within seconds; the log says why it ended.
             st.state, st.reason = GONE, "left the queue (no accounting record)"
+            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
         elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
             st.state, st.reason = PENDING, info.reason
         elif info.state.is_terminal:

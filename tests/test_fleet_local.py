@@ -43,6 +43,14 @@ def test_up_status_proxy_reconcile_down(demo_profile):
     profile = load_profile(demo_profile)
     events: list[str] = []
     with open_fleet(profile, backend="local") as fleet:
+        try:
+            _lifecycle(fleet, demo_profile, events)
+        finally:
+            down(fleet)  # whatever failed above, leave no process behind
+
+
+def _lifecycle(fleet, demo_profile, events):
+    if True:
         res = up(fleet, profile_ref=str(demo_profile), timeout=60, on_event=events.append, poll=0.3)
         assert not res.timed_out
         assert [s.state for s in res.status.servers] == [READY] * 4, events

@@ -123,22 +123,6 @@ def test_t4x10_up_status_reconcile_down(slurm_cluster, tmp_path):
 
 def test_failed_server_shows_log_tail(slurm_cluster, tmp_path):
     """A server that dies at start makes its task FAILED, with the last lines of its log."""
-    p = tmp_path / "broken.yaml"
-    p.write_text(
-        f"extends: cpu-demo\nname: broken\ncluster:\n  workdir: {tmp_path}/work\n"
-        f"  setup: ['export PATH={Path(sys.executable).parent}:$PATH']\n"
-        "servers:\n  math: {extra_args: [--no-such-flag]}\n"
-    )
-    profile = load_profile(p)
-    with open_fleet(profile, backend="slurm") as fleet:
-        res = up(fleet, profile_ref=str(p), timeout=60, proxy_mode="none", poll=0.5)
-        by = {s.name: s for s in res.status.servers}
-        assert by["coder-0"].state == READY
-        # The task of math also runs embeddings; it keeps running (embeddings is fine), math is gone
-        # from the registry. A job whose only server fails ends FAILED with the log tail.
-        assert by["math"].state != READY
-        down(fleet)
-
     p2 = tmp_path / "broken2.yaml"
     p2.write_text(
         f"extends: cpu-demo\nname: broken2\ncluster:\n  workdir: {tmp_path}/work\n"
@@ -146,12 +130,15 @@ def test_failed_server_shows_log_tail(slurm_cluster, tmp_path):
         "servers:\n  coder: {extra_args: [--no-such-flag]}\n"
     )
     with open_fleet(load_profile(p2), backend="slurm") as fleet:
-        res = up(fleet, profile_ref=str(p2), timeout=60, proxy_mode="none", poll=0.5)
-        coder = next(s for s in res.status.servers if s.name == "coder-0")
-        assert coder.state in (FAILED, GONE), coder
-        if coder.state == FAILED:
+        try:
+            res = up(fleet, profile_ref=str(p2), timeout=60, proxy_mode="none", poll=0.5)
+            coder = next(s for s in res.status.servers if s.name == "coder-0")
+            # The job ends FAILED; SLURM (no accounting) forgets it seconds later, so GONE is also right.
+            assert coder.state in (FAILED, GONE), coder
             assert any("--no-such-flag" in line for line in coder.log_tail), coder.log_tail
-        down(fleet)
+            assert next(s for s in res.status.servers if s.name == "math").state == READY
+        finally:
+            down(fleet)
 
 
 @pytest.mark.ssh
