@@ -1,0 +1,164 @@
+"""The CLI as a user meets it: help, exit codes, JSON shapes, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from biofleet.cli.main import app
+
+runner = CliRunner()
+BIOFLEET = [sys.executable, "-m", "biofleet.cli.main"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess: exit codes and stderr exactly as a user sees them."""
+    return subprocess.run([*BIOFLEET, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("cmd", [[], ["profiles"], ["profiles", "list"], ["profiles", "show"], ["fit-check"],
+                                 ["render"], ["up"], ["status"], ["down"], ["logs"], ["register"],
+                                 ["unregister"], ["token"], ["proxy"], ["testcluster"]])
+def test_every_command_has_help_with_an_example(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output
+    if cmd and cmd not in (["profiles"], ["testcluster"]):
+        assert "biofleet " in r.output.split("Options")[0], f"no example in help of {cmd}"
+
+
+def test_profiles_list_and_show():
+    r = runner.invoke(app, ["profiles", "list", "--json"])
+    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    assert {"t4x10", "h100-t4x2", "l4x4-t4x4", "h100x2", "t4x4", "cpu-demo"} <= set(rows)
+    assert rows["t4x10"]["gpus"] == {"T4": 10} and rows["t4x10"]["servers"] == 11
+    assert rows["t4x10"]["usd_per_month"] > 0
+    r = runner.invoke(app, ["profiles", "show", "t4x10", "--json"])
+    d = json.loads(r.stdout)
+    coders = [s for s in d["servers"] if s["served_name"] == "coder"]
+    assert [c["node"] for c in coders] == ["t4[0]", "t4[1]"]
+    assert coders[0]["quantization"] == "awq" and coders[0]["dtype"] == "float16"
+    assert d["tasks"]["statistics"] == "math"
+    r = runner.invoke(app, ["profiles", "show", "t4x10"])
+    assert r.exit_code == 0 and "coder-0" in r.stdout
+
+
+def test_fit_check_profile_json_and_exit_codes(tmp_path):
+    r = run("fit-check", "--profile", "t4x10", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] is True
+    s = d["servers"][0]
+    for key in ("name", "ok", "weights_gib", "overhead_gib", "kv_cache_gib", "kv_cache_tokens", "max_concurrency", "findings"):
+        assert key in s
+    # a plan that would fail: exit 1, with the reason and a fix
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: t4x10\nname: bad\nservers:\n  coder: {model: Qwen/Qwen2.5-Coder-7B-Instruct}\n")
+    r = run("fit-check", "--profile", str(bad), "--json")
+    assert r.returncode == 1
+    findings = [f for s in json.loads(r.stdout)["servers"] for f in s["findings"] if f["severity"] == "error"]
+    assert any(f["code"] == "awq-checkpoint-mismatch" and "Qwen2.5-Coder-7B-Instruct-AWQ" in f["fix"] for f in findings)
+    # an invalid profile: exit 2, file:line, no traceback
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("extends: t4x10\nname: broken\nservers:\n  coder: {gpu_memory_utilization: 2}\n")
+    r = run("fit-check", "--profile", str(broken))
+    assert r.returncode == 2
+    assert f"{broken}:4  servers.coder.gpu_memory_utilization: Input should be less than or equal to 1" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("fit-check", "--profile", str(broken), env={"BIOFLEET_DEBUG": "1"})
+    assert "Traceback" in r.stderr
+
+
+def test_fit_check_single_server():
+    r = run("fit-check", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct", "--gpu", "T4", "--max-model-len", "8192",
+            "--gpu-memory-utilization", "0.85", "--dtype", "float16", "--json")
+    assert r.returncode == 1  # fp16 7B weights do not fit a T4
+    d = json.loads(r.stdout)
+    assert d["ok"] is False and d["servers"][0]["weights_gib"] > 14
+    r = run("fit-check", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "--gpu", "T4", "--quantization", "awq",
+            "--dtype", "float16", "--max-model-len", "8192", "--gpu-memory-utilization", "0.85", "--json")
+    assert r.returncode == 0, r.stdout
+    # bf16 on a T4 is refused with the fix
+    r = run("fit-check", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "--gpu", "T4", "--dtype", "bfloat16", "--json")
+    assert r.returncode == 1
+    assert any(f["code"] == "bf16-unsupported" for f in json.loads(r.stdout)["servers"][0]["findings"])
+    # a card the catalogue lacks
+    r = run("fit-check", "--model", "meta-llama/Llama-3.2-1B-Instruct", "--gpu-memory-gib", "12",
+            "--compute-capability", "8.6", "--json")
+    assert r.returncode == 0, r.stdout
+    # unknown names: exit 2 with suggestions
+    r = run("fit-check", "--model", "Qwen/Qwen2.5-Codr-7B-Instruct", "--gpu", "T4")
+    assert r.returncode == 2 and "Qwen/Qwen2.5-Coder-7B-Instruct" in r.stderr
+    r = run("fit-check", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct", "--gpu", "T5")
+    assert r.returncode == 2 and "T4" in r.stderr
+
+
+def test_fit_check_local_config_dir(tmp_path):
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 8192, "vocab_size": 128256, "max_position_embeddings": 8192,
+           "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = run("fit-check", "--model", str(tmp_path), "--gpu", "L4", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["servers"][0]["kv_cache_tokens"] > 0
+
+
+def test_seed_h100_plan_is_refused(tmp_path):
+    """The seed's Path A H100 plan (0.20/0.21/0.19/0.19 of an 80 GB card) cannot start."""
+    p = tmp_path / "seed.yaml"
+    p.write_text(
+        "extends: h100-t4x2\nname: seed-a\nservers:\n"
+        "  coder: {gpu_memory_utilization: 0.20}\n  orchestrator: {gpu_memory_utilization: 0.21}\n"
+        "  math: {gpu_memory_utilization: 0.19}\n  bio: {gpu_memory_utilization: 0.19}\n"
+    )
+    r = run("fit-check", "--profile", str(p), "--json")
+    assert r.returncode == 1
+    servers = {s["name"]: s for s in json.loads(r.stdout)["servers"]}
+    cannot_start = {n for n in ("coder", "orchestrator", "math", "bio") if not servers[n]["ok"]}
+    assert {"coder", "orchestrator", "math"} <= cannot_start
+    r = run("fit-check", "--profile", str(p))
+    assert "would fail" in r.stdout and "fix:" in r.stdout
+
+
+def test_render_writes_scripts(tmp_path):
+    r = runner.invoke(app, ["render", "--profile", "t4x10", "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    names = sorted(Path(p).name for p in json.loads(r.stdout)["scripts"])
+    assert names == ["proxy.sbatch", "t4.sbatch"]
+    assert os.access(tmp_path / "t4.sbatch", os.X_OK)
+
+
+def test_usage_error_exit_code():
+    r = run("fit-check", "--gpu-memory-utilization", "lots")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_installed_wheel_finds_profiles_and_templates(tmp_path):
+    """A wheel (not an editable install) carries the templates and profiles."""
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "dist"), str(repo)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "dist").glob("biofleet-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "biofleet/_data/templates/job.sbatch.j2" in names
+    assert "biofleet/_data/profiles/t4x10.yaml" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import biofleet, sys; from biofleet.render import render_fleet; from biofleet.profile import load_profile;"
+            "assert biofleet.__file__.startswith(sys.argv[1]), biofleet.__file__;"
+            "print(len(render_fleet(load_profile('t4x10'), '/x/t4x10')))")
+    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(target)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2"
