@@ -437,14 +437,9 @@ def up(
                 f"to switch to {fleet.backend}"
             )
         current = collect_status(fleet, state=state)
-        todo = set()
-        for s in current.servers:
-            if s.state in NEEDS_RESUBMIT:
-                todo.add((s.job, s.task))
-            else:
-                kept.append(s.name)
-        # A task is resubmitted whole; co-located servers of a task that needs it are restarted too.
-        kept = [n for n, s in ((s.name, s) for s in current.servers) if (s.job, s.task) not in todo]
+        todo = {(s.job, s.task) for s in current.servers if s.state in NEEDS_RESUBMIT}
+        # A task is resubmitted whole: its co-located servers restart with it.
+        kept = [s.name for s in current.servers if (s.job, s.task) not in todo]
         if kept:
             on_event(f"keeping {len(kept)} server(s) that are running or on their way: {', '.join(kept)}")
     state.profile = profile_ref
@@ -485,6 +480,9 @@ def up(
                     on_event(f"    | {line}")
         if on_status is not None:
             on_status(status)
+        if status.proxy.url and state.proxy is not None and state.proxy.url != status.proxy.url:
+            state.proxy.url = status.proxy.url  # the proxy job has written where it listens
+            save_state(r, paths, state)
         if all(s.state in SETTLED for s in status.servers) and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED):
             return UpResult(state, submitted, kept, status)
         if time.monotonic() >= deadline:

@@ -310,6 +310,8 @@ class Profile(_Frozen):
         placed: Counter[str] = Counter()
         job_names: set[str] = set()
         for j, job in enumerate(self.jobs):
+            if job.name == "proxy":
+                errors.append((("jobs", j, "name"), "'proxy' is reserved for the fleet's proxy job; choose another name"))
             if job.name in job_names:
                 errors.append((("jobs", j, "name"), f"job name {job.name!r} is used twice; job names must be unique"))
             job_names.add(job.name)

@@ -77,7 +77,7 @@ def up(
       biofleet up --profile t4x10 --engine mock --no-wait   # plumbing dry run
     """
     from biofleet.errors import FleetError
-    from biofleet.fleet import FAILED, READY, up as do_up
+    from biofleet.fleet import READY, up as do_up
 
     ref = _profile_ref(profile)
     if proxy not in (None, "slurm", "local", "none"):
@@ -113,8 +113,8 @@ def up(
             out.print(f"[yellow]timed out after {timeout:g}s; not ready: {', '.join(missing)}[/yellow] "
                       "(jobs keep running; watch with biofleet status --watch)")
             raise typer.Exit(3)
-        if any(s.state != READY for s in status.servers):
-            bad = [s.name for s in status.servers if s.state == FAILED or s.state != READY]
+        bad = [f"{s.name} ({s.state})" for s in status.servers if s.state != READY]
+        if bad:
             out.print(f"[red]not ready: {', '.join(bad)}[/red]; see biofleet logs SERVER, then run up again to resubmit")
             raise typer.Exit(1)
 
