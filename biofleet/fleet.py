@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 from biofleet.errors import FleetError
 from biofleet.fleetdir import FleetPaths, FleetState, JobRecord, ProxyRecord, new_secret
 from biofleet.plan import node_label
+from biofleet.procs import free_port, pid_alive, pid_cmdline
 from biofleet.profile import Instance, Profile
 from biofleet.registry import Endpoint, record_filename
 
@@ -326,7 +326,7 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
                 except ValueError:
                     pass
         elif state.proxy.run == "local":
-            proxy.state = STARTING if _pid_alive(state.proxy.pid) else STOPPED
+            proxy.state = STARTING if pid_alive(state.proxy.pid) else STOPPED
 
     if probe:
         _probe_into(fleet, servers, proxy)
@@ -367,22 +367,6 @@ def _read_secret(fleet: Fleet, path: str) -> str | None:
         return fleet.runner.read_text(path).strip() or None
     except Exception:  # noqa: BLE001 - no secret yet
         return None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------------------- up
@@ -513,7 +497,7 @@ def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -
     if state.proxy is not None:
         alive = False
         if state.proxy.run == "local":
-            alive = _pid_alive(state.proxy.pid)
+            alive = pid_alive(state.proxy.pid)
         elif state.proxy.job_id:
             info = fleet.scheduler.states([state.proxy.job_id]).get(state.proxy.job_id)
             alive = info is not None and not info.state.is_terminal
@@ -523,7 +507,7 @@ def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -
         if not isinstance(fleet.runner, LocalRunner):
             raise FleetError("--proxy local needs the fleet on this machine; with SSH use proxy.run: slurm")
         host = p.proxy.host
-        port = p.proxy.port or _free_port(host)
+        port = p.proxy.port or free_port(host)
         log = open(paths.logs + "/proxy.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sys.executable, *_proxy_argv(fleet, host, str(port))], stdout=log, stderr=subprocess.STDOUT,
@@ -545,13 +529,6 @@ def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -
     job_id = fleet.scheduler.submit(script)
     state.proxy = ProxyRecord(run="slurm", job_id=job_id)
     on_event(f"proxy submitted as job {job_id} (partition {p.proxy.partition or p.cluster.partition})")
-
-
-def _free_port(host: str) -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- down
@@ -579,7 +556,7 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120, on_event: E
                 fleet.scheduler.wait_gone(ids, timeout)
             except TimeoutError as exc:
                 raise FleetError(f"{exc}; run biofleet down again, or scancel them by id") from None
-        if state.proxy and state.proxy.run == "local" and _pid_alive(state.proxy.pid):
+        if state.proxy and state.proxy.run == "local" and pid_alive(state.proxy.pid):
             _stop_local_proxy(state.proxy.pid)
             on_event(f"stopped the local proxy (pid {state.proxy.pid})")
     removed = 0
@@ -604,18 +581,14 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120, on_event: E
 def _stop_local_proxy(pid: int | None) -> None:
     if not pid:
         return
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            if b"biofleet" not in fh.read():
-                return  # the pid was reused by something else: leave it alone
-    except OSError:
-        return
+    if "biofleet" not in pid_cmdline(pid):
+        return  # the pid was reused by something else (or is gone): leave it alone
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     for _ in range(50):
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.1)
     try:

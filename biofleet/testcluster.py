@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biofleet.errors import BiofleetError
+from biofleet.procs import pid_alive, pid_cmdline
 
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
@@ -87,29 +88,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _pid_cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def munge_works(timeout: float = 5) -> bool:
@@ -459,7 +437,7 @@ class TestCluster:
 
     def _owned(self, pid: int) -> bool:
         # Guards against PID reuse: only a process started with this cluster's slurm.conf is ours.
-        return _pid_alive(pid) and str(self.conf_path) in _pid_cmdline(pid)
+        return pid_alive(pid) and str(self.conf_path) in pid_cmdline(pid)
 
     def stop(self, timeout: float = 15) -> None:
         """End this cluster's daemons by PID (SIGTERM, then SIGKILL). Safe to call twice."""
@@ -477,10 +455,10 @@ class TestCluster:
                 pass
         deadline = time.monotonic() + timeout
         for pid in ours:
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -524,7 +502,7 @@ class TestCluster:
             try:
                 with open(f"/proc/{pid}/stat") as fh:
                     parents[pid] = int(fh.read().rsplit(")", 1)[1].split()[1])
-                if _pid_cmdline(pid).startswith("slurmstepd"):
+                if pid_cmdline(pid).startswith("slurmstepd"):
                     with open(f"/proc/{pid}/environ", "rb") as fh:
                         if marker in fh.read().split(b"\0"):
                             roots.append(pid)

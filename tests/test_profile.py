@@ -57,8 +57,10 @@ def test_base_profile_is_valid(tmp_path):
     assert p.name == "demo"
     assert [i.name for i in p.instances()] == ["coder", "math"]
     assert p.task_table() == {"code_generation": "coder"}
-    with pytest.raises(Exception):
-        p.servers["coder"].dtype = "bfloat16"  # frozen
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        p.servers["coder"].dtype = "bfloat16"
 
 
 @pytest.mark.parametrize("path", shipped_profiles(), ids=lambda p: p.stem)
