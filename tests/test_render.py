@@ -96,3 +96,20 @@ def test_injection_in_model_never_executes(tmp_path):
     out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, check=True).stdout
     assert not marker.exists()
     assert out.splitlines() == argv[2:]
+
+
+def test_apptainer_golden(tmp_path):
+    """With cluster.container every server runs as `apptainer exec --nv` with the fleet and cache dirs bound."""
+    p = tmp_path / "sif.yaml"
+    p.write_text("extends: t4x4\nname: t4x4-sif\ncluster:\n  container: /shared/images/vllm-0.11.sif\n"
+                 "  container_binds: [/scratch/$USER/data]\n")
+    scripts = rendered(p)
+    text = scripts["t4.sbatch"]
+    assert ("apptainer exec --nv --bind \"/home/alice/biofleet/t4x4-sif\" --bind \"/scratch/$USER/hf_cache\" "
+            "--bind \"/scratch/$USER/data\" \"/shared/images/vllm-0.11.sif\" \"python3\" -m "
+            "vllm.entrypoints.openai.api_server") in text
+    gold = GOLDEN / "_apptainer" / "t4.sbatch"
+    if UPDATE:
+        gold.parent.mkdir(parents=True, exist_ok=True)
+        gold.write_text(text)
+    assert text == gold.read_text(), "apptainer rendering changed; see test_golden's docstring to update"

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from biofleet.cli import fit_cmd, profiles_cmd, render_cmd
+from biofleet.cli import chores_cmd, fit_cmd, fleet_cmd, profiles_cmd, proxy_cmd, render_cmd, testcluster_cmd
 
 app = typer.Typer(
     name="biofleet",
@@ -28,31 +28,10 @@ app = typer.Typer(
 app.add_typer(profiles_cmd.app, name="profiles")
 app.command("fit-check")(fit_cmd.fit_check)
 app.command("render")(render_cmd.render)
-
-
-def _mount_optional() -> None:
-    # Sub-apps written alongside this one; each is optional until it lands.
-    try:
-        from biofleet.cli import testcluster_cmd
-
-        app.add_typer(testcluster_cmd.app, name="testcluster")
-    except ImportError:
-        pass
-    try:
-        from biofleet.cli import proxy_cmd
-
-        app.command("proxy")(proxy_cmd.proxy)
-    except ImportError:
-        pass
-    try:
-        from biofleet.cli import fleet_cmd
-
-        fleet_cmd.mount(app)
-    except ImportError:
-        pass
-
-
-_mount_optional()
+fleet_cmd.mount(app)
+app.command("proxy")(proxy_cmd.proxy)
+chores_cmd.mount(app)
+app.add_typer(testcluster_cmd.app, name="testcluster")
 
 
 def main() -> None:

@@ -1,0 +1,72 @@
+"""Fleet chores: ``biofleet scrape-config``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from biofleet.cli.fleet_cmd import BackendOpt, ProfileOpt, SshOpt, TrustOpt, _open, _profile_ref
+from biofleet.cli.output import console
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def scrape_config(
+    out: Annotated[Path, typer.Option(help="Directory for the scrape config and the targets file.")] = Path("."),
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the targets file in step with the registry until interrupted.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between registry checks with --watch.")] = 5.0,
+    profile: ProfileOpt = None,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Write a Prometheus scrape config (file-based discovery) for the fleet's servers and proxy.
+
+    Example: biofleet scrape-config --profile t4x10 --out /etc/prometheus/biofleet --watch
+    """
+    from biofleet.fleet import load_state, read_registry
+    from biofleet.scrape import scrape_config as make_config
+    from biofleet.scrape import targets, targets_json
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    out.mkdir(parents=True, exist_ok=True)
+    name = fleet.profile.name
+    targets_file = (out / f"biofleet-{name}-targets.json").resolve()
+    config_file = out / f"biofleet-{name}.yml"
+    c = console()
+    with fleet:
+        _write_atomic(config_file, make_config(name, str(targets_file)))
+        c.print(f"wrote {config_file} (add its job to prometheus.yml)")
+        last = None
+        while True:
+            state = load_state(fleet.runner, fleet.paths)
+            proxy_url = state.proxy.url if state and state.proxy else None
+            text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],
+                                        proxy_url))
+            if text != last:
+                _write_atomic(targets_file, text)
+                groups = len(json.loads(text))
+                c.print(f"wrote {targets_file} ({groups} target groups)")
+                last = text
+            if not watch:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
+
+
+def mount(app: typer.Typer) -> None:
+    app.command("scrape-config")(scrape_config)
