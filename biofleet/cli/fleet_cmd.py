@@ -173,6 +173,7 @@ _STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDIN
 def _table(status):
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(box=None, pad_edge=False)
     for col in ("server", "model", "job", "node", "state", "address", "health", "run/wait", "KV", "uptime", "left"):
@@ -183,7 +184,8 @@ def _table(status):
         rw = "-" if s.running is None else f"{s.running:g}/{(s.waiting or 0):g}"
         kv = "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%"
         addr = s.url.split("://", 1)[-1] if s.url else "-"
-        t.add_row(escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), state, addr,
+        # Text objects, not markup strings: a Live refresh during print(markup=False) would show the tags.
+        t.add_row(escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), Text.from_markup(state), addr,
                   escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-")
     return t
 
