@@ -1,4 +1,4 @@
-"""Fleet chores: ``biofleet scrape-config``."""
+"""Fleet chores: ``biofleet prefetch`` and ``biofleet scrape-config``."""
 
 from __future__ import annotations
 
@@ -68,5 +68,47 @@ def scrape_config(
                 return
 
 
+def prefetch(
+    profile: ProfileOpt = None,
+    check_only: Annotated[bool, typer.Option("--check", help="Only report what is cached; download nothing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output only.")] = False,
+    backend: BackendOpt = "auto",
+    ssh: SshOpt = None,
+    trust_new_host: TrustOpt = False,
+) -> None:
+    """Download every model of the fleet into the profile's HF cache (cluster.hf_home) on the login node.
+
+    Resumable; models already cached are reported with their size and skipped. Run it before
+    `up`, so no GPU time is spent downloading. Exit 1 when a model is missing afterwards.
+
+    Example: biofleet prefetch --profile t4x10
+    """
+    from biofleet.prefetch import prefetch as do_prefetch
+
+    fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
+    out = console(stderr=json_out)
+    with fleet:
+        results = do_prefetch(fleet, download=not check_only,
+                              on_event=lambda m: out.print(m, markup=False, highlight=False))
+    if json_out:
+        from biofleet.cli.output import print_json
+
+        print_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            size = f"{r.bytes / 2**30:.2f} GiB" if r.bytes is not None else ""
+            detail = r.error or r.path or ""
+            out.print(f"{r.status:>15}  {r.model}  {size}  {detail}", markup=False, highlight=False)
+        if any(r.status == "offline" for r in results):
+            out.print("the Hub is not reachable from where the cache lives (offline?); cached models are listed above",
+                      markup=False)
+        if any(r.status == "no-hub-library" for r in results):
+            out.print(f"huggingface_hub is not installed for {fleet.profile.cluster.python}; "
+                      "pip install huggingface_hub in that environment", markup=False)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 def mount(app: typer.Typer) -> None:
+    app.command("prefetch")(prefetch)
     app.command("scrape-config")(scrape_config)
