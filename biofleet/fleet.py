@@ -186,6 +186,8 @@ class ServerStatus:
     kv_cache_usage: float | None = None
     started_at: float | None = None
     time_left: str | None = None
+    ends_in_s: float | None = None  # seconds until the job's time limit (None: unlimited/unknown)
+    ending_soon: bool = False  # within the profile's renew_margin
     log_tail: list[str] = field(default_factory=list)
 
     @property
@@ -261,9 +263,11 @@ def _tail(runner, path: str, n: int = 8) -> list[str]:
 
 
 def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None = None) -> FleetStatus:
+    from biofleet.slurm.scheduler import parse_duration
     from biofleet.slurm.states import JobState
 
     p = fleet.profile
+    margin = parse_duration(p.renew_margin) or 0.0
     state = state if state is not None else load_state(fleet.runner, fleet.paths)
     insts = p.instances()
     servers = [ServerStatus(i.name, i.served_name, i.spec.model, i.spec.engine,
@@ -302,6 +306,9 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         if info is not None:
             st.node = info.nodes
             st.time_left = info.time_left
+            if info.state == JobState.RUNNING:
+                st.ends_in_s = parse_duration(info.time_left)
+                st.ending_soon = st.ends_in_s is not None and st.ends_in_s < margin
         if endpoint is not None and (info is None or not info.state.is_terminal):
             st.url = endpoint.url
             st.started_at = endpoint.started_at
@@ -404,13 +411,19 @@ def up(
     on_event: Event = lambda msg: None,
     on_status: Callable[[FleetStatus], None] | None = None,
     poll: float = 2.0,
+    renew: bool = False,
 ) -> UpResult:
     from biofleet.render import render_job
 
     p, r, paths = fleet.profile, fleet.runner, fleet.paths
+    if renew and not p.renew:
+        raise FleetError(f"profile {p.name} does not allow renewal; set renew: true (and renew_margin) in it")
+    if renew and not wait:
+        raise FleetError("--renew drains the old tasks once their replacements are READY, so it needs --wait")
     prepare_fleet_dir(fleet)
     state = load_state(r, paths)
     kept: list[str] = []
+    renewing: dict[tuple[str, int], str] = {}  # (job, task) -> the task job id it replaces
     if state is None:
         state = FleetState(fleet=p.name, profile=profile_ref, backend=fleet.backend, fleet_dir=paths.root)
         todo = {(i.job, i.task) for i in p.instances()}
@@ -424,6 +437,16 @@ def up(
         todo = {(s.job, s.task) for s in current.servers if s.state in NEEDS_RESUBMIT}
         # A task is resubmitted whole: its co-located servers restart with it.
         kept = [s.name for s in current.servers if (s.job, s.task) not in todo]
+        if renew:
+            for s in current.servers:
+                key = (s.job, s.task)
+                if s.state == READY and s.ending_soon and key not in todo and s.job_id:
+                    renewing[key] = s.job_id
+            if renewing:
+                todo |= set(renewing)
+                on_event("renewing (time limit near): " + ", ".join(
+                    f"{s.name} ends in {int((s.ends_in_s or 0) // 60)} min" for s in current.servers
+                    if (s.job, s.task) in renewing))
         if kept:
             on_event(f"keeping {len(kept)} server(s) that are running or on their way: {', '.join(kept)}")
     state.profile = profile_ref
@@ -438,7 +461,8 @@ def up(
         if job.is_array and len(tasks) < len(job.nodes):
             extra.append("--array=" + ",".join(map(str, tasks)))
         job_id = fleet.scheduler.submit(script, extra_args=extra)
-        rec = JobRecord(job=job.name, job_id=job_id, tasks=tasks, array=job.is_array)
+        rec = JobRecord(job=job.name, job_id=job_id, tasks=tasks, array=job.is_array,
+                        replaces=[renewing[(job.name, t)] for t in tasks if (job.name, t) in renewing])
         state.jobs.append(rec)
         submitted.append(rec)
         save_state(r, paths, state)  # after every submission: a crash must not lose a job id
@@ -467,11 +491,28 @@ def up(
         if status.proxy.url and state.proxy is not None and state.proxy.url != status.proxy.url:
             state.proxy.url = status.proxy.url  # the proxy job has written where it listens
             save_state(r, paths, state)
+        _drain_renewed(fleet, state, status, on_event)
         if all(s.state in SETTLED for s in status.servers) and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED):
             return UpResult(state, submitted, kept, status)
         if time.monotonic() >= deadline:
             return UpResult(state, submitted, kept, status, timed_out=True)
         time.sleep(poll)
+
+
+def _drain_renewed(fleet: Fleet, state: FleetState, status: FleetStatus, on_event: Event) -> None:
+    """Cancel the tasks a renewal replaces, once every server of the replacement is READY.
+
+    Until then both answer: the proxy routes to old and new records alike, so there is no gap.
+    """
+    for rec in state.jobs:
+        if not rec.replaces:
+            continue
+        mine = [s for s in status.servers if s.job == rec.job and s.task in rec.tasks]
+        if mine and all(s.state == READY and s.job_id == rec.task_job_id(s.task) for s in mine):
+            fleet.scheduler.cancel(rec.replaces)
+            on_event(f"replacement {rec.job_id} is READY; drained {' '.join(rec.replaces)}")
+            rec.replaces = []
+            save_state(fleet.runner, fleet.paths, state)
 
 
 def _write_routing(fleet: Fleet) -> None:

@@ -81,6 +81,7 @@ class JobRecord(BaseModel):
     tasks: list[int] = Field(default_factory=lambda: [0])  # array task indices this submission runs
     array: bool = False
     submitted_at: float = Field(default_factory=time.time)
+    replaces: list[str] = Field(default_factory=list)  # task job ids this renewal drains once READY
 
     def task_job_id(self, task: int) -> str:
         """The id squeue shows for one task of this submission."""

@@ -295,6 +295,10 @@ class Profile(_Frozen):
     jobs: tuple[JobSpec, ...] = Field(min_length=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    # Walltime: status announces servers whose job ends within renew_margin; with renew: true,
+    # `up --renew` starts a replacement task first and cancels the old one once it is READY.
+    renew: bool = False
+    renew_margin: TimeLimit = "00:30:00"
 
     @field_validator("models", mode="before")
     @classmethod

@@ -180,3 +180,57 @@ def test_unknown_host_is_refused_with_a_fix(slurm_cluster, sshd_server, tmp_path
     with pytest.raises(UnknownHostError) as ei:
         open_fleet(load_profile(ref))
     assert "ssh-keyscan" in str(ei.value)
+
+
+def test_renew_before_the_time_limit_without_a_gap(slurm_cluster, tmp_path):
+    """A short time limit: status announces it, up --renew replaces every task with no failed request."""
+    import threading
+
+    p = tmp_path / "renew.yaml"
+    p.write_text(
+        f"extends: cpu-demo\nname: renew\nrenew: true\nrenew_margin: '00:30:00'\ncluster:\n  workdir: {tmp_path}/work\n"
+        f"  time: '00:10:00'\n  setup: ['export PATH={Path(sys.executable).parent}:$PATH']\n"
+    )
+    profile = load_profile(p)
+    with open_fleet(profile, backend="slurm") as fleet:
+        try:
+            res = up(fleet, profile_ref=str(p), timeout=60, poll=0.5)
+            assert all(s.state == READY for s in res.status.servers)
+            assert all(s.ending_soon and 0 < s.ends_in_s <= 600 for s in res.status.servers), res.status.servers
+            old_ids = {s.name: s.job_id for s in res.status.servers}
+            token = Path(fleet.paths.token).read_text().strip()
+            url = res.status.proxy.url
+            auth = {"Authorization": f"Bearer {token}"}
+            wait_for(lambda: httpx.get(f"{url}/health", headers=auth).status_code == 200, 20, "proxy health")
+
+            failures, done, count = [], threading.Event(), [0]
+
+            def load():
+                with httpx.Client(timeout=10) as c:
+                    while not done.is_set():
+                        r = c.post(f"{url}/v1/chat/completions", headers=auth,
+                                   json={"model": "coder", "messages": [{"role": "user", "content": "x"}]})
+                        count[0] += 1
+                        if r.status_code != 200:
+                            failures.append(r.status_code)
+                        time.sleep(0.05)
+
+            t = threading.Thread(target=load)
+            t.start()
+            events: list[str] = []
+            try:
+                res2 = up(fleet, profile_ref=str(p), timeout=90, poll=0.5, renew=True, on_event=events.append)
+                time.sleep(2)  # requests keep flowing after the old tasks were drained
+            finally:
+                done.set()
+                t.join()
+            assert sorted(r.job for r in res2.submitted) == ["coders", "misc"]
+            new_ids = {s.name: s.job_id for s in res2.status.servers}
+            assert all(new_ids[n] != old_ids[n] for n in old_ids), (old_ids, new_ids)
+            assert any("drained" in e for e in events), events
+            old_left = [i for i in Slurm(LocalRunner()).queue(list(old_ids.values())).values()
+                        if not i.state.is_terminal]
+            assert old_left == []
+            assert count[0] > 20 and failures == [], (count, failures)
+        finally:
+            down(fleet)

@@ -59,6 +59,7 @@ def up(
     force: Annotated[bool, typer.Option("--force", help="Submit even when the fit-check finds errors (they are printed).")] = False,
     proxy: Annotated[Optional[str], typer.Option("--proxy", help="slurm (a job on the CPU partition), local (a process here) or none. Default: the profile's proxy.run.")] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="Override every server's engine, e.g. mock to dry-run the plumbing without GPUs.")] = None,
+    renew: Annotated[bool, typer.Option("--renew", help="Replace servers whose job ends within renew_margin: start the new task, drain the old one once the new is READY (profile needs renew: true).")] = False,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
     trust_new_host: TrustOpt = False,
@@ -93,7 +94,7 @@ def up(
         emit, on_status, finish = _progress(out, json_out)
         try:
             result = do_up(fleet, profile_ref=ref, wait=wait, timeout=timeout, proxy_mode=proxy,
-                           on_event=emit, on_status=on_status)
+                           on_event=emit, on_status=on_status, renew=renew)
         finally:
             finish()
         status = result.status
@@ -199,6 +200,11 @@ def _status_table(out, status) -> None:
                   + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else ""))
     for ep in status.extra_endpoints:
         out.print(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})")
+    ending = [s for s in status.servers if s.ending_soon]
+    if ending:
+        names = ", ".join(f"{s.name} ({_fmt_age(s.ends_in_s)})" for s in ending)
+        out.print(f"[yellow]time limit near:[/yellow] {names}; biofleet up --renew starts replacements "
+                  "before they stop (needs renew: true in the profile)")
     out.print(f"{status.ready}/{len(status.servers)} servers ready")
 
 

@@ -76,6 +76,32 @@ def _opt(value: str) -> str | None:
 _SBATCH_RE = re.compile(r"^\s*(\d+)(?:;(\S+))?\s*$")
 
 
+def parse_duration(text: str | None) -> float | None:
+    """SLURM durations ("2:59", "1:02:03", "1-02:03:04", "5-00") in seconds; None for UNLIMITED etc."""
+    if not text:
+        return None
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        d, _, text = text.partition("-")
+        if not d.isdigit():
+            return None
+        days = int(d)
+    parts = text.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        return None
+    nums = [int(p) for p in parts]
+    if days and len(nums) == 1:  # "D-HH"
+        h, m, sec = nums[0], 0, 0
+    elif len(nums) == 3:
+        h, m, sec = nums
+    elif len(nums) == 2:
+        h, m, sec = 0, nums[0], nums[1]
+    else:
+        h, m, sec = 0, nums[0], 0
+    return float(days * 86400 + h * 3600 + m * 60 + sec)
+
+
 def parse_sbatch(text: str) -> str:
     """Job id from ``sbatch --parsable`` output: ``"123"`` or ``"123;cluster"`` → ``"123"``.
 
