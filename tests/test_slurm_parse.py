@@ -211,3 +211,12 @@ def test_terminal_set():
     assert not JobState.COMPLETING.is_terminal
     assert not JobState.UNKNOWN.is_terminal
     assert JobState.RUNNING.is_active and not JobState.FAILED.is_active
+
+
+@pytest.mark.parametrize("text,seconds", [("2:59", 179), ("1:02:03", 3723), ("1-02:03:04", 93784), ("5-00", 432000),
+                                          ("0:00", 0), ("UNLIMITED", None), ("INVALID", None), ("NOT_SET", None),
+                                          (None, None), ("", None)])
+def test_parse_duration(text, seconds):
+    from biofleet.slurm.scheduler import parse_duration
+
+    assert parse_duration(text) == seconds
