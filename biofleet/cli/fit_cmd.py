@@ -100,7 +100,7 @@ def _single(model, gpu, mem, cc, gpus_on_node, max_len, util, dtype, quant, tp, 
 _SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
 
-def _bar(parts: list[tuple[float, str]], total: float, width: int = 40) -> str:
+def _bar(parts: list[tuple[float, str]], total: float, width: int = 14) -> str:
     """A memory bar: weights / overhead / KV / free, proportional to the GPU's memory."""
     out, used = [], 0
     for gib, style in parts:
@@ -124,8 +124,9 @@ def show_report(report, title: str) -> None:
         head = f"[bold]{escape(g.node)}[/bold] GPU {g.index} ({g.gpu}, {g.visible_gib:.1f} GiB visible), util sum {g.util_sum:.2f}"
         out.print(head)
         table = Table(box=None, pad_edge=False, show_header=True)
-        for col in ("server", "budget", "weights", "overhead", "KV cache", "tokens", "x max_len", "memory"):
-            table.add_column(col, justify="left" if col in ("server", "memory") else "right")
+        # GiB columns; "seqs" = full max_model_len sequences the KV cache holds at once.
+        for col in ("server", "budget", "weights", "other", "KV", "tokens", "seqs", "memory"):
+            table.add_column(col, justify="left" if col in ("server", "memory") else "right", no_wrap=True)
         for name in g.servers:
             s = by_name.get(name)
             if s is None:
@@ -148,8 +149,9 @@ def show_report(report, title: str) -> None:
     for f in report.findings:
         _finding(out, f)
     out.print()
-    out.print("[dim]memory bar: [blue]█[/blue] weights  [magenta]█[/magenta] activations+CUDA graphs+context  "
-              "[green]█[/green] KV cache  · free; GiB as CUDA reports them[/dim]")
+    out.print("[dim]GiB as CUDA reports them. budget = util x visible; other = activations + CUDA graphs + context;\n"
+              "seqs = full-length sequences the KV cache holds. memory: [blue]█[/blue] weights "
+              "[magenta]█[/magenta] other [green]█[/green] KV · free[/dim]")
 
 
 def _finding(out, f, prefix: str = "") -> None:
