@@ -33,6 +33,7 @@ from biofleet.proxy.config import CloudFallback, ProxyConfig
 from biofleet.proxy.discovery import Backend, BackendPool, BackendSpec, Source, source_from_config
 from biofleet.proxy.health import HealthChecker
 from biofleet.proxy.metrics import ProxyMetrics
+from biofleet.proxy.upstream import UpstreamPool
 from biofleet.proxy.transport import (
     Attempt,
     Outcome,
@@ -84,7 +85,8 @@ class ProxyState:
     source: Source
     pool: BackendPool = field(default_factory=BackendPool)
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
-    client: httpx.AsyncClient | None = None
+    client: httpx.AsyncClient | None = None  # probes, classifiers, https cloud fallbacks
+    upstream: UpstreamPool | None = None  # the hot path to fleet backends (plain http)
     token: bytes | None = None  # b"Bearer <token>"
     backend_key: str | None = None
     clouds: dict[str, CloudTarget] = field(default_factory=dict)
@@ -326,7 +328,7 @@ class ProxyApp:
                     payload = body_for(model)
                 res = await forward_once(
                     st.client, Attempt(b, b.url + path, payload, up_headers, model, rid, started),
-                    send, st.metrics, st.gauge(b),
+                    send, st.metrics, st.gauge(b), st.upstream,
                 )
                 if res.outcome is Outcome.DONE:
                     if i > 0:
@@ -538,6 +540,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         state.client = client_factory(config)
+        state.upstream = UpstreamPool(connect_timeout=config.connect_timeout_s, read_timeout=config.request_timeout_s)
         state.reload_event = asyncio.Event()
         state.health = HealthChecker(
             state.client, lambda: list(state.pool.backends.values()),
@@ -564,6 +567,7 @@ def build_app(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await state.client.aclose()
+            await state.upstream.aclose()
 
     starlette = Starlette(
         routes=[

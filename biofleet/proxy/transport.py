@@ -22,6 +22,13 @@ import httpx
 
 from biofleet.proxy.discovery import Backend
 from biofleet.proxy.metrics import ProxyMetrics
+from biofleet.proxy.upstream import (
+    ConnectFailed,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("biofleet.proxy")
 
@@ -144,48 +151,87 @@ class AttemptResult:
     reason: str = ""
 
 
+class _HttpxResponse:
+    """An httpx streaming response seen through the same small interface as UpstreamResponse."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.headers = resp.headers.raw
+
+    def header(self, name: bytes) -> bytes:
+        return self._resp.headers.get(name.decode(), "").encode()
+
+    async def aiter_raw(self):
+        try:
+            async for chunk in self._resp.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamBroken(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Attempt):
+    """Send the request; the response once its headers are in. Raises the upstream.* errors."""
+    if upstream is not None and a.url.startswith("http://"):
+        return await upstream.request(a.url, a.headers, a.body)
+    # https (cloud fallbacks): httpx does TLS for us
+    req = client.build_request("POST", a.url, content=a.body, headers=a.headers)
+    try:
+        return _HttpxResponse(await client.send(req, stream=True))
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+    except httpx.PoolTimeout as exc:
+        raise UpstreamBroken("connection pool exhausted") from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamBroken(f"{type(exc).__name__}: {exc}") from None
+
+
 async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metrics: ProxyMetrics,
-                       inflight_gauge: Any) -> AttemptResult:
+                       inflight_gauge: Any, upstream: UpstreamPool | None = None) -> AttemptResult:
     b = a.backend
     b.inflight += 1
     inflight_gauge.inc()
     try:
-        req = client.build_request("POST", a.url, content=a.body, headers=a.headers)
         try:
-            resp = await client.send(req, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            resp = await _open(upstream, client, a)
+        except ConnectFailed as exc:
             # Nothing was sent: the replica is gone or not listening. Eject it now
             # (passive check); the active probe re-admits it when it answers again.
-            b.mark_down(f"connect failed: {type(exc).__name__}")
+            b.mark_down(f"connect failed: {exc}")
             return AttemptResult(Outcome.RETRY, reason=f"{b.key}: connect failed")
-        except httpx.PoolTimeout:
-            return AttemptResult(Outcome.RETRY, reason=f"{b.key}: connection pool exhausted")
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             metrics.errors.labels(a.model, "timeout").inc()
             await send_error(send, 504, f"upstream {b.key} did not answer within the timeout", "upstream_timeout")
             return AttemptResult(Outcome.DONE, 504)
-        except httpx.HTTPError as exc:
-            # e.g. the server closed a kept-alive connection before answering
+        except UpstreamError as exc:
+            # e.g. the server closed the connection before answering: nothing reached the client yet
             return AttemptResult(Outcome.RETRY, reason=f"{b.key}: {type(exc).__name__}")
 
         try:
-            status = resp.status_code
+            status = resp.status
             if status in RETRYABLE_STATUS:
                 return AttemptResult(Outcome.RETRY, status, f"{b.key}: answered {status}")
             route = f"{a.model}@{b.key}".encode()
             await send({"type": "http.response.start", "status": status,
-                        "headers": downstream_headers(resp.headers.raw, route, a.rid)})
+                        "headers": downstream_headers(resp.headers, route, a.rid)})
             first = True
-            is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+            is_sse = resp.header(b"content-type").startswith(b"text/event-stream")
             try:
                 async for chunk in resp.aiter_raw():
                     if first:
                         metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
                         first = False
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 # Bytes already reached the client: never retry. Tell an SSE client in-band.
-                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "upstream_broken"
+                kind = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_broken"
                 metrics.errors.labels(a.model, kind).inc()
                 log.warning("stream from %s broke: %s", b.key, type(exc).__name__)
                 if is_sse:
