@@ -169,10 +169,12 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task, gone: asyncio.Event) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
+            gone.set()
+            task.cancel()
             return
 
 
@@ -260,17 +262,20 @@ class ProxyApp:
 
         # Everything from here may take long (classifiers, upstream): watch for the
         # client going away and cancel, so in-flight counts and upstream work end.
-        work = asyncio.ensure_future(self._route_and_forward(scope, send, obj, body, required, started))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        # One extra task per request (the watcher), not two: it cancels this one on disconnect.
+        me = asyncio.current_task()
+        gone = asyncio.Event()
+        watch = asyncio.ensure_future(_cancel_on_disconnect(receive, me, gone))
         try:
-            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+            await self._route_and_forward(scope, send, obj, body, required, started)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # cancelled from outside (server shutdown): not ours to swallow
+            if hasattr(me, "uncancel"):  # Python >= 3.11 counts cancellations
+                me.uncancel()
+            log.info("client disconnected; request cancelled")
         finally:
-            if not work.done():
-                work.cancel()
-                log.info("client disconnected; request cancelled")
             watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
 
     async def _route_and_forward(self, scope: Scope, send: Send, obj: dict[str, Any], body: bytes,
                                  required: str, started: float) -> None:

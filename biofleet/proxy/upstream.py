@@ -102,6 +102,11 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:  # type: ignore[override]
         self.closed = True
+        if self.headers_done and not self.complete and self.error is None and self._close_delimited():
+            # No Content-Length and not chunked: the body ends when the upstream closes (RFC 9112 §6.3).
+            if self.parser is None:
+                self._feed_h11(b"")
+            self.complete = True
         if not self.complete and self.error is None:
             if not self.got_bytes and self.reused:
                 self.error = StaleConnection("kept-alive connection closed by the upstream")
@@ -110,6 +115,10 @@ class _Conn(asyncio.Protocol):
             else:
                 self.error = UpstreamBroken("upstream closed the connection mid-response")
         self._wake()
+
+    def _close_delimited(self) -> bool:
+        names = {k.lower() for k, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # -- httptools callbacks -----------------------------------------------------------------
 
