@@ -24,7 +24,7 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("cmd", [[], ["profiles"], ["profiles", "list"], ["profiles", "show"], ["fit-check"],
                                  ["render"], ["up"], ["status"], ["down"], ["logs"], ["register"],
-                                 ["unregister"], ["token"], ["proxy"], ["testcluster"], ["scrape-config"], ["prefetch"]])
+                                 ["unregister"], ["token"], ["proxy"], ["testcluster"], ["scrape-config"], ["prefetch"], ["cpu-models"]])
 def test_every_command_has_help_with_an_example(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0, r.output

