@@ -561,7 +561,7 @@ def build_app(
         loop = asyncio.get_running_loop()
         hup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, state.request_reload)  # only in the main thread
+            loop.add_signal_handler(signal.SIGHUP, _on_sighup, state)  # only in the main thread
             hup = True
         try:
             yield
@@ -598,6 +598,11 @@ def _configured_models(routing: Any) -> set[str]:
     if routing.default:
         names.add(routing.default)
     return names
+
+
+def _on_sighup(state: ProxyState) -> None:
+    log.info("SIGHUP: reloading the registry now")
+    state.request_reload()
 
 
 async def _discovery_loop(state: ProxyState) -> None:
