@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -699,6 +698,3 @@ def read_token(fleet: Fleet) -> str:
         raise FleetError(f"no proxy token at {fleet.paths.token}; biofleet up creates it")
     return tok
 
-
-def quote_cmd(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
