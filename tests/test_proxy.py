@@ -21,6 +21,7 @@ from proxy_helpers import (
     wait_until,
 )
 
+from biofleet.mock_engine import build_app as build_mock
 from biofleet.proxy.config import CloudFallback, RoutingConfig, Safety
 from biofleet.registry import Endpoint, write_record
 
@@ -256,6 +257,20 @@ def test_ejected_backend_gets_no_requests_and_is_readmitted(stack):
         wait_until(lambda: app.state.pool.backends["m"].healthy, what="re-admission")
         assert app.state.pool.backends["m"].ok_streak >= 2
         assert c.post("/v1/chat/completions", json={"model": "coder", **CHAT}).status_code == 200
+
+
+def test_backend_that_becomes_ready_is_admitted_before_the_next_full_probe_round(stack):
+    """A server still loading is probed every half second, not every probe interval:
+    `up` reports READY and the proxy routes to it moments later."""
+    port = free_port()
+    p, app = proxy(stack, proxy_config({"late": (f"http://127.0.0.1:{port}", "coder")}, probe_interval_s=30))
+    wait_until(lambda: not app.state.pool.backends["late"].healthy, what="first probe fails")
+    keep(stack, ServerThread(build_mock(("coder",)), port=port).start())
+    t0 = time.monotonic()
+    wait_until(lambda: app.state.pool.backends["late"].healthy, timeout=3, what="admission")
+    assert time.monotonic() - t0 < 1.5
+    r = httpx.post(p.url + "/v1/chat/completions", json={"model": "coder", **CHAT})
+    assert r.status_code == 200 and r.headers["x-biofleet-route"] == "coder@late"
 
 
 def test_saturated_is_429_with_retry_after(stack):

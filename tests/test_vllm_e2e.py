@@ -125,6 +125,11 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
             assert httpx.get(f"{rec['url']}/v1/models").status_code == 401
 
             # failover: kill one replica's vLLM; requests keep succeeding on the other
+            # (once the proxy has admitted both: status probes the servers itself, the proxy on its own clock)
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{url}/health", headers=auth).json()["models"]["tiny"]["healthy"] != 2:
+                assert time.monotonic() < deadline, "the proxy never admitted both tiny replicas"
+                time.sleep(0.2)
             for pid in _tree(rec["pid"]):
                 try:
                     os.kill(pid, signal.SIGKILL)

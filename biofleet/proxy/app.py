@@ -557,7 +557,7 @@ def build_app(
             await state.refresh()
         except Exception:
             log.exception("initial discovery failed; retrying in the background")
-        tasks = [asyncio.create_task(_discovery_loop(state)), asyncio.create_task(_health_loop(state))]
+        tasks = [asyncio.create_task(_discovery_loop(state)), asyncio.create_task(state.health.run())]
         loop = asyncio.get_running_loop()
         hup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
@@ -615,13 +615,3 @@ async def _discovery_loop(state: ProxyState) -> None:
             await state.refresh()
         except Exception:
             log.exception("discovery failed")
-
-
-async def _health_loop(state: ProxyState) -> None:
-    assert state.health is not None
-    while True:
-        await asyncio.sleep(state.config.probe_interval_s)
-        try:
-            await state.health.probe_all()
-        except Exception:
-            log.exception("health probes failed")

@@ -4,7 +4,9 @@ Every ``probe_interval_s`` each backend gets ``GET /health`` (vLLM answers 200
 while its engine lives, 503 once it died) and, for vLLM-like engines,
 ``GET /metrics`` for ``vllm:num_requests_waiting`` and
 ``vllm:kv_cache_usage_perc`` (older vLLM: ``vllm:gpu_cache_usage_perc``), which
-the router uses to break ties. A failed probe ejects a backend at once;
+the router uses to break ties. Backends that have not yet passed a first probe
+are probed more often, so a server is routable as soon as it is ready. A failed
+probe ejects a backend at once;
 ``readmit_after`` passing probes in a row bring it back. Passive ejection (a
 refused connection during a request) happens in the transport.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import httpx
@@ -58,6 +61,7 @@ class HealthChecker:
         interval_s: float,
         timeout_s: float,
         readmit_after: int,
+        starting_interval_s: float = 0.5,
         scrape_metrics: bool = True,
         on_change: Callable[[Backend], None] | None = None,
     ):
@@ -66,6 +70,7 @@ class HealthChecker:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.readmit_after = readmit_after
+        self.starting_interval_s = starting_interval_s
         self.scrape_metrics = scrape_metrics
         self.on_change = on_change
 
@@ -110,9 +115,20 @@ class HealthChecker:
             await asyncio.gather(*(self.probe(b) for b in todo), return_exceptions=True)
 
     async def run(self) -> None:
+        """Probe every backend each ``interval_s``; backends that have never passed a probe (a
+        server still loading its model) every ``starting_interval_s``, so one that just became
+        ready is routable within a fraction of a second instead of a whole probe interval."""
+        tick = min(self.interval_s, self.starting_interval_s)
+        last_full = time.monotonic()
         while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if now - last_full >= self.interval_s - tick / 2:
+                last_full = now
+                todo = None
+            else:
+                todo = [b for b in self.backends() if not b.ever_up]
             try:
-                await self.probe_all()
+                await self.probe_all(todo)
             except Exception:  # never let the loop die
                 log.exception("health probe round failed")
-            await asyncio.sleep(self.interval_s)
