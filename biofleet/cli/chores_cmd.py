@@ -68,6 +68,54 @@ def scrape_config(
                 return
 
 
+class _DownloadProgress:
+    """Download progress: a Rich bar per model on a terminal, else a line every 30 s."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+        self.last_line = 0.0
+        self.started: dict[str, tuple[float, int]] = {}
+
+    def __enter__(self) -> _DownloadProgress:
+        if self.out.is_terminal:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                                TransferSpeedColumn(), TimeRemainingColumn(), console=self.out)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def event(self, message: str) -> None:
+        self.out.print(message, markup=False, highlight=False)
+
+    def update(self, model: str, done: int | None, total: int) -> None:
+        if done is None:
+            return
+        done = min(done, total) if total else done
+        if self.bar is not None:
+            if model not in self.tasks:
+                self.tasks[model] = self.bar.add_task(model, total=total or None)
+            self.bar.update(self.tasks[model], completed=done)
+            return
+        from biofleet.prefetch import human_size
+
+        now = time.monotonic()
+        t0, d0 = self.started.setdefault(model, (now, done))
+        if now - self.last_line >= 30:
+            self.last_line = now
+            rate = (done - d0) / (now - t0) if now > t0 else 0.0
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            self.out.print(f"  {model}: {human_size(done)} of {human_size(total)}{pct}, {human_size(rate)}/s",
+                           markup=False, highlight=False)
+
+
 def prefetch(
     profile: ProfileOpt = None,
     check_only: Annotated[bool, typer.Option("--check", help="Only report what is cached; download nothing.")] = False,
@@ -79,24 +127,27 @@ def prefetch(
     """Download every model of the fleet into the profile's HF cache (cluster.hf_home) on the login node.
 
     Resumable; models already cached are reported with their size and skipped. Run it before
-    `up`, so no GPU time is spent downloading. Exit 1 when a model is missing afterwards.
+    `up`, so no GPU time is spent downloading. Only what vLLM loads is fetched (no ONNX/GGUF/TF
+    copies; no *.bin twins of safetensors). The HF_* settings of cluster.env (HF_ENDPOINT,
+    HF_HUB_CACHE) apply, HF_HUB_OFFLINE does not. Exit 1 when a model is missing afterwards.
 
     Example: biofleet prefetch --profile t4x10
     """
+    from biofleet.prefetch import human_size
     from biofleet.prefetch import prefetch as do_prefetch
 
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     out = console(stderr=json_out)
-    with fleet:
-        results = do_prefetch(fleet, download=not check_only,
-                              on_event=lambda m: out.print(m, markup=False, highlight=False))
+    with fleet, _DownloadProgress(out) as progress:
+        results = do_prefetch(fleet, download=not check_only, on_event=progress.event,
+                              on_progress=progress.update)
     if json_out:
         from biofleet.cli.output import print_json
 
         print_json([r.__dict__ for r in results])
     else:
         for r in results:
-            size = f"{r.bytes / 2**30:.2f} GiB" if r.bytes is not None else ""
+            size = human_size(r.bytes) if r.bytes is not None else ""
             detail = r.error or r.path or ""
             out.print(f"{r.status:>15}  {r.model}  {size}  {detail}", markup=False, highlight=False)
         if any(r.status == "offline" for r in results):
