@@ -202,6 +202,9 @@ class ProxyStatus:
     url: str | None = None
     health: str | None = None
     reason: str | None = None
+    time_left: str | None = None  # a proxy job's, as squeue says it
+    ends_in_s: float | None = None
+    ending_soon: bool = False  # within the profile's renew_margin: `up --renew` does not move the proxy
 
 
 @dataclass
@@ -326,6 +329,9 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
                 proxy.state, proxy.reason = PENDING, info.reason
             else:
                 proxy.state = STARTING
+                proxy.time_left = info.time_left
+                proxy.ends_in_s = parse_duration(info.time_left)
+                proxy.ending_soon = proxy.ends_in_s is not None and proxy.ends_in_s < margin
             if proxy.url is None and fleet.runner.exists(fleet.paths.proxy_record):
                 try:
                     proxy.url = json.loads(fleet.runner.read_text(fleet.paths.proxy_record)).get("url")
@@ -400,6 +406,14 @@ def prepare_fleet_dir(fleet: Fleet) -> None:
             r.write_text(path, new_secret() + "\n", mode=0o600)
 
 
+PROXY_ENDING = (
+    "the proxy job {job} ends in {mins} min and --renew does not move it: after it ends, biofleet up "
+    "starts a new one, whose address may differ. For a fleet that outlives the time limit, give "
+    "proxy.time a longer limit on a partition that allows it, or run the proxy where there is none "
+    "(proxy.run: local)"
+)
+
+
 def up(
     fleet: Fleet,
     *,
@@ -446,6 +460,8 @@ def up(
                 on_event("renewing (time limit near): " + ", ".join(
                     f"{s.name} ends in {int((s.ends_in_s or 0) // 60)} min" for s in current.servers
                     if (s.job, s.task) in renewing))
+            if current.proxy.ending_soon:
+                on_event(PROXY_ENDING.format(job=current.proxy.job_id, mins=int((current.proxy.ends_in_s or 0) // 60)))
         if kept:
             on_event(f"keeping {len(kept)} server(s) that are running or on their way: {', '.join(kept)}")
     state.profile = profile_ref

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from biofleet.cli.main import app
 from biofleet.fleet import FAILED, GONE, READY, STOPPED, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.slurm.runner import LocalRunner
@@ -85,6 +87,11 @@ def test_t4x10_up_status_reconcile_down(slurm_cluster, tmp_path):
 
         # the proxy job registered its address; requests go through it with the token
         assert st.proxy.state == READY and st.proxy.job_id, st.proxy
+        # its time limit is watched like the servers' (30 min limit, 30 min margin: announced)
+        assert st.proxy.time_left and 0 < st.proxy.ends_in_s <= 1800 and st.proxy.ending_soon, st.proxy
+        shown = CliRunner().invoke(app, ["status", "--profile", str(ref), "--backend", "slurm"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert f"the proxy job {st.proxy.job_id} ends in" in shown.output and "proxy.time" in shown.output
         token = Path(fleet.paths.token).read_text().strip()
         url = json.loads(Path(fleet.paths.proxy_record).read_text())["url"]
         auth = {"Authorization": f"Bearer {token}"}

@@ -197,7 +197,15 @@ def _status_table(out, status) -> None:
     if px.run:
         where = f"job {px.job_id}" if px.job_id else "local process"
         out.print(f"proxy ({where}): {px.state}" + (f" at {px.url}" if px.url else "")
-                  + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else ""))
+                  + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else "")
+                  + (f", time left {px.time_left}" if px.time_left else ""))
+        if px.ending_soon:
+            from rich.markup import escape
+
+            from biofleet.fleet import PROXY_ENDING
+
+            out.print("[yellow]time limit near:[/yellow] "
+                      + escape(PROXY_ENDING.format(job=px.job_id, mins=int((px.ends_in_s or 0) // 60))))
     for ep in status.extra_endpoints:
         out.print(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})")
     ending = [s for s in status.servers if s.ending_soon]
