@@ -205,6 +205,7 @@ class ProxyStatus:
     time_left: str | None = None  # a proxy job's, as squeue says it
     ends_in_s: float | None = None
     ending_soon: bool = False  # within the profile's renew_margin: `up --renew` does not move the proxy
+    backends: dict[str, bool] | None = None  # registry key -> routed to, as the proxy's /health says
 
 
 @dataclass
@@ -369,6 +370,8 @@ def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -
         r = pr.get(proxy.url)
         if r is not None and r.status is not None:
             proxy.state = READY
+            backends = (r.health_json or {}).get("backends")
+            proxy.backends = backends if isinstance(backends, dict) else None
             proxy.health = "ok" if r.status == 200 else f"/health {r.status} (some model has no healthy replica)"
         elif r is not None:
             proxy.health = r.error
@@ -492,6 +495,7 @@ def up(
     status = None
     deadline = time.monotonic() + timeout
     last: dict[str, str] = {}
+    announced: set[str] = set()
     while True:
         status = collect_status(fleet, state=state)
         for s in status.servers:
@@ -506,28 +510,52 @@ def up(
         if status.proxy.url and state.proxy is not None and state.proxy.url != status.proxy.url:
             state.proxy.url = status.proxy.url  # the proxy job has written where it listens
             save_state(r, paths, state)
-        _drain_renewed(fleet, state, status, on_event)
-        if all(s.state in SETTLED for s in status.servers) and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED):
+        _drain_renewed(fleet, state, status, on_event, announced)
+        draining = any(rec.replaces for rec in state.jobs)  # old tasks wait for the proxy to route to the new
+        if (all(s.state in SETTLED for s in status.servers) and not draining
+                and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED)):
             return UpResult(state, submitted, kept, status)
         if time.monotonic() >= deadline:
             return UpResult(state, submitted, kept, status, timed_out=True)
         time.sleep(poll)
 
 
-def _drain_renewed(fleet: Fleet, state: FleetState, status: FleetStatus, on_event: Event) -> None:
-    """Cancel the tasks a renewal replaces, once every server of the replacement is READY.
+def _drain_renewed(fleet: Fleet, state: FleetState, status: FleetStatus, on_event: Event,
+                   announced: set[str] | None = None) -> None:
+    """Cancel the tasks a renewal replaces, once every server of the replacement is READY and,
+    when a proxy is up, routed to by it (it admits a server on its own probe, a moment after ours).
 
     Until then both answer: the proxy routes to old and new records alike, so there is no gap.
+    A replacement that fails leaves the old tasks running to their time limit.
     """
+    announced = set() if announced is None else announced
+    routed = status.proxy.backends
     for rec in state.jobs:
         if not rec.replaces:
             continue
-        mine = [s for s in status.servers if s.job == rec.job and s.task in rec.tasks]
-        if mine and all(s.state == READY and s.job_id == rec.task_job_id(s.task) for s in mine):
-            fleet.scheduler.cancel(rec.replaces)
-            on_event(f"replacement {rec.job_id} is READY; drained {' '.join(rec.replaces)}")
+        mine = [s for s in status.servers if s.job == rec.job and s.task in rec.tasks
+                and s.job_id == rec.task_job_id(s.task)]
+        if not mine:
+            continue
+        if any(s.state in NEEDS_RESUBMIT for s in mine):
+            on_event(f"replacement {rec.job_id} did not start ({', '.join(s.name + ': ' + s.state for s in mine)}); "
+                     f"{' '.join(rec.replaces)} keep serving until their time limit")
             rec.replaces = []
             save_state(fleet.runner, fleet.paths, state)
+            continue
+        if not all(s.state == READY for s in mine):
+            continue
+        unrouted = [s.name for s in mine if routed is not None and not routed.get(f"{s.name}@{s.job_id}", False)]
+        if unrouted:
+            if rec.job_id not in announced:
+                announced.add(rec.job_id)
+                on_event(f"replacement {rec.job_id} is READY; waiting for the proxy to route to "
+                         f"{', '.join(unrouted)} before draining {' '.join(rec.replaces)}")
+            continue
+        fleet.scheduler.cancel(rec.replaces)
+        on_event(f"replacement {rec.job_id} is READY; drained {' '.join(rec.replaces)}")
+        rec.replaces = []
+        save_state(fleet.runner, fleet.paths, state)
 
 
 def _write_routing(fleet: Fleet) -> None:

@@ -27,6 +27,7 @@ class ProbeResult:
     waiting: float | None = None
     kv_cache_usage: float | None = None  # 0..1
     latency_ms: float | None = None
+    health_json: dict | None = None  # the body of /health when it is a JSON object (the proxy's is)
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
@@ -50,6 +51,12 @@ async def _probe_one(client, url: str, api_key: str | None, metrics: bool) -> Pr
         r = await client.get(f"{url}/health")
         res.status = r.status_code
         res.latency_ms = (time.perf_counter() - t0) * 1000
+        if r.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = r.json()
+            except ValueError:  # an empty or odd body says nothing more than the status does
+                body = None
+            res.health_json = body if isinstance(body, dict) else None
         if r.status_code != 200:
             res.error = f"/health answered {r.status_code}"
             return res

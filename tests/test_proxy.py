@@ -183,10 +183,12 @@ def test_models_union_and_health(stack):
         assert sorted(ids) == ["coder", "emb", "gpt", "math"]
         h = c.get("/health")
         assert h.status_code == 200 and h.json()["models"]["coder"] == {"healthy": 2, "total": 2}
+        assert h.json()["backends"] == {"a": True, "b": True, "e": True}
         httpx.post(e.url + "/admin/fail?on=1")
         wait_until(lambda: c.get("/health").status_code == 503, what="emb marked down")
         body = c.get("/health").json()
         assert body["down"] == ["emb"] and body["models"]["emb"] == {"healthy": 0, "total": 1}
+        assert body["backends"]["e"] is False and "127.0.0.1" not in json.dumps(body)
         assert "emb" not in [m["id"] for m in c.get("/v1/models").json()["data"]]
 
 

@@ -523,7 +523,10 @@ def build_app(
         per_model = state.model_health()
         down = sorted(m for m, h in per_model.items() if h["healthy"] == 0)
         ok = bool(per_model) and not down
-        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "models": per_model}
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "models": per_model,
+                                # which registered servers it routes to (keys only, never addresses):
+                                # `up --renew` drains old tasks only once their replacements are in here
+                                "backends": {k: b.healthy for k, b in state.pool.backends.items()}}
         if down:
             body["down"] = down
         if not per_model:
