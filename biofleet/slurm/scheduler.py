@@ -186,17 +186,8 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
             time_limit=_opt(f["time_limit"]),
             start_time=_opt(f["start_time"]),
         )
-        if task is None:
-            jobs[info.job_id] = info
-            continue
         # For an array the user-facing id is "<array job id>_<task>"; %F is that array job id.
-        array_id = _opt(f["array_job_id"]) or base
-        if task.startswith("["):
-            for t in expand_array_tasks(task):
-                tid = f"{array_id}_{t}"
-                jobs[tid] = replace(info, job_id=tid, array_job_id=array_id, array_task_id=t)
-        else:
-            jobs[info.job_id] = replace(info, array_job_id=array_id, array_task_id=int(task))
+        _store(jobs, info, _opt(f["array_job_id"]) or base, task)
     return jobs
 
 
@@ -239,15 +230,21 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
             exit_code=_opt(f["ExitCode"]),
             source="sacct",
         )
-        if task is None:
-            jobs[info.job_id] = info
-        elif task.startswith("["):
-            for t in expand_array_tasks(task):
-                tid = f"{base}_{t}"
-                jobs[tid] = replace(info, job_id=tid, array_job_id=base, array_task_id=t)
-        else:
-            jobs[info.job_id] = replace(info, array_job_id=base, array_task_id=int(task))
+        _store(jobs, info, base, task)
     return jobs
+
+
+def _store(jobs: dict[str, JobInfo], info: JobInfo, array_id: str, task: str | None) -> None:
+    """Add one squeue/sacct row: a plain job as is, an array row once per task ("[0-3]" expanded),
+    keyed "<array id>_<task>"."""
+    if task is None:
+        jobs[info.job_id] = info
+    elif task.startswith("["):
+        for t in expand_array_tasks(task):
+            tid = f"{array_id}_{t}"
+            jobs[tid] = replace(info, job_id=tid, array_job_id=array_id, array_task_id=t)
+    else:
+        jobs[info.job_id] = replace(info, array_job_id=array_id, array_task_id=int(task))
 
 
 # ---------------------------------------------------------------------------- the scheduler
