@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from biofleet.errors import FleetError
-from biofleet.fleetdir import FleetPaths, FleetState, JobRecord, ProxyRecord, new_secret
+from biofleet.fleetdir import FleetPaths, FleetState, JobRecord, ProxyRecord, Supervision, new_secret
 from biofleet.plan import node_label
 from biofleet.procs import free_port, pid_alive, pid_cmdline
 from biofleet.profile import Instance, Profile
@@ -28,9 +28,11 @@ from biofleet.registry import Endpoint, record_filename
 
 # Server states shown by status, in the order a server goes through them.
 NOT_SUBMITTED, PENDING, RUNNING, STARTING, READY = "NOT_SUBMITTED", "PENDING", "RUNNING", "STARTING", "READY"
+RESTARTING = "RESTARTING"  # exited; its job restarts it in place after a back-off
 FAILED, STOPPED, GONE = "FAILED", "STOPPED", "GONE"
 SETTLED = {READY, FAILED, STOPPED, GONE}  # up stops waiting for a server in one of these
 NEEDS_RESUBMIT = {NOT_SUBMITTED, FAILED, STOPPED, GONE}
+MAX_RECORD_BYTES = 64 * 1024  # a registry or supervision record larger than this is skipped
 
 
 # ---------------------------------------------------------------------------- context
@@ -187,6 +189,10 @@ class ServerStatus:
     time_left: str | None = None
     ends_in_s: float | None = None  # seconds until the job's time limit (None: unlimited/unknown)
     ending_soon: bool = False  # within the profile's renew_margin
+    restarts: int = 0  # in-place restarts by its job since the last fresh budget
+    last_exit: int | None = None  # exit code of its last exit
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES it was given
+    task_running: bool = False  # its job task runs (a FAILED server is then restarted in place)
     log_tail: list[str] = field(default_factory=list)
 
     @property
@@ -235,26 +241,69 @@ class FleetStatus:
         return d
 
 
-def read_registry(runner, paths: FleetPaths) -> list[Endpoint]:
-    """Every record in the registry dir, in one round trip on remote runners."""
+def read_json_dir(runner, directory: str) -> list[Any]:
+    """The parsed ``*.json`` files of a directory (records written by jobs), in one round trip
+    on remote runners. Temp files, non-regular files, unparsable and oversized ones are skipped."""
     from biofleet.slurm.runner import LocalRunner
 
+    texts: list[str] = []
     if isinstance(runner, LocalRunner):
         from pathlib import Path
 
-        from biofleet.registry import read_records
-
-        return read_records(Path(paths.registry))
-    script = 'for f in "$1"/*.json; do [ -f "$f" ] && cat "$f" && printf "\\n"; done; true'
-    out = runner.run(["sh", "-c", script, "sh", paths.registry], check=False).stdout
-    recs = []
-    for line in out.splitlines():
-        if line.strip():
+        d = Path(directory)
+        if not d.is_dir():
+            return []
+        for path in sorted(d.glob("*.json")):
             try:
-                recs.append(Endpoint.model_validate(json.loads(line)))
+                if path.name.startswith(".") or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+                    continue
+                texts.append(path.read_text())
+            except OSError:
+                continue
+    else:
+        # One record per line: the writers emit compact JSON without newlines.
+        script = ('for f in "$1"/*.json; do [ -f "$f" ] && [ "$(wc -c <"$f")" -le "$2" ] && cat "$f" '
+                  '&& printf "\\n"; done; true')
+        out = runner.run(["sh", "-c", script, "sh", directory, str(MAX_RECORD_BYTES)], check=False).stdout
+        texts = out.splitlines()
+    recs = []
+    for text in texts:
+        if text.strip():
+            try:
+                recs.append(json.loads(text))
             except ValueError:
                 continue
     return recs
+
+
+def read_registry(runner, paths: FleetPaths) -> list[Endpoint]:
+    """Every well-formed record in the registry dir."""
+    out = []
+    for raw in read_json_dir(runner, paths.registry):
+        try:
+            out.append(Endpoint.model_validate(raw))
+        except ValueError:
+            continue
+    return out
+
+
+def read_supervision(runner, paths: FleetPaths) -> dict[tuple[str, str], Supervision]:
+    """(server, job key) -> what its job's watcher last said of it."""
+    out = {}
+    for raw in read_json_dir(runner, paths.servers):
+        try:
+            sup = Supervision.model_validate(raw)
+        except ValueError:
+            continue
+        out[(sup.server, sup.job_id)] = sup
+    return out
+
+
+def _restart_requests(runner, paths: FleetPaths) -> set[str]:
+    try:
+        return {n for n in runner.listdir(paths.control) if n.endswith(".restart")}
+    except Exception:  # noqa: BLE001 - no control dir yet
+        return set()
 
 
 def _tail(runner, path: str, n: int = 8) -> list[str]:
@@ -283,6 +332,8 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
     infos = fleet.scheduler.states(ids) if ids else {}
     records = read_registry(fleet.runner, fleet.paths)
     by_key = {(r.server, r.job_id): r for r in records}
+    supervision = read_supervision(fleet.runner, fleet.paths)
+    asked = _restart_requests(fleet.runner, fleet.paths)
 
     for st, inst in zip(servers, insts):
         rec = state.latest(inst.job, inst.task)
@@ -315,6 +366,9 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         if endpoint is not None and (info is None or not info.state.is_terminal):
             st.url = endpoint.url
             st.started_at = endpoint.started_at
+        st.task_running = info is not None and info.state in (JobState.RUNNING, JobState.COMPLETING)
+        _apply_supervision(fleet, st, supervision.get((inst.name, st.job_id)),
+                           os.path.basename(fleet.paths.restart_request(inst.name, st.job_id)) in asked)
 
     manual = [r for r in records if r.manual]
     # proxy
@@ -345,6 +399,24 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         _probe_into(fleet, servers, proxy)
     return FleetStatus(p.name, fleet.backend, fleet.paths.root, True, servers, proxy,
                        [r.model_dump(exclude_none=True) for r in manual])
+
+
+def _apply_supervision(fleet: Fleet, st: ServerStatus, sup: Supervision | None, restart_asked: bool) -> None:
+    """What the task's own watcher says of the server: restarts, last exit, and whether it is
+    down between restarts or failed for good while its neighbours in the task keep running."""
+    if sup is None:
+        return
+    st.restarts, st.last_exit, st.devices = sup.restarts, sup.last_exit, sup.devices
+    if st.task_running:
+        if sup.state == "failed" and restart_asked:
+            st.state, st.reason, st.url = RESTARTING, "restart asked for by up", None
+        elif sup.state == "failed":
+            st.state, st.reason, st.url = FAILED, sup.reason, None
+            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(st.name, st.job_id or ""))
+        elif sup.state == "restarting":
+            st.state, st.reason, st.url = RESTARTING, sup.reason, None
+    elif sup.state == "failed" and st.state in (FAILED, GONE):
+        st.reason = sup.reason  # e.g. the allocation had fewer GPUs than the plan
 
 
 def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -> None:
@@ -401,7 +473,7 @@ Event = Callable[[str], None]
 
 def prepare_fleet_dir(fleet: Fleet) -> None:
     r, p = fleet.runner, fleet.paths
-    for d in (p.root, p.scripts, p.logs, p.registry):
+    for d in (p.root, p.scripts, p.logs, p.registry, p.servers, p.control):
         r.mkdir(d)
     r.mkdir(p.secrets, mode=0o700)
     for path in (p.token, p.backend_key):
@@ -450,8 +522,19 @@ def up(
                 f"to switch to {fleet.backend}"
             )
         current = collect_status(fleet, state=state)
-        todo = {(s.job, s.task) for s in current.servers if s.state in NEEDS_RESUBMIT}
-        # A task is resubmitted whole: its co-located servers restart with it.
+        # A server that failed in a task whose other servers still run is restarted in place by that
+        # task (cancelling the task would stop its living neighbours); a task is resubmitted whole
+        # when it is gone, or when every server in it has failed.
+        tasks: dict[tuple[str, int], list[ServerStatus]] = {}
+        for s in current.servers:
+            tasks.setdefault((s.job, s.task), []).append(s)
+        in_place = [s for s in current.servers if s.state == FAILED and s.task_running
+                    and not all(o.state == FAILED for o in tasks[(s.job, s.task)])]
+        todo = {(s.job, s.task) for s in current.servers if s.state in NEEDS_RESUBMIT and s not in in_place}
+        for s in in_place:
+            r.write_text(paths.restart_request(s.name, s.job_id or ""), f"{time.time()}\n")
+            on_event(f"{s.name} failed in running task {s.job_id} ({s.reason}); asked the task to restart it "
+                     "in place (its neighbours keep serving)")
         kept = [s.name for s in current.servers if (s.job, s.task) not in todo]
         if renew:
             for s in current.servers:

@@ -7,6 +7,9 @@
         scripts/          rendered sbatch scripts
         logs/             SLURM output and one log per server
         registry/         one JSON record per live server (see biofleet.registry)
+        servers/          one supervision record per server of a running task (state, restarts,
+                          last exit code), written by the job script
+        control/          requests to a running job (``<server>.<job key>.restart``), written by up
         secrets/          proxy.token, backend.key (mode 0600, read by jobs at start)
 """
 
@@ -41,6 +44,14 @@ class FleetPaths:
         return self._p("registry")
 
     @property
+    def servers(self) -> str:
+        return self._p("servers")
+
+    @property
+    def control(self) -> str:
+        return self._p("control")
+
+    @property
     def secrets(self) -> str:
         return self._p("secrets")
 
@@ -69,6 +80,26 @@ class FleetPaths:
 
     def server_log(self, server: str, job_key: str) -> str:
         return self._p("logs", f"{server}.{job_key}.log")
+
+    def restart_request(self, server: str, job_key: str) -> str:
+        return self._p("control", f"{server}.{job_key}.restart")
+
+
+class Supervision(BaseModel):
+    """What a running job's watcher says of one server (``servers/<server>.<job key>.json``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    server: str
+    job_id: str
+    state: Literal["running", "restarting", "failed"]
+    reason: str | None = None
+    restarts: int = 0
+    max_restarts: int = 0
+    last_exit: int | None = None
+    pid: int | None = None
+    devices: str | None = None  # what CUDA_VISIBLE_DEVICES the server was given
+    updated_at: float | None = None
 
 
 class JobRecord(BaseModel):

@@ -192,6 +192,9 @@ class ServerSpec(_Frozen):
     env: EnvMap = Field(default_factory=dict)
     roles: tuple[Name, ...] = ()  # task types this server answers (merged into routing.tasks)
     replicas: int | None = Field(None, ge=1)  # expected placements; checked against jobs
+    # A server that exits is restarted in place by its job (back-off 1, 2, 4 ... 60 s) this many
+    # times before it is marked FAILED; its co-located neighbours keep serving meanwhile.
+    max_restarts: int = Field(3, ge=0, le=100)
 
 
 # ---------------------------------------------------------------------------

@@ -198,25 +198,31 @@ class RenderedServer:
     engine: str
     served: str
     port: str
-    gpus: str
+    gpus: str  # the plan's GPU indices on the node ("1", "2,3"); "" for a CPU-only job
+    max_restarts: int
     argv: list[Any] = field(default_factory=list)
 
 
 def render_job(profile: Profile, job: JobSpec, fleet_dir: str) -> str:
     insts = [i for i in profile.instances() if i.job == job.name]
     tasks = []
+    on_gpus = job.gpu is not None
     for t in range(len(job.nodes)):
+        mine = [i for i in insts if i.task == t]
         servers = [
             RenderedServer(
                 name=i.name, model=i.spec.model, kind=i.spec.kind, engine=i.spec.engine,
                 served=",".join([i.served_name, *i.spec.aliases]),
                 port=str(i.spec.port) if i.spec.port else "auto",
-                gpus=",".join(map(str, i.gpus)),
+                gpus=",".join(map(str, i.gpus)) if on_gpus else "",
+                max_restarts=i.spec.max_restarts,
                 argv=server_argv(i, profile, fleet_dir),
             )
-            for i in insts if i.task == t
+            for i in mine
         ]
-        tasks.append({"index": t, "servers": servers})
+        # The job script checks the allocation covers every GPU index the plan uses on this node.
+        needed = max((g + 1 for i in mine for g in i.gpus), default=0) if on_gpus else 0
+        tasks.append({"index": t, "servers": servers, "gpus_needed": needed})
     c = profile.cluster
     ctx = {
         "version": __version__,

@@ -53,6 +53,7 @@ class NodeSpec:
     memory_mb: int
     gpu_type: str | None = None
     gpu_count: int = 0
+    weight: int = 1  # SLURM allocates the lowest-weight nodes that fit first
 
 
 def missing_programs() -> list[str]:
@@ -164,6 +165,7 @@ class TestCluster:
         t4_nodes: int = 10,
         h100_nodes: int = 1,
         cpu_nodes: int = 2,
+        multi_gpu_nodes: bool = True,
         ctld_port: int | None = None,
         boot_timeout: float = 60,
     ) -> None:
@@ -171,6 +173,7 @@ class TestCluster:
         self.t4_nodes = t4_nodes
         self.h100_nodes = h100_nodes
         self.cpu_nodes = cpu_nodes
+        self.multi_gpu_nodes = multi_gpu_nodes
         self.ctld_port = ctld_port
         self.boot_timeout = boot_timeout
         # A name per instance: SLURM keys state by cluster name, and two clusters on one host must not share it.
@@ -221,7 +224,7 @@ class TestCluster:
             raise
 
     def _plan_nodes(self) -> None:
-        n = self.t4_nodes + self.h100_nodes + self.cpu_nodes
+        n = self.t4_nodes + self.h100_nodes + self.cpu_nodes + (2 if self.multi_gpu_nodes else 0)
         ports = _free_ports(n + (0 if self.ctld_port else 1))
         if not self.ctld_port:
             self.ctld_port = ports.pop()
@@ -230,6 +233,11 @@ class TestCluster:
             nodes.append(NodeSpec(f"t4-{i + 1:02d}", "t4flex", ports.pop(), 8, 30000, "t4", 1))
         for i in range(self.h100_nodes):
             nodes.append(NodeSpec(f"h100-{i + 1:02d}", "h100flex", ports.pop(), 32, 500000, "h100", 4))
+        if self.multi_gpu_nodes:
+            # Multi-GPU nodes for per-GPU placement (Path B: a 4x L4 node and a 4x T4 node). The
+            # 4x T4 node weighs more, so single-T4 jobs fill the single-T4 nodes first.
+            nodes.append(NodeSpec("l4x4-01", "l4flex", ports.pop(), 32, 250000, "l4", 4))
+            nodes.append(NodeSpec("t4x4-01", "t4flex", ports.pop(), 32, 250000, "t4", 4, weight=100))
         for i in range(self.cpu_nodes):
             nodes.append(NodeSpec(f"cpu-{i + 1:02d}", "cpuspot", ports.pop(), 16, 60000))
         self.nodes = nodes
@@ -306,7 +314,7 @@ class TestCluster:
             # NodeHostname=localhost so nothing needs /etc/hosts entries for t4-01 and friends.
             lines.append(
                 f"NodeName={node.name} NodeAddr=127.0.0.1 NodeHostname=localhost Port={node.port} "
-                f"CPUs={node.cpus} RealMemory={node.memory_mb}{gres_attr} State=UNKNOWN"
+                f"CPUs={node.cpus} RealMemory={node.memory_mb}{gres_attr} Weight={node.weight} State=UNKNOWN"
             )
             if node.gpu_type:
                 # Symlinks to /dev/null stand in for /dev/nvidiaN: slurmd insists on a character

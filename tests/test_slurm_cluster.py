@@ -55,8 +55,8 @@ def wait_for(pred, timeout: float = 20, what: str = "condition"):
 def test_cluster_is_up(slurm_cluster):
     assert slurm_cluster.is_up()
     states = slurm_cluster.node_states()
-    assert len(states) == 13
-    assert {"t4-01", "t4-10", "h100-01", "cpu-01", "cpu-02"} <= states.keys()
+    assert len(states) == 15
+    assert {"t4-01", "t4-10", "h100-01", "l4x4-01", "t4x4-01", "cpu-01", "cpu-02"} <= states.keys()
 
 
 def test_gpu_job_runs_with_cuda_visible_devices(slurm, jobdir):

@@ -143,15 +143,22 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
                 assert "@tiny-1@" in r.headers["x-biofleet-route"] or "tiny-1" in r.headers["x-biofleet-route"]
                 ok += 1
             assert ok == 10
-            # up resubmits the dead replica, and it rejoins
-            deadline = time.monotonic() + 60
-            while next(s for s in collect_status(fleet).servers if s.name == "tiny-0").state not in NEEDS_RESUBMIT:
-                assert time.monotonic() < deadline, "the dead replica's task never ended"
-                time.sleep(1)
+            # the job restarts the dead replica in place (no trip through the queue), and it rejoins
             t1 = time.monotonic()
+            deadline = t1 + 240
+            while True:
+                tiny0 = next(s for s in collect_status(fleet).servers if s.name == "tiny-0")
+                if tiny0.state == READY and tiny0.restarts == 1:
+                    break
+                assert tiny0.state not in NEEDS_RESUBMIT, tiny0
+                assert time.monotonic() < deadline, f"the killed replica was not restarted in place: {tiny0}"
+                time.sleep(1)
+            print(f"replica restarted in place, READY again in {time.monotonic() - t1:.1f}s")
+            assert tiny0.last_exit is not None and tiny0.last_exit != 0
+            new_rec = json.loads(next(Path(fleet.paths.registry).glob("tiny-0.*.json")).read_text())
+            assert new_rec["pid"] != rec["pid"] and new_rec["job_id"] == rec["job_id"]
             res2 = up(fleet, profile_ref=str(ref), timeout=300, poll=1.0)
-            print(f"resubmitted replica READY again in {time.monotonic() - t1:.1f}s")
-            assert [(r.job, r.tasks) for r in res2.submitted] == [("cpu", [0])]
+            assert res2.submitted == []
             assert all(s.state == READY for s in res2.status.servers)
         finally:
             down(fleet)

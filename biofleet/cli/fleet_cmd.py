@@ -167,7 +167,7 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-_STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDING": "yellow",
+_STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDING": "yellow", "RESTARTING": "yellow",
                 "FAILED": "bold red", "GONE": "red", "STOPPED": "dim", "NOT_SUBMITTED": "dim"}
 
 
@@ -177,7 +177,10 @@ def _table(status):
     from rich.text import Text
 
     t = Table(box=None, pad_edge=False)
-    for col in ("server", "model", "job", "node", "state", "address", "health", "run/wait", "KV", "uptime", "left"):
+    # Restarts are shown only once some server of the fleet has exited (the table is wide enough).
+    restarts = any(s.restarts or s.last_exit is not None for s in status.servers)
+    for col in ("server", "model", "job", "node", "state", "address", "health", "run/wait", "KV", "uptime", "left",
+                *(("restarts",) if restarts else ())):
         t.add_column(col, no_wrap=col in ("server", "state"))
     for s in status.servers:
         style = _STATE_STYLE.get(s.state, "")
@@ -186,8 +189,11 @@ def _table(status):
         kv = "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%"
         addr = s.url.split("://", 1)[-1] if s.url else "-"
         # Text objects, not markup strings: a Live refresh during print(markup=False) would show the tags.
-        t.add_row(escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), Text.from_markup(state), addr,
-                  escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-")
+        cells = [escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), Text.from_markup(state), addr,
+                 escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-"]
+        if restarts:
+            cells.append(f"{s.restarts}" + (f" (last exit {s.last_exit})" if s.last_exit is not None else ""))
+        t.add_row(*cells)
     return t
 
 

@@ -10,6 +10,13 @@ wait_gone) so the fleet code does not care which one it has.
 Bookkeeping lives in ``<state_dir>/<job>_<task>.json``; each task's exit code is
 written by a tiny wrapper shell into ``<job>_<task>.rc`` so that a later
 ``biofleet status`` (another process) still learns how the task ended.
+
+GPUs are granted as SLURM grants them: a task asking ``--gres=gpu[:type]:N`` gets
+``CUDA_VISIBLE_DEVICES`` listing N indices not held by another running local task,
+taken from this machine's ``/dev/nvidiaN`` devices (or from ``BIOFLEET_LOCAL_GPUS``
+stand-in GPUs; unlimited stand-ins when the machine has none). When fewer are free,
+the task gets what is free and its job script refuses to start, as it would on a
+short allocation.
 """
 
 from __future__ import annotations
@@ -30,6 +37,28 @@ from biofleet.slurm.states import JobState
 _ARRAY_DIRECTIVE = re.compile(r"^#SBATCH\s+--array=(\S+)", re.M)
 _OUTPUT_DIRECTIVE = re.compile(r"^#SBATCH\s+--output=(\S+)", re.M)
 _NAME_DIRECTIVE = re.compile(r"^#SBATCH\s+--job-name=(\S+)", re.M)
+_GRES_DIRECTIVE = re.compile(r"^#SBATCH\s+--gres=(\S+)", re.M)
+_GRES_GPU = re.compile(r"^gpu(?::[^:,]+)?:(\d+)$|^gpu$")
+LOCAL_GPUS_ENV = "BIOFLEET_LOCAL_GPUS"
+
+
+def gpus_requested(gres: str | None) -> int:
+    """GPUs asked for by a --gres value such as ``gpu:t4:2`` or ``gpu:1`` (0 when none)."""
+    for item in (gres or "").split(","):
+        m = _GRES_GPU.match(item.strip())
+        if m:
+            return int(m.group(1) or 1)
+    return 0
+
+
+def machine_gpus() -> list[int] | None:
+    """The GPU indices this machine can hand out, or None for unlimited stand-ins."""
+    forced = os.environ.get(LOCAL_GPUS_ENV)
+    if forced is not None and forced.strip().isdigit():
+        return list(range(int(forced)))
+    found = sorted(int(m.group(1)) for d in Path("/dev").glob("nvidia*")
+                   if (m := re.fullmatch(r"nvidia(\d+)", d.name)))
+    return found or None
 
 
 class LocalScheduler:
@@ -55,16 +84,34 @@ class LocalScheduler:
             if arg.startswith("--array="):
                 array = arg.split("=", 1)[1]
         job_id = self._next_id()
+        gres = (_GRES_DIRECTIVE.search(text) or [None, None])[1]
+        for arg in extra_args:
+            if arg.startswith("--gres="):
+                gres = arg.split("=", 1)[1]
         name = (_NAME_DIRECTIVE.search(text) or [None, Path(script_path).stem])[1]
         out_pattern = (_OUTPUT_DIRECTIVE.search(text) or [None, str(self.dir / "slurm-%j.out")])[1]
         tasks = expand_array_tasks(array) if array else [None]
         for task in tasks:
-            self._start(script_path, job_id, task, name, out_pattern)
+            self._start(script_path, job_id, task, name, out_pattern, gpus_requested(gres))
         return job_id
 
-    def _start(self, script: str, job_id: str, task: int | None, name: str, out_pattern: str) -> None:
+    def _grant_gpus(self, n: int) -> list[int]:
+        held = {g for rec in self._records() if _group_alive(rec["pgid"]) for g in rec.get("gpus") or ()}
+        pool = machine_gpus()
+        if pool is None:
+            free = (g for g in range(len(held) + n + 1) if g not in held)
+        else:
+            free = (g for g in pool if g not in held)
+        return [g for _, g in zip(range(n), free)]
+
+    def _start(self, script: str, job_id: str, task: int | None, name: str, out_pattern: str,
+               gpus: int = 0) -> None:
         key = f"{job_id}_{task}" if task is not None else job_id
+        granted = self._grant_gpus(gpus) if gpus else []
         env = dict(os.environ)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, granted))
         env.update({
             "SLURM_JOB_ID": key if task is None else str(int(job_id) * 1000 + task),
             "SLURM_JOB_NAME": name,
@@ -91,7 +138,8 @@ class LocalScheduler:
                 start_new_session=True, close_fds=True,
             )
         record = {"job_id": key, "array_job_id": job_id if task is not None else None, "array_task_id": task,
-                  "name": name, "pid": proc.pid, "pgid": proc.pid, "start": time.time(), "output": out}
+                  "name": name, "pid": proc.pid, "pgid": proc.pid, "start": time.time(), "output": out,
+                  "gpus": granted}
         (self.dir / f"{key}.json").write_text(json.dumps(record))
 
     # -- state -----------------------------------------------------------------
