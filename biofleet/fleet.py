@@ -348,8 +348,8 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
             st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
         elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
             st.state, st.reason = PENDING, info.reason
-        elif info.state.is_terminal:
-            ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED)
+        elif info.state.is_done:
+            ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
             st.state = STOPPED if ok_end else FAILED
             st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
             if not ok_end:
@@ -363,10 +363,10 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
             if info.state == JobState.RUNNING:
                 st.ends_in_s = parse_duration(info.time_left)
                 st.ending_soon = st.ends_in_s is not None and st.ends_in_s < margin
-        if endpoint is not None and (info is None or not info.state.is_terminal):
+        if endpoint is not None and (info is None or not info.state.is_done):
             st.url = endpoint.url
             st.started_at = endpoint.started_at
-        st.task_running = info is not None and info.state in (JobState.RUNNING, JobState.COMPLETING)
+        st.task_running = info is not None and info.state == JobState.RUNNING
         _apply_supervision(fleet, st, supervision.get((inst.name, st.job_id)),
                            os.path.basename(fleet.paths.restart_request(inst.name, st.job_id)) in asked)
 
@@ -377,8 +377,8 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         proxy.url = state.proxy.url
         if state.proxy.run == "slurm" and state.proxy.job_id:
             info = infos.get(state.proxy.job_id)
-            if info is None or info.state.is_terminal:
-                proxy.state = STOPPED if info is None or info.state == JobState.CANCELLED else FAILED
+            if info is None or info.state.is_done:
+                proxy.state = STOPPED if info is None or info.state in (JobState.CANCELLED, JobState.COMPLETING) else FAILED
                 proxy.reason = info.state.value if info else "left the queue"
             elif info.state == JobState.PENDING:
                 proxy.state, proxy.reason = PENDING, info.reason
@@ -501,13 +501,20 @@ def up(
     poll: float = 2.0,
     renew: bool = False,
 ) -> UpResult:
-    from biofleet.render import render_job
+    from biofleet.render import render_job, render_proxy_job
 
     p, r, paths = fleet.profile, fleet.runner, fleet.paths
+    mode = proxy_mode or p.proxy.run
+    if mode not in ("slurm", "local", "none"):
+        raise FleetError(f"--proxy must be slurm, local or none, not {mode!r}")
     if renew and not p.renew:
         raise FleetError(f"profile {p.name} does not allow renewal; set renew: true (and renew_margin) in it")
     if renew and not wait:
         raise FleetError("--renew drains the old tasks once their replacements are READY, so it needs --wait")
+    if mode == "local" and not fleet.runner.is_local:
+        raise FleetError("--proxy local runs the proxy on this machine, but this fleet runs on "
+                         f"{fleet.runner.where}; nothing was submitted. Use --proxy slurm (a job on the "
+                         "cluster; proxy.run: slurm in the profile), or run biofleet on the login node")
     prepare_fleet_dir(fleet)
     state = load_state(r, paths)
     kept: list[str] = []
@@ -551,13 +558,19 @@ def up(
         if kept:
             on_event(f"keeping {len(kept)} server(s) that are running or on their way: {', '.join(kept)}")
     state.profile = profile_ref
+    # Everything that can fail is done before the first sbatch: render every script, write the
+    # routing table. A refusal after a submission would leave jobs running that nobody asked for.
+    scripts = {job.name: render_job(p, job, paths.root) for job in p.jobs
+               if any(j == job.name for (j, _) in todo)}
+    proxy_script = render_proxy_job(p, paths.root) if mode == "slurm" else None
+    _write_routing(fleet)
     submitted: list[JobRecord] = []
     for job in p.jobs:
         tasks = sorted(t for (j, t) in todo if j == job.name)
         if not tasks:
             continue
         script = paths.script(job.name)
-        r.write_text(script, render_job(p, job, paths.root), mode=0o755)
+        r.write_text(script, scripts[job.name], mode=0o755)
         extra: list[str] = []
         if job.is_array and len(tasks) < len(job.nodes):
             extra.append("--array=" + ",".join(map(str, tasks)))
@@ -569,8 +582,7 @@ def up(
         save_state(r, paths, state)  # after every submission: a crash must not lose a job id
         what = f"tasks {','.join(map(str, tasks))}" if job.is_array else "1 node"
         on_event(f"submitted job {job.name} ({what}) as {job_id}")
-    _write_routing(fleet)
-    _ensure_proxy(fleet, state, proxy_mode or p.proxy.run, on_event)
+    _ensure_proxy(fleet, state, mode, on_event, proxy_script)
     save_state(r, paths, state)
 
     if not wait:
@@ -655,9 +667,7 @@ def _proxy_argv(fleet: Fleet, host: str, port: str) -> list[str]:
     ]
 
 
-def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -> None:
-    from biofleet.slurm.runner import LocalRunner
-
+def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event, script_text: str | None) -> None:
     p, paths = fleet.profile, fleet.paths
     if mode == "none":
         return
@@ -667,12 +677,10 @@ def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -
             alive = pid_alive(state.proxy.pid)
         elif state.proxy.job_id:
             info = fleet.scheduler.states([state.proxy.job_id]).get(state.proxy.job_id)
-            alive = info is not None and not info.state.is_terminal
+            alive = info is not None and not info.state.is_done
         if alive:
             return
     if mode == "local":
-        if not isinstance(fleet.runner, LocalRunner):
-            raise FleetError("--proxy local needs the fleet on this machine; with SSH use proxy.run: slurm")
         host = p.proxy.host
         port = p.proxy.port or free_port(host)
         log = open(paths.logs + "/proxy.log", "ab")  # noqa: SIM115 - handed to the child
@@ -690,7 +698,8 @@ def _ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Event) -
     from biofleet.render import render_proxy_job
 
     script = paths.script("proxy")
-    fleet.runner.write_text(script, render_proxy_job(p, paths.root), mode=0o755)
+    text = script_text if script_text is not None else render_proxy_job(p, paths.root)
+    fleet.runner.write_text(script, text, mode=0o755)
     if fleet.runner.exists(paths.proxy_record):
         fleet.runner.remove(paths.proxy_record)
     job_id = fleet.scheduler.submit(script)

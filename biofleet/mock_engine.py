@@ -404,6 +404,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reply", default=None, help="fixed reply text instead of hashed words")
     p.add_argument("--api-key", default=None, help="default: $VLLM_API_KEY")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--startup-delay-s", type=float, default=0.0,
+                   help="wait this long before listening (stands in for loading a model)")
+    p.add_argument("--shutdown-delay-s", type=float, default=0.0,
+                   help="on SIGTERM, keep running this long before exiting (a server finishing its requests)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -418,7 +422,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
         api_key=a.api_key or os.environ.get("VLLM_API_KEY") or None, reply=a.reply, seed=a.seed,
     )
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
+    if a.startup_delay_s > 0:
+        time.sleep(a.startup_delay_s)
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
+    if a.shutdown_delay_s > 0:
+        server = _slow_stop_server_class()(config, a.shutdown_delay_s)
+    else:
+        server = uvicorn.Server(config)
+    server.run()
+
+
+def _slow_stop_server_class():
+    import signal
+    import threading
+
+    import uvicorn
+
+    class SlowStop(uvicorn.Server):
+        """A server that keeps answering for a while after SIGTERM, as a vLLM finishing its requests."""
+
+        def __init__(self, config: uvicorn.Config, delay_s: float) -> None:
+            super().__init__(config)
+            self.delay_s = delay_s
+            self.stop_timer: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            if sig != signal.SIGTERM:
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            elif self.stop_timer is None:
+                self.stop_timer = threading.Timer(self.delay_s, super().handle_exit, (sig, frame))
+                self.stop_timer.daemon = True
+                self.stop_timer.start()
+
+    return SlowStop
 
 
 if __name__ == "__main__":

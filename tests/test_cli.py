@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,51 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*BIOFLEET, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("cmd", [[], ["profiles"], ["profiles", "list"], ["profiles", "show"], ["fit-check"],
-                                 ["render"], ["up"], ["status"], ["down"], ["logs"], ["register"],
-                                 ["unregister"], ["token"], ["proxy"], ["testcluster"], ["scrape-config"], ["prefetch"], ["cpu-models"]])
-def test_every_command_has_help_with_an_example(cmd):
+GROUPS = (["profiles"], ["testcluster"])
+COMMANDS = [["profiles", "list"], ["profiles", "show"], ["fit-check"], ["render"], ["up"], ["status"], ["down"],
+            ["logs"], ["register"], ["unregister"], ["token"], ["proxy"], ["scrape-config"], ["prefetch"],
+            ["cpu-models"], ["testcluster", "start"], ["testcluster", "stop"], ["testcluster", "status"]]
+
+
+def _click_command(words: list[str]):
+    import typer
+
+    cmd = typer.main.get_command(app)
+    for w in words:
+        cmd = cmd.commands[w]
+    return cmd
+
+
+def _examples(words: list[str]) -> list[list[str]]:
+    """The example command lines in a command's help text that run this very command."""
+    import shlex
+
+    text = _click_command(words).help or ""
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        m = re.match(r"^\s*(?:Examples?:\s*)?(biofleet .*)$", line)
+        argv = shlex.split(m.group(1), comments=True) if m else []
+        if argv[1:1 + len(words)] == words:
+            out.append(argv[1:])
+    return out
+
+
+@pytest.mark.parametrize("cmd", [[], *GROUPS, *COMMANDS], ids=lambda c: " ".join(c) or "biofleet")
+def test_every_command_has_help(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0, r.output
-    assert "Usage" in r.output
-    if cmd and cmd not in (["profiles"], ["testcluster"]):
-        assert "biofleet " in r.output.split("Options")[0], f"no example in help of {cmd}"
+    assert "Usage" in r.output and "Options" in r.output
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_an_example_that_parses(cmd):
+    """Each command's help shows at least one `biofleet <this command> ...` line, and its options exist:
+    the example parses (``--help`` after it stops before anything runs; an unknown option fails first)."""
+    examples = _examples(cmd)
+    assert examples, f"no 'biofleet {' '.join(cmd)} ...' example in its help"
+    for argv in examples:
+        r = runner.invoke(app, [*argv, "--help"])
+        assert r.exit_code == 0, f"example {argv} does not parse: {r.output}"
 
 
 def test_profiles_list_and_show():

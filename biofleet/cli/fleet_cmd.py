@@ -42,11 +42,13 @@ def _remember(ref: str) -> None:
         pass
 
 
-def _open(ref: str, ssh, trust, backend, engine: str | None = None):
+def _open(ref: str, ssh, trust, backend, engine: str | None = None, gate=None):
     from biofleet.fleet import open_fleet
     from biofleet.profile import load_profile
 
     p = load_profile(ref)
+    if gate is not None:
+        gate(p)  # on the profile as written: --engine mock dry-runs the plumbing of the real plan
     if engine:
         p = p.model_copy(update={"servers": {k: s.model_copy(update={"engine": engine}) for k, s in p.servers.items()}})
     return open_fleet(p, backend=backend, ssh=ssh, trust_new_host=trust)
@@ -86,9 +88,8 @@ def up(
     if engine not in (None, "vllm", "mock"):
         raise FleetError(f"--engine must be vllm or mock, not {engine!r}")
     out = console(stderr=json_out)
-    fleet = _open(ref, ssh, trust_new_host, backend, engine)
+    fleet = _open(ref, ssh, trust_new_host, backend, engine, gate=lambda p: _fit_gate(p, force, out))
     with fleet:
-        _fit_gate(fleet.profile, force, out)
         _remember(ref)
         out.print(f"fleet {fleet.profile.name}: {fleet.backend} backend, directory {fleet.paths.root}")
         emit, on_status, finish = _progress(out, json_out)
@@ -399,7 +400,11 @@ def token(
 ) -> None:
     """Print the proxy token (clients send it as 'Authorization: Bearer TOKEN').
 
-    Example: export OPENAI_API_KEY=$(biofleet token --profile t4x10)
+    Examples:
+
+      biofleet token --profile t4x10
+
+      export OPENAI_API_KEY=$(biofleet token --profile t4x10)
     """
     from biofleet.fleet import read_token
 

@@ -101,6 +101,14 @@ class UnknownHostError(ConnectionFailed):
 class Runner(Protocol):
     """Runs argv lists and touches files on the machine where SLURM's commands work."""
 
+    #: True when commands and files are on this machine (a process started here can reach them).
+    is_local: bool
+
+    @property
+    def where(self) -> str:
+        """Where commands run, for messages ("this machine", "alice@login1:22")."""
+        ...
+
     def run(
         self,
         argv: Sequence[str],
@@ -154,6 +162,9 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
 
 class LocalRunner:
     """Runs commands with subprocess on this machine."""
+
+    is_local = True
+    where = "this machine"
 
     def run(
         self,
@@ -262,6 +273,12 @@ class SSHRunner:
     host raises :class:`UnknownHostError` unless ``allow_unknown_host=True``, in which case
     the key is accepted and appended to the known_hosts file.
     """
+
+    is_local = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
 
     def __init__(
         self,

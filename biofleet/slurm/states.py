@@ -35,6 +35,12 @@ class JobState(str, Enum):
         return self in TERMINAL
 
     @property
+    def is_done(self) -> bool:
+        """Ended, or ending: COMPLETING jobs are being torn down and serve no more. ``up`` replaces
+        such a job at once (SLURM keeps its resources until the teardown is over)."""
+        return self in TERMINAL or self is JobState.COMPLETING
+
+    @property
     def is_active(self) -> bool:
         """Holds or may soon hold resources (queued, starting, running, finishing)."""
         return self in ACTIVE
