@@ -190,7 +190,8 @@ def _table(status):
         kv = "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%"
         addr = s.url.split("://", 1)[-1] if s.url else "-"
         # Text objects, not markup strings: a Live refresh during print(markup=False) would show the tags.
-        cells = [escape(s.name), escape(s.model), s.job_id or "-", escape(s.node or "-"), Text.from_markup(state), addr,
+        node = (s.node or "-") + (f" gpu {s.devices}" if s.devices else "")
+        cells = [escape(s.name), escape(s.model), s.job_id or "-", escape(node), Text.from_markup(state), addr,
                  escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-"]
         if restarts:
             cells.append(f"{s.restarts}" + (f" (last exit {s.last_exit})" if s.last_exit is not None else ""))

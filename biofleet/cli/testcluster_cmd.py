@@ -33,6 +33,7 @@ def start(
     t4: Annotated[int, typer.Option("--t4", min=0, max=99, help="Nodes in partition t4flex (1 T4 each).")] = 10,
     h100: Annotated[int, typer.Option("--h100", min=0, max=99, help="Nodes in partition h100flex (4 H100 each).")] = 1,
     cpu: Annotated[int, typer.Option("--cpu", min=0, max=99, help="Nodes in partition cpuspot (no GPU).")] = 2,
+    multi_gpu: Annotated[bool, typer.Option("--multi-gpu/--no-multi-gpu", help="Also a 4x L4 node (l4flex) and a 4x T4 node (t4flex), for per-GPU placement.")] = True,
 ) -> None:
     """Start the cluster; the daemons keep running after this command exits.
 
@@ -42,9 +43,9 @@ def start(
 
     from biofleet.testcluster import TestCluster
 
-    if t4 + h100 + cpu == 0:
+    if t4 + h100 + cpu == 0 and not multi_gpu:
         raise typer.BadParameter("the cluster needs at least one node")
-    cluster = TestCluster(base_dir, t4_nodes=t4, h100_nodes=h100, cpu_nodes=cpu)
+    cluster = TestCluster(base_dir, t4_nodes=t4, h100_nodes=h100, cpu_nodes=cpu, multi_gpu_nodes=multi_gpu)
     t0 = time.monotonic()
     cluster.start()
     out = console(stderr=True)
