@@ -106,7 +106,8 @@ class Upstream:
     """A scriptable fake backend (raw ASGI): records requests, answers with ``handler``.
 
     ``handler(path, headers, body, send)`` is an async function; the default answers
-    a small JSON chat completion. ``/health`` answers ``health_status``.
+    a small JSON chat completion. ``/health`` answers ``health_status`` and counts
+    the probes in ``health_probes``.
     """
 
     def __init__(self, handler: Callable[..., Any] | None = None, served: str = "coder"):
@@ -114,6 +115,7 @@ class Upstream:
         self.served = served
         self.requests: list[dict[str, Any]] = []
         self.health_status = 200
+        self.health_probes = 0
         self.disconnected = threading.Event()
 
     async def default(self, path: str, headers: dict[str, str], body: bytes, send: Any) -> None:
@@ -132,6 +134,7 @@ class Upstream:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["path"] == "/health":
+            self.health_probes += 1
             await send_bytes(send, self.health_status, b"")
             return
         if scope["path"] == "/metrics":
