@@ -3,56 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 
 import httpx
 import pytest
-from proxy_helpers import (
+from proxy_helpers import (  # noqa: F401 (stack is a fixture)
     ServerThread,
     Upstream,
     free_port,
+    inflight,
+    keep,
     mock,
+    proxy,
     proxy_config,
     send_bytes,
-    start_proxy,
+    settled,
+    stack,
     upstream,
     wait_until,
 )
 
-from biofleet.mock_engine import build_app as build_mock
 from biofleet.proxy.config import CloudFallback, RoutingConfig, Safety
 from biofleet.proxy.discovery import RegistrySource
 from biofleet.registry import Endpoint, write_record
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
-
-
-def keep(stack, server: ServerThread) -> ServerThread:
-    stack.callback(server.stop)
-    return server
-
-
-def proxy(stack, config, **kw):
-    p, app = start_proxy(config, **kw)
-    keep(stack, p)
-    return p, app
-
-
-def inflight(app) -> dict[str, int]:
-    return {k: b.inflight for k, b in app.state.pool.backends.items()}
-
-
-def settled(app) -> None:
-    """Every in-flight count back to 0 (the proxy finishes its bookkeeping just after the last byte)."""
-    wait_until(lambda: not any(inflight(app).values()), timeout=2, what=f"in-flight 0, have {inflight(app)}")
 
 
 # -- routing ----------------------------------------------------------------------
