@@ -269,13 +269,13 @@ async def _relay_whole(resp: Any, a: Attempt, headers: RawHeaders, send: Send, m
     passing = False  # the status line went out: past the limit, chunks go on as they come
     try:
         async for chunk in resp.aiter_raw():
+            size += len(chunk)
             if passing:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 continue
             if not parts:
                 metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
             parts.append(chunk)
-            size += len(chunk)
             if size > BUFFER_LIMIT:
                 await send({"type": "http.response.start", "status": resp.status, "headers": headers})
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
