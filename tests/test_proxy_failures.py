@@ -164,6 +164,21 @@ def test_non_streaming_body_that_breaks_is_retried_on_another_replica(stack, how
     settled(app)
 
 
+def test_non_streaming_body_that_stalls_is_a_504(stack):
+    async def stalls(req, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"14\r\n{\"id\":\"x\",\"object\":\"\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)  # silent, connection open
+        return False
+
+    slow = keep(stack, RawServer(stalls).start())
+    p, app = proxy(stack, proxy_config({"s": (slow.url, "coder")}, request_timeout_s=0.5))
+    r = httpx.post(p.url + "/v1/chat/completions", json=CHAT, timeout=15)
+    assert_openai_error(r, 504, "upstream_timeout")
+    settled(app)
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_large_non_streaming_body_that_breaks_cuts_the_client_connection(stack, framing):
     """Past the buffering limit the body is passed on as it comes; if it then breaks, the
