@@ -8,11 +8,13 @@ and can still look at the app's state directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import uvicorn
 
 from biofleet.mock_engine import build_app as build_mock
@@ -94,6 +96,33 @@ def start_proxy(config: ProxyConfig, **kw: Any) -> tuple[ServerThread, ProxyApp]
     return ServerThread(app).start(), app
 
 
+@pytest.fixture
+def stack():
+    """Servers a test started, stopped at its end (``keep``); import it into a test module."""
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+def keep(stack: contextlib.ExitStack, server: Any) -> Any:
+    stack.callback(server.stop)
+    return server
+
+
+def proxy(stack: contextlib.ExitStack, config: ProxyConfig, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+    p, app = start_proxy(config, **kw)
+    keep(stack, p)
+    return p, app
+
+
+def inflight(app: ProxyApp) -> dict[str, int]:
+    return {k: b.inflight for k, b in app.state.pool.backends.items()}
+
+
+def settled(app: ProxyApp) -> None:
+    """Every in-flight count back to 0 (the proxy finishes its bookkeeping just after the last byte)."""
+    wait_until(lambda: not any(inflight(app).values()), timeout=2, what=f"in-flight 0, have {inflight(app)}")
+
+
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -106,7 +135,8 @@ class Upstream:
     """A scriptable fake backend (raw ASGI): records requests, answers with ``handler``.
 
     ``handler(path, headers, body, send)`` is an async function; the default answers
-    a small JSON chat completion. ``/health`` answers ``health_status``.
+    a small JSON chat completion. ``/health`` answers ``health_status`` and counts
+    the probes in ``health_probes``.
     """
 
     def __init__(self, handler: Callable[..., Any] | None = None, served: str = "coder"):
@@ -114,13 +144,11 @@ class Upstream:
         self.served = served
         self.requests: list[dict[str, Any]] = []
         self.health_status = 200
+        self.health_probes = 0
         self.disconnected = threading.Event()
 
     async def default(self, path: str, headers: dict[str, str], body: bytes, send: Any) -> None:
-        payload = (b'{"id":"x","object":"chat.completion","model":"%s","choices":[{"index":0,'
-                   b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
-                   b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}') % self.served.encode()
-        await send_bytes(send, 200, payload)
+        await send_bytes(send, 200, chat_body(self.served))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -132,6 +160,7 @@ class Upstream:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["path"] == "/health":
+            self.health_probes += 1
             await send_bytes(send, self.health_status, b"")
             return
         if scope["path"] == "/metrics":
@@ -176,3 +205,98 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RawServer:
+    """A hand-written HTTP/1.1 server on loopback, for misbehaviour uvicorn never produces
+    (closing a kept-alive connection on a request, a status line and nothing more).
+
+    Every GET (the proxy's /health and /metrics probes) is answered 200 with an empty
+    body. ``handler(req, writer)`` is called for each other request with ``req`` = {"method", "path", "headers", "body", "nth"}, ``nth``
+    counting the requests before it on the same connection; it writes the answer to the
+    ``asyncio.StreamWriter`` and returns True to keep the connection open. Every request
+    it was given is in ``requests``; ``connections`` counts accepted connections.
+    ``idle_close_s`` closes a connection idle that long after an answer (like a
+    server's keep-alive timeout).
+    """
+
+    def __init__(self, handler: Callable[..., Any], idle_close_s: float | None = None):
+        self.handler = handler
+        self.idle_close_s = idle_close_s
+        self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def start(self) -> RawServer:
+        self.thread.start()
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._conn, "127.0.0.1", 0), self.loop)
+        self.server = server.result(timeout=10)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._tasks.add(asyncio.current_task())
+        nth = 0
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_close_s)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if method == "GET":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                req = {"method": method, "path": path, "headers": headers, "body": body, "nth": nth}
+                self.requests.append(req)
+                nth += 1
+                if not await self.handler(req, writer):
+                    return
+                await writer.drain()
+        except asyncio.CancelledError:
+            pass  # stop(): asyncio's stream callback would log a cancelled handler as an error
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            writer.close()
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+    def __enter__(self) -> RawServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def chat_body(served: str = "coder") -> bytes:
+    """A small non-streaming chat completion."""
+    return (b'{"id":"x","object":"chat.completion","model":"%s","choices":[{"index":0,'
+            b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+            b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}') % served.encode()
+
+
+def chat_reply(served: str = "coder") -> bytes:
+    """A whole HTTP/1.1 200 response carrying :func:`chat_body`, for RawServer handlers."""
+    body = chat_body(served)
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)

@@ -311,6 +311,7 @@ class ProxyApp:
 
         chain = R.fallback_chain(served, routing)
         saturated = False
+        broken = False  # some upstream gave a broken or bad-gateway answer
         reasons: list[str] = []
         for i, model in enumerate(chain):
             if i > 0 and not st.pool.replicas(model):
@@ -339,6 +340,7 @@ class ProxyApp:
                     if i > 0:
                         st.metrics.fallbacks.labels(served, model).inc()
                     return
+                broken |= res.status == 502
                 reasons.append(res.reason)
 
         for cloud_model, target in self._cloud_targets(chain):
@@ -353,6 +355,7 @@ class ProxyApp:
             if res.outcome is Outcome.DONE:
                 st.metrics.fallbacks.labels(served, f"cloud:{cloud.name}").inc()
                 return
+            broken |= res.status == 502
             reasons.append(res.reason)
 
         detail = f" ({'; '.join(reasons[-3:])})" if reasons else ""
@@ -360,6 +363,10 @@ class ProxyApp:
             st.metrics.errors.labels(served, "saturated").inc()
             await send_error(send, 429, f"every replica of {served!r} is at capacity; retry shortly{detail}",
                              "saturated", [(b"retry-after", b"1")])
+        elif broken:
+            st.metrics.errors.labels(served, "upstream_broken").inc()
+            await send_error(send, 502, f"the upstream answer for {served!r} broke off or was a bad gateway, "
+                             f"and no other replica answered{detail}", "upstream_broken")
         else:
             st.metrics.errors.labels(served, "unavailable").inc()
             await send_error(send, 503, f"no healthy replica of {served!r} or its fallbacks{detail}",

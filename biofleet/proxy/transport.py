@@ -1,10 +1,12 @@
 """Moving bytes: headers in and out, ASGI replies, one upstream attempt.
 
 :func:`forward_once` sends one request to one upstream and, if the upstream
-answered with something worth passing on, streams it to the client chunk by
-chunk as it arrives (``aiter_raw``: no decoding, no buffering). It reports
-whether the caller may still try elsewhere (nothing has reached the client)
-or the exchange is over.
+answered with something worth passing on, hands it to the client: an SSE
+stream chunk by chunk as it arrives (``aiter_raw``: no decoding, no
+buffering), any other answer once its body is complete (up to
+``BUFFER_LIMIT``), so a body that breaks off never reaches the client as a
+whole one. It reports whether the caller may still try elsewhere (nothing has
+reached the client) or the exchange is over.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ HOP_BY_HOP = frozenset({
 _DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"x-request-id", b"expect"}
 # date/server: the ASGI server in front adds its own; passing the upstream's would duplicate them.
 _DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server"}
-# Upstream statuses that mean "this replica cannot take it now" (vLLM: engine dead / overloaded).
+# Upstream statuses that mean "this replica cannot take it now" (vLLM: engine dead / overloaded;
+# 502: a gateway in front of the engine lost it). Nothing reaches the client; another replica is tried.
 RETRYABLE_STATUS = frozenset({502, 503})
+# A non-streaming answer is read whole before the client gets it, up to this size (memory per request).
+BUFFER_LIMIT = 4 << 20
 _SECRET_WORDS = ("key", "token", "authorization", "secret", "password", "cookie")
 
 
@@ -147,7 +152,7 @@ class Attempt:
 @dataclass
 class AttemptResult:
     outcome: Outcome
-    status: int = 0
+    status: int = 0  # DONE: what the client got; RETRY: 502 for a broken answer, 502/503 as answered, else 0
     reason: str = ""
 
 
@@ -212,42 +217,98 @@ async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metric
             return AttemptResult(Outcome.DONE, 504)
         except UpstreamError as exc:
             # e.g. the server closed the connection before answering: nothing reached the client yet
-            return AttemptResult(Outcome.RETRY, reason=f"{b.key}: {type(exc).__name__}")
+            return AttemptResult(Outcome.RETRY, 502, f"{b.key}: {type(exc).__name__}")
 
         try:
             status = resp.status
             if status in RETRYABLE_STATUS:
                 return AttemptResult(Outcome.RETRY, status, f"{b.key}: answered {status}")
-            route = f"{a.model}@{b.key}".encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": downstream_headers(resp.headers, route, a.rid)})
-            first = True
-            is_sse = resp.header(b"content-type").startswith(b"text/event-stream")
-            try:
-                async for chunk in resp.aiter_raw():
-                    if first:
-                        metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
-                        first = False
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except UpstreamError as exc:
-                # Bytes already reached the client: never retry. Tell an SSE client in-band.
-                kind = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_broken"
-                metrics.errors.labels(a.model, kind).inc()
-                log.warning("stream from %s broke: %s", b.key, type(exc).__name__)
-                if is_sse:
-                    msg = "upstream timed out" if kind == "timeout" else "upstream connection broke"
-                    await send({"type": "http.response.body", "body": sse_error(msg, kind), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return AttemptResult(Outcome.DONE, status, kind)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            metrics.requests.labels(a.model, b.key, str(status)).inc()
-            metrics.latency.labels(a.model, b.key).observe(time.perf_counter() - a.started)
-            return AttemptResult(Outcome.DONE, status)
+            headers = downstream_headers(resp.headers, f"{a.model}@{b.key}".encode(), a.rid)
+            if resp.header(b"content-type").startswith(b"text/event-stream"):
+                return await _relay_stream(resp, a, headers, send, metrics)
+            return await _relay_whole(resp, a, headers, send, metrics)
         finally:
             await resp.aclose()
     finally:
         b.inflight -= 1
         inflight_gauge.dec()
+
+
+async def _relay_stream(resp: Any, a: Attempt, headers: RawHeaders, send: Send, metrics: ProxyMetrics) -> AttemptResult:
+    """SSE: every chunk to the client as it arrives; a break becomes an in-band error event."""
+    b = a.backend
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    first = True
+    try:
+        async for chunk in resp.aiter_raw():
+            if first:
+                metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
+                first = False
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        # Bytes already reached the client: never retry. Tell it in-band.
+        kind = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_broken"
+        metrics.errors.labels(a.model, kind).inc()
+        log.warning("stream from %s broke: %s", b.key, type(exc).__name__)
+        msg = "upstream timed out" if kind == "timeout" else "upstream connection broke"
+        await send({"type": "http.response.body", "body": sse_error(msg, kind), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return AttemptResult(Outcome.DONE, resp.status, kind)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return _done(a, resp.status, metrics)
+
+
+async def _relay_whole(resp: Any, a: Attempt, headers: RawHeaders, send: Send, metrics: ProxyMetrics) -> AttemptResult:
+    """Not a stream: the whole body is read before the client gets the status line, so a body
+    that breaks off is retried elsewhere (or answered 502) instead of reaching the client as a
+    truncated 200. Past BUFFER_LIMIT the body is passed on as it comes; a break after that cuts
+    the client's connection, so its HTTP client sees an incomplete response, never a short one."""
+    b = a.backend
+    parts: list[bytes] = []
+    size = 0
+    passing = False  # the status line went out: past the limit, chunks go on as they come
+    try:
+        async for chunk in resp.aiter_raw():
+            size += len(chunk)
+            if passing:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                continue
+            if not parts:
+                metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
+            parts.append(chunk)
+            if size > BUFFER_LIMIT:
+                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                parts = []
+                passing = True
+    except UpstreamError as exc:
+        timeout = isinstance(exc, UpstreamTimeout)
+        kind = "timeout" if timeout else "upstream_broken"
+        log.warning("answer from %s broke off after %d bytes: %s", b.key, size, type(exc).__name__)
+        if passing:
+            # Returning without the final body message makes the ASGI server drop the connection.
+            metrics.errors.labels(a.model, kind).inc()
+            return AttemptResult(Outcome.DONE, resp.status, kind)
+        if timeout:
+            metrics.errors.labels(a.model, kind).inc()
+            await send_error(send, 504, f"upstream {b.key} did not answer within the timeout", "upstream_timeout")
+            return AttemptResult(Outcome.DONE, 504, kind)
+        return AttemptResult(Outcome.RETRY, 502, f"{b.key}: answer broke off ({type(exc).__name__})")
+    if passing:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        out = [(k, v) for k, v in headers if k != b"content-length"]
+        out.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    return _done(a, resp.status, metrics)
+
+
+def _done(a: Attempt, status: int, metrics: ProxyMetrics) -> AttemptResult:
+    metrics.requests.labels(a.model, a.backend.key, str(status)).inc()
+    metrics.latency.labels(a.model, a.backend.key).observe(time.perf_counter() - a.started)
+    return AttemptResult(Outcome.DONE, status)
 
 
 async def call_json(client: httpx.AsyncClient, url: str, payload: dict[str, Any], headers: RawHeaders,
