@@ -9,21 +9,32 @@ scheduled and see ``CUDA_VISIBLE_DEVICES`` exactly as on a GPU node.
 Point SLURM's client commands at it with ``SLURM_CONF=<base_dir>/slurm.conf``
 (see :meth:`TestCluster.env`); nothing in ``/etc/slurm`` is read or written.
 
+With ``accounting=True`` (the default) the cluster also keeps real job accounting,
+so ``sacct`` answers as on a production cluster: a private ``mariadbd`` (its own
+datadir, unix socket and loopback port under ``base_dir``, copied from a datadir
+template that ``mariadb-install-db`` makes once per MariaDB version into
+``~/.cache/biofleet``) and a ``slurmdbd`` in front of it, with the cluster
+registered through ``sacctmgr``. ``accounting=False`` gives the other real case,
+a cluster where ``sacct`` fails with "Slurm accounting storage is disabled".
+
 Authentication uses the machine's munged (``/run/munge``): it is reused when
 already running and started as the ``munge`` user otherwise. munged is shared
 machine infrastructure (another cluster may use it), so :meth:`stop` leaves it
-running; the SLURM daemons are ended by their own PIDs.
+running; the SLURM daemons (and the cluster's own mariadbd) are ended by their own PIDs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +46,14 @@ MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
 MUNGE_KEY = Path("/etc/munge/munge.key")
 REQUIRED_PROGRAMS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "munged", "munge")
+ACCOUNTING_PROGRAMS = ("slurmdbd", "sacctmgr", "sacct", "mariadbd", "mariadb-install-db")
+# The accounting database starts from a copy of this datadir (mariadb-install-db takes ~0.7 s, a copy ~0.05 s).
+MARIADB_TEMPLATE_DIR = Path("~/.cache/biofleet/mariadb-templates")
+# Used by both mariadb-install-db and mariadbd: a small InnoDB (the default redo log alone is 96 MB per
+# cluster). slurmdbd logs "Database settings not recommended values" for these; that is expected here.
+MARIADB_SIZE_OPTS = ("--innodb-log-file-size=4M", "--innodb-buffer-pool-size=16M")
+# sun_path in struct sockaddr_un holds 108 bytes, the terminating NUL included.
+UNIX_SOCKET_PATH_MAX = 107
 INSTALL_HINT = "run: sudo bash scripts/install-test-deps.sh"
 
 
@@ -56,10 +75,11 @@ class NodeSpec:
     weight: int = 1  # SLURM allocates the lowest-weight nodes that fit first
 
 
-def missing_programs() -> list[str]:
+def missing_programs(accounting: bool = True) -> list[str]:
     """Programs the test cluster needs that are not installed (sbin dirs included)."""
     path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin:/usr/local/sbin"
-    return [p for p in REQUIRED_PROGRAMS if shutil.which(p, path=path) is None]
+    wanted = REQUIRED_PROGRAMS + (ACCOUNTING_PROGRAMS if accounting else ())
+    return [p for p in wanted if shutil.which(p, path=path) is None]
 
 
 def _program(name: str) -> str:
@@ -77,15 +97,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _free_ports(n: int) -> list[int]:
-    # Hold all sockets open while choosing so the kernel never hands out the same port twice.
+def _free_ports(n: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    # Hold all sockets open while choosing so the kernel never hands out the same port twice;
+    # ``exclude``: ports an earlier call chose that are not bound yet.
     socks = []
+    ports: list[int] = []
     try:
-        for _ in range(n):
+        while len(ports) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            socks.append(s)  # held even when skipped, so the next bind gets another port
+            if s.getsockname()[1] not in exclude:
+                ports.append(s.getsockname()[1])
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -150,6 +174,47 @@ def ensure_munged(timeout: float = 10) -> bool:
     raise TestClusterError("munged started but does not answer on /run/munge/munge.socket.2")
 
 
+def _user_name() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def mariadb_template(cache_dir: Path | str = MARIADB_TEMPLATE_DIR, timeout: float = 120) -> Path:
+    """An initialised MariaDB datadir to copy, made by mariadb-install-db on first use and kept.
+
+    One per MariaDB version, OS user and size options, under ``cache_dir``. It is built in a
+    temporary directory and renamed into place, so two test sessions starting at once never
+    see (or copy) a half-written template: the loser of the rename just discards its own.
+    """
+    version = subprocess.run([_program("mariadbd"), "--version"], capture_output=True, text=True,
+                             timeout=timeout).stdout.strip()
+    user = _user_name()
+    key = hashlib.sha256("\0".join((version, user, *MARIADB_SIZE_OPTS)).encode()).hexdigest()[:16]
+    root = Path(cache_dir).expanduser()
+    template = root / f"datadir-{key}"
+    if (template / "mysql").is_dir():
+        return template
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        data = work / "data"
+        # --no-defaults: never read /etc/mysql (the system instance's datadir, socket and port).
+        # Root logs in over the unix socket only (unix_socket auth); slurmdbd gets its own user per cluster.
+        argv = [_program("mariadb-install-db"), "--no-defaults", f"--datadir={data}", f"--user={user}",
+                "--auth-root-authentication-method=socket", "--skip-test-db", *MARIADB_SIZE_OPTS]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0 or not (data / "mysql").is_dir():
+            tail = "\n".join((r.stdout + r.stderr).splitlines()[-15:])
+            raise TestClusterError(f"mariadb-install-db failed (exit {r.returncode}):\n{tail}")
+        try:
+            os.rename(data, template)
+        except OSError:
+            if not (template / "mysql").is_dir():  # lost the race to a finished template: fine; else fail
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return template
+
+
 class TestCluster:
     """slurmctld + one slurmd per node on this host; everything lives under ``base_dir``.
 
@@ -167,6 +232,7 @@ class TestCluster:
         cpu_nodes: int = 2,
         multi_gpu_nodes: bool = True,
         ctld_port: int | None = None,
+        accounting: bool = True,
         boot_timeout: float = 60,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
@@ -176,6 +242,11 @@ class TestCluster:
         self.multi_gpu_nodes = multi_gpu_nodes
         self.ctld_port = ctld_port
         self.boot_timeout = boot_timeout
+        # slurmdbd + a private MariaDB, so sacct reports finished jobs; False: "accounting storage is disabled".
+        self.accounting = accounting
+        self.dbd_port: int | None = None
+        self.db_port: int | None = None
+        self._db_password = ""  # made per start; only slurmdbd.conf (mode 0600) keeps it
         # A name per instance: SLURM keys state by cluster name, and two clusters on one host must not share it.
         self.cluster_name = f"bft{os.getpid() % 100000}x{int(time.time() * 1000) % 100000}"
         self.nodes: list[NodeSpec] = []
@@ -190,6 +261,19 @@ class TestCluster:
     @property
     def state_file(self) -> Path:
         return self.base_dir / "cluster.json"
+
+    @property
+    def dbd_conf_path(self) -> Path:
+        # slurmdbd has no option for its config file: it reads slurmdbd.conf next to $SLURM_CONF.
+        return self.base_dir / "slurmdbd.conf"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.base_dir / "db"
+
+    @property
+    def db_socket(self) -> Path:
+        return self.base_dir / "run" / "mariadb.sock"
 
     def env(self) -> dict[str, str]:
         """Environment that points SLURM's client commands (and biofleet) at this cluster."""
@@ -208,7 +292,7 @@ class TestCluster:
 
     def start(self) -> None:
         """Write the config, start the daemons and wait until every node is idle."""
-        missing = missing_programs()
+        missing = missing_programs(self.accounting)
         if missing:
             raise TestClusterError(f"not installed: {', '.join(missing)}; {INSTALL_HINT}")
         if self.is_up():
@@ -217,6 +301,8 @@ class TestCluster:
         t0 = time.monotonic()
         self._write_config()
         try:
+            if self.accounting:
+                self._start_accounting(t0 + self.boot_timeout)
             self._start_daemons()
             self._wait_idle(t0 + self.boot_timeout)
         except BaseException:
@@ -244,7 +330,11 @@ class TestCluster:
 
     def _write_config(self) -> None:
         self._plan_nodes()
+        self._plan_accounting()
         b = self.base_dir
+        # A fresh cluster every time: slurmctld refuses a StateSaveLocation that an earlier cluster
+        # (another ClusterName) wrote, so a second start from the same base_dir would fail.
+        shutil.rmtree(b / "state", ignore_errors=True)
         for sub in ("state", "spool", "log", "run", "dev"):
             (b / sub).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname().split(".")[0]
@@ -274,9 +364,7 @@ class TestCluster:
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none",
-            # Accounting off, as on many small clusters: sacct then fails with
-            # "Slurm accounting storage is disabled", a path biofleet must handle.
-            "AccountingStorageType=accounting_storage/none",
+            *self._accounting_conf_lines(),
             "JobCompType=jobcomp/none",
             "MpiDefault=none",
             "SwitchType=switch/none",
@@ -338,6 +426,122 @@ class TestCluster:
             )
         self.conf_path.write_text("\n".join(lines) + "\n")
         (b / "gres.conf").write_text("\n".join(gres) + "\n")
+        if self.accounting:
+            self._write_dbd_config(host)
+
+    # ----- accounting: slurmdbd in front of a private MariaDB
+    def _plan_accounting(self) -> None:
+        if not self.accounting:
+            return
+        taken = frozenset({self.ctld_port or 0, *(n.port for n in self.nodes)})
+        self.dbd_port, self.db_port = _free_ports(2, exclude=taken)
+        if len(str(self.db_socket)) > UNIX_SOCKET_PATH_MAX:
+            raise TestClusterError(
+                f"the MariaDB socket path {self.db_socket} is {len(str(self.db_socket))} bytes, over the "
+                f"{UNIX_SOCKET_PATH_MAX}-byte limit of a unix socket path; use a shorter base_dir"
+            )
+        self._db_password = secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe inside SQL quotes and the conf
+
+    def _accounting_conf_lines(self) -> list[str]:
+        if not self.accounting:
+            # Accounting off, as on many small clusters: sacct then fails with
+            # "Slurm accounting storage is disabled", a path biofleet must handle.
+            return ["AccountingStorageType=accounting_storage/none"]
+        return [
+            # Every job's final state and exit code go to this cluster's own slurmdbd, so sacct
+            # still knows a job after it left squeue (MinJobAge below).
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=127.0.0.1",
+            f"AccountingStoragePort={self.dbd_port}",
+        ]
+
+    def _write_dbd_config(self, host: str) -> None:
+        b = self.base_dir
+        lines = [
+            "# Generated by biofleet.testcluster: the accounting daemon of a throwaway cluster.",
+            "AuthType=auth/munge",
+            # slurmdbd refuses to start unless DbdHost names this machine; DbdAddr keeps it on loopback.
+            f"DbdHost={host}",
+            "DbdAddr=127.0.0.1",
+            f"DbdPort={self.dbd_port}",
+            "SlurmUser=root",
+            "DebugLevel=info",
+            f"LogFile={b / 'log' / 'slurmdbd.log'}",
+            f"PidFile={b / 'run' / 'slurmdbd.pid'}",
+            "StorageType=accounting_storage/mysql",
+            # TCP to the cluster's own mariadbd: slurmdbd cannot be given a socket path, and
+            # "localhost" would mean the system MariaDB's default socket.
+            "StorageHost=127.0.0.1",
+            f"StoragePort={self.db_port}",
+            "StorageUser=slurm",
+            f"StoragePass={self._db_password}",
+            "StorageLoc=slurm_acct_db",
+        ]
+        # slurmdbd refuses a slurmdbd.conf that is readable by anyone but SlurmUser (it holds the password).
+        fd = os.open(self.dbd_conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fd, 0o600)  # also when the file was already there with other modes
+            fh.write("\n".join(lines) + "\n")
+
+    def _start_accounting(self, deadline: float) -> None:
+        """mariadbd (from the cached template), then slurmdbd, then register the cluster."""
+        template = mariadb_template()
+        shutil.rmtree(self.db_dir, ignore_errors=True)
+        shutil.copytree(template, self.db_dir, symlinks=True)
+        # Read by mariadbd once at startup, deleted once it serves: the password is never on a command line.
+        init = self.base_dir / "run" / "mariadb-init.sql"
+        fd = os.open(init, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{self._db_password}';\n"
+                     "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n")
+        run = self.base_dir / "run"
+        try:
+            self._spawn("mariadbd", [
+                # --no-defaults first: nothing from /etc/mysql, so never the system instance's datadir,
+                # socket (/run/mysqld) or port 3306.
+                _program("mariadbd"), "--no-defaults", f"--datadir={self.db_dir}", f"--socket={self.db_socket}",
+                "--bind-address=127.0.0.1", f"--port={self.db_port}", f"--pid-file={run / 'mariadbd.pid'}",
+                f"--log-error={self.base_dir / 'log' / 'mariadbd.log'}", f"--user={_user_name()}",
+                f"--init-file={init}", "--skip-name-resolve", "--skip-log-bin",
+                # Throwaway data: no fsync, no doublewrite buffer, and a stop that skips the final flush
+                # and buffer pool dump (the datadir is deleted right after).
+                "--innodb-flush-log-at-trx-commit=0", "--skip-innodb-doublewrite", "--innodb-flush-method=nosync",
+                "--innodb-fast-shutdown=3", "--skip-innodb-buffer-pool-dump-at-shutdown",
+                "--skip-innodb-buffer-pool-load-at-startup", *MARIADB_SIZE_OPTS,
+            ])
+            # The port listens before the init file has run; the server greeting comes only after it.
+            self._wait_port("mariadbd", self.db_port, deadline, greeting=True)
+        finally:
+            init.unlink(missing_ok=True)
+        # No argument names this cluster: slurmdbd reads slurmdbd.conf from $SLURM_CONF's directory.
+        self._spawn("slurmdbd", [_program("slurmdbd"), "-D"])
+        self._wait_port("slurmdbd", self.dbd_port, deadline)
+        # A cluster gets a "root" account with root's association; another user running the
+        # cluster needs one too, or its jobs are recorded without an association.
+        self._sacctmgr("add", "cluster", self.cluster_name)
+        user = _user_name()
+        if user != "root":
+            self._sacctmgr("add", "user", user, "account=root", f"cluster={self.cluster_name}")
+
+    def _sacctmgr(self, *args: str) -> None:
+        # -i: commit without asking.
+        r = subprocess.run(["sacctmgr", "-i", *args], capture_output=True, text=True, env=self._run_env(), timeout=30)
+        if r.returncode != 0:
+            raise TestClusterError(f"sacctmgr {' '.join(args)} failed (exit {r.returncode}): "
+                                   f"{(r.stderr or r.stdout).strip()}\n{self._log_tail('slurmdbd')}")
+
+    def _wait_port(self, key: str, port: int | None, deadline: float, *, greeting: bool = False) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", port or 0), timeout=1) as s:
+                    if not greeting or s.recv(1):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TestClusterError(f"{key} did not answer on 127.0.0.1:{port} within {self.boot_timeout}s:\n"
+                               f"{self._log_tail(key)}")
 
     def _spawn(self, key: str, argv: list[str]) -> None:
         log = open(self.base_dir / "log" / f"{key}.stdout", "ab")
@@ -366,6 +570,9 @@ class TestCluster:
             "cluster_name": self.cluster_name,
             "conf": str(self.conf_path),
             "ctld_port": self.ctld_port,
+            "accounting": self.accounting,
+            "dbd_port": self.dbd_port,
+            "db_port": self.db_port,
             "pids": {k: p.pid for k, p in self._procs.items()},
             "nodes": [n.name for n in self.nodes],
         }
@@ -432,7 +639,7 @@ class TestCluster:
         if not self.conf_path.exists() or not self.state_file.exists():
             return False
         pid = self._recorded_pids().get("slurmctld")
-        if not pid or not self._owned(pid):
+        if not pid or not self._owned("slurmctld", pid):
             return False
         r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=self._run_env(), timeout=10)
         return "UP" in r.stdout
@@ -443,26 +650,53 @@ class TestCluster:
         except (OSError, ValueError, KeyError):
             return {}
 
-    def _owned(self, pid: int) -> bool:
-        # Guards against PID reuse: only a process started with this cluster's slurm.conf is ours.
-        return pid_alive(pid) and str(self.conf_path) in pid_cmdline(pid)
+    def _owned(self, key: str, pid: int) -> bool:
+        """Is ``pid`` the daemon ``key`` of this cluster? Guards against PID reuse."""
+        if not pid_alive(pid):
+            return False
+        cmdline = pid_cmdline(pid)
+        if key == "mariadbd":
+            return f"--datadir={self.db_dir}" in cmdline
+        if key == "slurmdbd":
+            # Started without arguments: it is ours when it found its config through our SLURM_CONF.
+            return os.path.basename(cmdline.split(" ", 1)[0]) == "slurmdbd" and self._has_our_slurm_conf(pid)
+        return str(self.conf_path) in cmdline
+
+    def _has_our_slurm_conf(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                return f"SLURM_CONF={self.conf_path}".encode() in fh.read().split(b"\0")
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 15) -> None:
         """End this cluster's daemons by PID (SIGTERM, then SIGKILL). Safe to call twice."""
         pids = self._recorded_pids()
         pids.update({k: p.pid for k, p in self._procs.items()})
-        if pids.get("slurmctld") and self._owned(pids["slurmctld"]):
+        if pids.get("slurmctld") and self._owned("slurmctld", pids["slurmctld"]):
             self._cancel_all_jobs()
-        # slurmds first, controller last, so nodes do not log a lost controller on the way down.
-        order = sorted(pids, key=lambda k: k == "slurmctld")
-        ours = [pids[k] for k in order if self._owned(pids[k])]
-        for pid in ours:
+        deadline = time.monotonic() + timeout
+        # slurmds first, controller last, so nodes do not log a lost controller on the way down;
+        # then slurmdbd (the controller hands it its last job records while stopping), then its database.
+        slurm = sorted((k for k in pids if k not in ("slurmdbd", "mariadbd")), key=lambda k: k == "slurmctld")
+        for phase in (slurm, ["slurmdbd"], ["mariadbd"]):
+            self._terminate([pids[k] for k in phase if k in pids and self._owned(k, pids[k])], deadline)
+        self._reap(block=True)
+        # Job steps (slurmstepd) and job scripts outlive a stopped slurmd. They inherited
+        # SLURM_CONF=<this cluster's slurm.conf>, which is how we find exactly ours.
+        self._end_leftovers(deadline)
+        if not pid_alive(pids.get("mariadbd")):
+            shutil.rmtree(self.db_dir, ignore_errors=True)  # ~25 MB of throwaway tables; logs stay
+        self._procs.clear()
+        self.state_file.unlink(missing_ok=True)
+
+    def _terminate(self, pids: list[int], deadline: float) -> None:
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + timeout
-        for pid in ours:
+        for pid in pids:
             while pid_alive(pid) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
@@ -471,12 +705,6 @@ class TestCluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        self._reap(block=True)
-        # Job steps (slurmstepd) and job scripts outlive a stopped slurmd. They inherited
-        # SLURM_CONF=<this cluster's slurm.conf>, which is how we find exactly ours.
-        self._end_leftovers(deadline)
-        self._procs.clear()
-        self.state_file.unlink(missing_ok=True)
 
     def _cancel_all_jobs(self) -> None:
         r = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True,
@@ -500,7 +728,6 @@ class TestCluster:
         it on), and then only its descendants (the job scripts): a user's shell that merely
         exported SLURM_CONF is never touched.
         """
-        marker = f"SLURM_CONF={self.conf_path}".encode()
         parents: dict[int, int] = {}
         roots = []
         for entry in os.listdir("/proc"):
@@ -510,10 +737,8 @@ class TestCluster:
             try:
                 with open(f"/proc/{pid}/stat") as fh:
                     parents[pid] = int(fh.read().rsplit(")", 1)[1].split()[1])
-                if pid_cmdline(pid).startswith("slurmstepd"):
-                    with open(f"/proc/{pid}/environ", "rb") as fh:
-                        if marker in fh.read().split(b"\0"):
-                            roots.append(pid)
+                if pid_cmdline(pid).startswith("slurmstepd") and self._has_our_slurm_conf(pid):
+                    roots.append(pid)
             except (OSError, ValueError, IndexError):
                 continue
         doomed = set(roots)
@@ -550,6 +775,8 @@ def load(base_dir: Path | str) -> TestCluster:
         data = json.loads(cluster.state_file.read_text())
         cluster.cluster_name = data.get("cluster_name", cluster.cluster_name)
         cluster.ctld_port = data.get("ctld_port")
+        cluster.accounting = bool(data.get("accounting", False))
+        cluster.dbd_port, cluster.db_port = data.get("dbd_port"), data.get("db_port")
     except (OSError, ValueError):
         pass
     return cluster

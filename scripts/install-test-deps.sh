@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Install the system programs the test suite runs for real: SLURM (slurmctld, slurmd, client
-# commands), munge, OpenSSH server, shellcheck, wrk and nginx. Idempotent: does nothing when
-# everything is already there. Debian/Ubuntu only (apt-get).
+# Install the system programs the test suite runs for real: SLURM (slurmctld, slurmd, slurmdbd,
+# client commands), MariaDB (the accounting database behind slurmdbd), munge, the OpenSSH
+# server, shellcheck, wrk and nginx. Idempotent: does nothing when everything is already there.
+# Debian/Ubuntu only (apt-get).
 #
 # The tests start their own daemons (a throwaway SLURM cluster and sshd on loopback ports), so
 # the packages' system services must NOT be started by the install: a Debian slurmd/slurmctld
-# on the default ports, or nginx on port 80, would collide with or confuse the tests.
+# on the default ports, a MariaDB on 3306, or nginx on port 80, would collide with or confuse the
+# tests. The test cluster runs its own mariadbd (own datadir, socket and port) and slurmdbd.
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge openssh-server shellcheck wrk nginx-light)
+PACKAGES=(slurmctld slurmd slurmdbd slurm-client mariadb-server munge openssh-server shellcheck wrk nginx-light)
 # program -> where it may live (sbin is often not on a non-root PATH)
-PROGRAMS=(slurmctld slurmd sbatch munged sshd shellcheck wrk nginx)
+PROGRAMS=(slurmctld slurmd slurmdbd sbatch sacct sacctmgr mariadbd mariadb-install-db munged sshd shellcheck wrk nginx)
 
 have() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
@@ -61,7 +63,7 @@ apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 # Belt and braces on hosts where something started anyway (e.g. systemd presets): stop and
 # disable the package services. munge is left alone: the test cluster reuses a running munged.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for unit in slurmctld slurmd nginx; do
+  for unit in slurmctld slurmd slurmdbd mariadb nginx; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi

@@ -121,34 +121,90 @@ def test_squeue_empty():
 
 
 # ---------------------------------------------------------------------------- sacct
-# Hand-written in the exact --parsable2 layout: the test cluster runs without accounting
-# (as many small clusters do), so there is no real sacct output to record there.
-
-SACCT = """\
-101|vllm-coder|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
-101.batch|batch|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
-101.extern|extern|COMPLETED|0:0|t4-01|00:05:12|2026-11-24T10:00:00|2026-11-24T10:05:12
-102|math|CANCELLED by 0|0:15|t4-02|00:00:40|2026-11-24T10:00:00|2026-11-24T10:00:40
-103|oops|FAILED|1:0|cpu-01|00:00:01|2026-11-24T10:01:00|2026-11-24T10:01:01
-104|big|OUT_OF_MEMORY|0:125|h100-01|00:10:00|2026-11-24T10:02:00|2026-11-24T10:12:00
-105_3|arr|TIMEOUT|0:0|t4-03|01:00:00|2026-11-24T09:00:00|2026-11-24T10:00:00
-105_[4-6%2]|arr|PENDING|0:0|None assigned|00:00:00|Unknown|Unknown
-106|name|with|pipe|RUNNING|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown
-106.0|python3|RUNNING+|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown
-"""
+# Recorded from the test cluster's real accounting (slurmdbd + MariaDB), with the argv of
+# Slurm.accounting(); tests/data/slurm/README.md says how each job was made.
 
 
-def test_sacct_parse():
-    jobs = parse_sacct(SACCT)
-    assert sorted(jobs) == ["101", "102", "103", "104", "105_3", "105_4", "105_5", "105_6", "106"]
-    assert jobs["101"].state is JobState.COMPLETED and jobs["101"].exit_code == "0:0"
-    assert jobs["101"].source == "sacct" and jobs["101"].time_used == "00:05:12"
-    assert jobs["102"].state is JobState.CANCELLED and jobs["102"].raw_state == "CANCELLED by 0"
-    assert jobs["103"].state is JobState.FAILED and jobs["103"].exit_code == "1:0"
-    assert jobs["104"].state is JobState.OUT_OF_MEMORY
-    assert (jobs["105_3"].state, jobs["105_3"].array_task_id) == (JobState.TIMEOUT, 3)
-    assert jobs["105_5"].state is JobState.PENDING and jobs["105_5"].end_time is None
-    assert jobs["106"].name == "name|with|pipe" and jobs["106"].state is JobState.RUNNING
+def test_sacct_recorded_completed():
+    jobs = parse_sacct(read("sacct_completed.txt"))
+    # The allocation row only: "2.batch" and the srun step "2.0" are skipped.
+    assert list(jobs) == ["2"]
+    j = jobs["2"]
+    assert (j.state, j.exit_code, j.name, j.nodes, j.source) == (JobState.COMPLETED, "0:0", "done", "cpu-01", "sacct")
+    assert (j.time_used, j.start_time, j.end_time) == ("00:00:00", "2026-11-27T06:55:11", "2026-11-27T06:55:11")
+
+
+def test_sacct_recorded_failed():
+    j = parse_sacct(read("sacct_failed.txt"))["3"]
+    assert (j.state, j.exit_code, j.raw_state) == (JobState.FAILED, "3:0", "FAILED")
+    assert j.is_terminal
+
+
+def test_sacct_recorded_cancelled():
+    jobs = parse_sacct(read("sacct_cancelled.txt"))
+    running = jobs["5"]
+    # The allocation says who cancelled it and exit 0:0; only its batch step carries signal 15.
+    assert (running.state, running.raw_state, running.exit_code) == (JobState.CANCELLED, "CANCELLED by 0", "0:0")
+    assert running.nodes == "cpu-01"
+    # Cancelled while held: never ran, so no node ("None assigned") and no start time ("None").
+    held = jobs["6"]
+    assert (held.state, held.nodes, held.start_time) == (JobState.CANCELLED, None, None)
+    assert held.end_time == "2026-11-27T06:55:14"
+
+
+def test_sacct_recorded_array_mixed():
+    jobs = parse_sacct(read("sacct_array_mixed.txt"))
+    assert sorted(jobs) == [f"7_{t}" for t in range(6)]
+    states = {k: (v.state, v.exit_code) for k, v in jobs.items()}
+    assert states["7_0"] == (JobState.COMPLETED, "0:0")
+    assert states["7_1"] == (JobState.FAILED, "3:0")
+    assert states["7_2"] == states["7_3"] == (JobState.CANCELLED, "0:0")
+    # "7_[4-5%2]": tasks cancelled while still pending share one row, expanded per task.
+    for t in (4, 5):
+        info = jobs[f"7_{t}"]
+        assert (info.state, info.nodes, info.start_time) == (JobState.CANCELLED, None, None)
+        assert (info.array_job_id, info.array_task_id) == ("7", t)
+    assert all(v.array_job_id == "7" for v in jobs.values())
+    # Asking for one task by its id answers with that task only.
+    one = parse_sacct(read("sacct_array_task.txt"))
+    assert list(one) == ["7_1"] and one["7_1"].state is JobState.FAILED and one["7_1"].array_task_id == 1
+
+
+def test_sacct_recorded_active():
+    # While jobs are still queued sacct knows them too: running, held (pending) and a pending array range.
+    jobs = parse_sacct(read("sacct_active.txt"))
+    assert jobs["1"].state is JobState.RUNNING and jobs["1"].end_time is None
+    assert (jobs["6"].state, jobs["6"].nodes, jobs["6"].start_time) == (JobState.PENDING, None, None)
+    assert jobs["7_2"].state is JobState.RUNNING and jobs["7_2"].nodes == "t4-01"
+    assert [jobs[f"7_{t}"].state for t in (4, 5)] == [JobState.PENDING, JobState.PENDING]
+    assert len(jobs) == 3 + 6
+
+
+def test_sacct_recorded_name_with_pipe():
+    j = parse_sacct(read("sacct_name_pipe.txt"))["4"]
+    assert j.name == "name|with|pipe"
+    assert (j.state, j.nodes, j.exit_code) == (JobState.COMPLETED, "t4-01", "0:0")
+
+
+def test_sacct_recorded_timeout():
+    j = parse_sacct(read("sacct_timeout.txt"))["1"]
+    # Killed at its 1 minute limit (SLURM checks limits every ~30 s, hence 1:27); its batch step reads CANCELLED.
+    assert (j.state, j.exit_code, j.time_used) == (JobState.TIMEOUT, "0:0", "00:01:27")
+
+
+def test_sacct_edge_cases():
+    # States and ids the test cluster cannot produce cheaply, in the recorded --parsable2 layout.
+    text = (
+        "104|big|OUT_OF_MEMORY|0:125|h100-01|00:10:00|2026-11-24T10:02:00|2026-11-24T10:12:00\n"
+        "106|srv|RUNNING|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown\n"
+        "106.0|python3|RUNNING+|0:0|t4-04|00:00:09|2026-11-24T10:03:00|Unknown\n"
+        "108+0|het|COMPLETED|0:0|cpu-01|00:00:01|2026-11-24T10:03:00|2026-11-24T10:03:01\n"
+        "garbage\n"
+    )
+    jobs = parse_sacct(text)
+    assert jobs["104"].state is JobState.OUT_OF_MEMORY and jobs["104"].exit_code == "0:125"
+    assert jobs["106"].state is JobState.RUNNING and jobs["106"].end_time is None
+    assert sorted(jobs) == ["104", "106", "108+0"]
 
 
 def test_sacct_step_only_and_empty():

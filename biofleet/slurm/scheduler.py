@@ -36,7 +36,8 @@ SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "NodeList", "Elapsed", 
 
 ACCOUNTING_DISABLED = "accounting storage is disabled"
 
-_EMPTY = {"", "N/A", "(null)", "None", "Unknown", "n/a"}
+# "None assigned" is sacct's NodeList of a job that never got a node (cancelled while pending).
+_EMPTY = {"", "N/A", "(null)", "None", "Unknown", "n/a", "None assigned"}
 
 
 @dataclass(frozen=True)
