@@ -378,7 +378,8 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
         if state.proxy.run == "slurm" and state.proxy.job_id:
             info = infos.get(state.proxy.job_id)
             if info is None or info.state.is_done:
-                proxy.state = STOPPED if info is None or info.state in (JobState.CANCELLED, JobState.COMPLETING) else FAILED
+                ended_ok = (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
+                proxy.state = STOPPED if info is None or info.state in ended_ok else FAILED
                 proxy.reason = info.state.value if info else "left the queue"
             elif info.state == JobState.PENDING:
                 proxy.state, proxy.reason = PENDING, info.reason
@@ -607,12 +608,26 @@ def up(
             save_state(r, paths, state)
         _drain_renewed(fleet, state, status, on_event, announced)
         draining = any(rec.replaces for rec in state.jobs)  # old tasks wait for the proxy to route to the new
-        if (all(s.state in SETTLED for s in status.servers) and not draining
+        unrouted = _unrouted(status)
+        if unrouted and unrouted != last.get("#proxy"):
+            last["#proxy"] = unrouted
+            on_event(f"proxy: not routing to {unrouted} yet")
+        if (all(s.state in SETTLED for s in status.servers) and not draining and not unrouted
                 and status.proxy.state in (READY, FAILED, STOPPED, NOT_SUBMITTED)):
             return UpResult(state, submitted, kept, status)
         if time.monotonic() >= deadline:
             return UpResult(state, submitted, kept, status, timed_out=True)
         time.sleep(poll)
+
+
+def _unrouted(status: FleetStatus) -> str:
+    """READY servers a running proxy does not route to yet (it finds and probes them on its own
+    clock): ``up`` returns only once the endpoint it prints answers for every READY server."""
+    routed = status.proxy.backends
+    if status.proxy.state != READY or routed is None:
+        return ""
+    return ", ".join(s.name for s in status.servers
+                     if s.state == READY and not routed.get(f"{s.name}@{s.job_id}", False))
 
 
 def _drain_renewed(fleet: Fleet, state: FleetState, status: FleetStatus, on_event: Event,

@@ -132,7 +132,10 @@ class ProxyState:
     # -- views -----------------------------------------------------------------
 
     def model_health(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
+        """Replicas per served name; a model the routing table names but no server has registered
+        yet counts as down (a just-started fleet is not healthy before its servers are found)."""
+        out: dict[str, dict[str, int]] = {name: {"healthy": 0, "total": 0}
+                                          for name in sorted(_configured_models(self.config.routing))}
         for name, reps in self.pool.by_model.items():
             out[name] = {"healthy": sum(1 for b in reps if b.healthy), "total": len(reps)}
         return out
