@@ -39,11 +39,25 @@ def ssh(sshd_server):
     runner.close()
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(scope="module")
+def ssh_no_sftp(sshd_no_sftp):
+    runner = SSHRunner(
+        sshd_no_sftp.host,
+        user=sshd_no_sftp.user,
+        port=sshd_no_sftp.port,
+        key_file=sshd_no_sftp.key_file,
+        known_hosts=sshd_no_sftp.known_hosts,
+    )
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(params=["local", "ssh", "ssh-no-sftp"])
 def any_runner(request):
+    """The same contract three ways: here, over SSH with SFTP, over SSH where files go through commands."""
     if request.param == "local":
         return LocalRunner()
-    return request.getfixturevalue("ssh")
+    return request.getfixturevalue("ssh" if request.param == "ssh" else "ssh_no_sftp")
 
 
 # ---------------------------------------------------------------------------- both runners, one contract
