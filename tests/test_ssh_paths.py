@@ -143,6 +143,8 @@ def http_port():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the tunnel's pool keeps the connection open
+
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Length", "2")
