@@ -323,8 +323,10 @@ def test_without_sftp_secrets_never_reach_a_command_line(sshd_no_sftp, tmp_path)
     t.start()
     try:
         with connect(sshd_no_sftp) as runner:
-            runner.write_text(path, secret + "k" * 2_000_000, mode=0o600)
+            runner.write_text(path, secret + "k" * 2_000_000, mode=0o600)  # big: watched while it is written
             assert runner.read_text(path).startswith(secret)
+            runner.write_text(path + ".small", secret, mode=0o600)  # small enough to fit in an argv
+            assert runner.read_text(path + ".small") == secret
     finally:
         stop.set()
         t.join()
