@@ -7,6 +7,7 @@ import stat
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -26,30 +27,21 @@ from biofleet.slurm.states import JobState
 pytestmark = pytest.mark.ssh
 
 
+def connect(server) -> SSHRunner:
+    return SSHRunner(server.host, user=server.user, port=server.port, key_file=server.key_file,
+                     known_hosts=server.known_hosts)
+
+
 @pytest.fixture(scope="module")
 def ssh(sshd_server):
-    runner = SSHRunner(
-        sshd_server.host,
-        user=sshd_server.user,
-        port=sshd_server.port,
-        key_file=sshd_server.key_file,
-        known_hosts=sshd_server.known_hosts,
-    )
-    yield runner
-    runner.close()
+    with connect(sshd_server) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")
 def ssh_no_sftp(sshd_no_sftp):
-    runner = SSHRunner(
-        sshd_no_sftp.host,
-        user=sshd_no_sftp.user,
-        port=sshd_no_sftp.port,
-        key_file=sshd_no_sftp.key_file,
-        known_hosts=sshd_no_sftp.known_hosts,
-    )
-    yield runner
-    runner.close()
+    with connect(sshd_no_sftp) as runner:
+        yield runner
 
 
 @pytest.fixture(params=["local", "ssh", "ssh-no-sftp"])
@@ -130,8 +122,11 @@ def test_files(any_runner, tmp_path):
     assert any_runner.which("sh") and not any_runner.which("biofleet-no-such-command")
 
 
-def test_sftp_sets_mode_before_content(ssh, tmp_path):
-    # Watch the file while the SSH runner writes a big secret: it must never be group/world readable.
+@pytest.mark.parametrize("which", ["ssh", "ssh_no_sftp"])
+def test_ssh_sets_mode_before_content(which, request, tmp_path):
+    # Watch the file while the SSH runner writes a big secret: it must never be group/world readable
+    # (over SFTP, and with the shell commands used where the login node has no SFTP).
+    ssh = request.getfixturevalue(which)
     path = str(tmp_path / "big.key")
     seen = []
     stop = threading.Event()
@@ -249,14 +244,23 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextmanager
+def serve_http(handler=_Handler):
+    """A real HTTP server on a loopback port (yielded) for the tunnel to reach."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_server():
+    with serve_http() as port:
+        yield port
 
 
 def test_http_transport_through_tunnel(ssh, http_server):

@@ -17,13 +17,9 @@ import httpx
 import pytest
 
 from biofleet.slurm.runner import CommandError, ConnectionFailed, LocalRunner, SSHRunner
+from test_runner_ssh import _Handler, connect, serve_http
 
 pytestmark = pytest.mark.ssh
-
-
-def connect(server, **kw) -> SSHRunner:
-    return SSHRunner(server.host, user=server.user, port=server.port, key_file=server.key_file,
-                     known_hosts=server.known_hosts, **kw)
 
 
 def wait_for(pred, timeout: float, what: str):
@@ -58,7 +54,7 @@ def test_link_dropping_mid_command_is_an_error_then_the_runner_reconnects(own_ss
     try:
         # An SFTP session and a pooled tunnel connection are open on the link too.
         runner.write_text(str(tmp_path / "before"), "x")
-        assert tunnel.get(f"http://127.0.0.1:{http_port}/").text == "ok"
+        assert tunnel.get(f"http://127.0.0.1:{http_port}/").text == "hello /"
         started = tmp_path / "started"
         # The command runs past the moment the link drops (and then ends by itself).
         t, box = run_in_thread(lambda: runner.run(["sh", "-c", 'touch "$1"; sleep 8; echo done', "sh", str(started)],
@@ -79,7 +75,7 @@ def test_link_dropping_mid_command_is_an_error_then_the_runner_reconnects(own_ss
         assert runner.run(["echo", "again"]).stdout == "again\n"
         runner.write_text(str(tmp_path / "after"), "y")
         assert runner.read_text(str(tmp_path / "after")) == "y"
-        assert tunnel.get(f"http://127.0.0.1:{http_port}/").text == "ok"
+        assert tunnel.get(f"http://127.0.0.1:{http_port}/").text == "hello /"
     finally:
         tunnel.close()
         runner.close()
@@ -138,28 +134,14 @@ def test_no_sessions_allowed_is_a_clear_error(own_sshd, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
+class _KeepAliveHandler(_Handler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the tunnel's pool keeps the connection open
+
+
 @pytest.fixture
 def http_port():
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: the tunnel's pool keeps the connection open
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serve_http(_KeepAliveHandler) as port:
+        yield port
 
 
 def test_tunnel_refused_by_the_login_node(own_sshd, http_port):
@@ -300,38 +282,13 @@ def test_without_sftp_files_go_through_commands_and_it_is_said_once(sshd_no_sftp
 def test_without_sftp_secrets_never_reach_a_command_line(sshd_no_sftp, tmp_path):
     # The no-SFTP sshd records every command it is asked to run (its ForceCommand logs
     # SSH_ORIGINAL_COMMAND before running it): a secret must travel on stdin only.
+    # (That the file is never readable by others while written: test_ssh_sets_mode_before_content.)
     secret = f"s3cret-{uuid.uuid4().hex}"
     path = str(tmp_path / "secrets" / "token")
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            for d in (tmp_path, tmp_path / "secrets"):
-                try:
-                    names = os.listdir(d)
-                except FileNotFoundError:
-                    continue
-                for name in names:
-                    try:
-                        if not (d / name).is_dir():
-                            seen.append(stat.S_IMODE(os.stat(d / name).st_mode))
-                    except FileNotFoundError:
-                        pass
-
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
-        with connect(sshd_no_sftp) as runner:
-            runner.write_text(path, secret + "k" * 2_000_000, mode=0o600)  # big: watched while it is written
-            assert runner.read_text(path).startswith(secret)
-            runner.write_text(path + ".small", secret, mode=0o600)  # small enough to fit in an argv
-            assert runner.read_text(path + ".small") == secret
-    finally:
-        stop.set()
-        t.join()
+    with connect(sshd_no_sftp) as runner:
+        runner.write_text(path, secret, mode=0o600)
+        assert runner.read_text(path) == secret
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert seen and all(m & 0o077 == 0 for m in seen), seen
     commands = Path(sshd_no_sftp.command_log).read_bytes()
     assert path.encode() in commands  # the log really records what ran
     assert secret.encode() not in commands
