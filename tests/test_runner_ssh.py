@@ -80,6 +80,13 @@ def test_failure_carries_context(any_runner):
     assert r.returncode == 4
 
 
+def test_output_after_the_exit_status_is_kept(any_runner):
+    # The command exits at once; a child still holding its stdout/stderr writes 0.3 s later.
+    # Over SSH the exit status arrives first: the runner must read on until the channel closes.
+    r = any_runner.run(["sh", "-c", "(sleep 0.3; echo late >&2; echo tail) & echo first; exit 3"], check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "first\ntail\n", "late\n")
+
+
 def test_timeout(any_runner):
     t0 = time.monotonic()
     with pytest.raises(CommandError, match="timed out after 0.5s"):

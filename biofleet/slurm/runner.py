@@ -442,7 +442,7 @@ class SSHRunner:
                 if attempt == 2 or not _link_lost(transport):
                     raise ConnectionFailed(
                         f"could not open an SSH channel to {self.where} for {shlex.join(argv)}: "
-                        f"{exc or type(exc).__name__}", argv=argv) from None
+                        f"{_why(exc)}", argv=argv) from None
                 # The link died before anything ran on it: connect again and try once more.
 
     # ----- commands
@@ -493,7 +493,7 @@ class SSHRunner:
             chan.close()
             if _link_lost(transport):
                 raise self._dropped(args) from None
-            raise CommandError(args, None, reason=f"{self.where} would not run it: {exc or type(exc).__name__}") from None
+            raise CommandError(args, None, reason=f"{self.where} would not run it: {_why(exc)}") from None
         rc = chan.recv_exit_status()
         chan.close()
         if rc == -1:  # the channel ended without an exit status
@@ -552,7 +552,7 @@ class SSHRunner:
             if getattr(exc, "errno", None) is None and _link_lost(transport):
                 raise ConnectionFailed(
                     f"the SSH connection to {self.where} dropped while {what} {path} over SFTP "
-                    f"({exc or type(exc).__name__}); the next call will reconnect — run the command again"
+                    f"({_why(exc)}); the next call will reconnect — run the command again"
                 ) from None
             raise
 
@@ -575,7 +575,7 @@ class SSHRunner:
         except paramiko.ChannelException as exc:
             raise CommandError(("sftp",), None, reason=self._session_refused(exc)) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise ConnectionFailed(f"could not open an SFTP session to {self.where}: {exc or type(exc).__name__}") from None
+            raise ConnectionFailed(f"could not open an SFTP session to {self.where}: {_why(exc)}") from None
         try:
             chan.invoke_subsystem("sftp")
             return paramiko.SFTPClient(chan)
@@ -583,7 +583,7 @@ class SSHRunner:
             chan.close()
             if _link_lost(transport):
                 raise ConnectionFailed(
-                    f"the SSH connection to {self.where} dropped while opening SFTP: {exc or type(exc).__name__}"
+                    f"the SSH connection to {self.where} dropped while opening SFTP: {_why(exc)}"
                 ) from None
         # No subsystem (sshd refuses the request), or a broken one (it ends before speaking SFTP).
         self._sftp_missing = True
@@ -656,6 +656,10 @@ def _link_lost(transport, grace: float = 0.5) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # EOFError() and friends have no message
 
 
 def _expand_home(path: str, home: Callable[[], str]) -> str:
@@ -822,7 +826,12 @@ def _default_user() -> str:
 
 
 def _drain(chan, timeout: float) -> tuple[str, str]:
-    """Read stdout and stderr until the command ends (both streams, so neither pipe fills up)."""
+    """Read stdout and stderr until the channel closes (both streams, so neither pipe fills up).
+
+    The exit status is not the end: sshd sends it when the command exits, while the last of its
+    output (or that of a child still holding the pipes) may still be on the way. The server
+    closes the channel only after all of it, as `ssh host cmd` waits for it too.
+    """
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
     while True:
@@ -833,14 +842,17 @@ def _drain(chan, timeout: float) -> tuple[str, str]:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             got = True
-        # The server sends all output before the exit status and paramiko buffers in order,
-        # so once the status is in and the buffers are empty, everything has been read.
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+        # Paramiko marks the channel closed on the server's CLOSE (or a dead link), after
+        # buffering everything that came before it.
+        if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             raise TimeoutError
         if not got:
-            chan.status_event.wait(0.02)
+            if chan.status_event.is_set():  # set once the status is in: waiting on it returns at once
+                time.sleep(0.005)
+            else:
+                chan.status_event.wait(0.02)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 
