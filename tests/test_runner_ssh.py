@@ -136,18 +136,22 @@ def test_ssh_sets_mode_before_content(which, request, tmp_path):
     ssh = request.getfixturevalue(which)
     path = str(tmp_path / "big.key")
     seen = []
-    stop = threading.Event()
+    started, stop = threading.Event(), threading.Event()
 
     def watch():
-        while not stop.is_set():
+        while True:
             for name in os.listdir(tmp_path):
                 try:
                     seen.append(stat.S_IMODE(os.stat(tmp_path / name).st_mode))
                 except FileNotFoundError:
                     pass
+            started.set()
+            if stop.is_set():  # one last look after the write, so the final file is always seen
+                return
 
     t = threading.Thread(target=watch)
     t.start()
+    started.wait(5)
     try:
         ssh.write_text(path, "k" * 2_000_000, mode=0o600)
     finally:
