@@ -7,6 +7,7 @@ import stat
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -26,24 +27,29 @@ from biofleet.slurm.states import JobState
 pytestmark = pytest.mark.ssh
 
 
+def connect(server) -> SSHRunner:
+    return SSHRunner(server.host, user=server.user, port=server.port, key_file=server.key_file,
+                     known_hosts=server.known_hosts)
+
+
 @pytest.fixture(scope="module")
 def ssh(sshd_server):
-    runner = SSHRunner(
-        sshd_server.host,
-        user=sshd_server.user,
-        port=sshd_server.port,
-        key_file=sshd_server.key_file,
-        known_hosts=sshd_server.known_hosts,
-    )
-    yield runner
-    runner.close()
+    with connect(sshd_server) as runner:
+        yield runner
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(scope="module")
+def ssh_no_sftp(sshd_no_sftp):
+    with connect(sshd_no_sftp) as runner:
+        yield runner
+
+
+@pytest.fixture(params=["local", "ssh", "ssh-no-sftp"])
 def any_runner(request):
+    """The same contract three ways: here, over SSH with SFTP, over SSH where files go through commands."""
     if request.param == "local":
         return LocalRunner()
-    return request.getfixturevalue("ssh")
+    return request.getfixturevalue("ssh" if request.param == "ssh" else "ssh_no_sftp")
 
 
 # ---------------------------------------------------------------------------- both runners, one contract
@@ -72,6 +78,13 @@ def test_failure_carries_context(any_runner):
     # check=False hands the result back instead.
     r = any_runner.run(["sh", "-c", "exit 4"], check=False)
     assert r.returncode == 4
+
+
+def test_output_after_the_exit_status_is_kept(any_runner):
+    # The command exits at once; a child still holding its stdout/stderr writes 0.3 s later.
+    # Over SSH the exit status arrives first: the runner must read on until the channel closes.
+    r = any_runner.run(["sh", "-c", "(sleep 0.3; echo late >&2; echo tail) & echo first; exit 3"], check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "first\ntail\n", "late\n")
 
 
 def test_timeout(any_runner):
@@ -116,22 +129,29 @@ def test_files(any_runner, tmp_path):
     assert any_runner.which("sh") and not any_runner.which("biofleet-no-such-command")
 
 
-def test_sftp_sets_mode_before_content(ssh, tmp_path):
-    # Watch the file while the SSH runner writes a big secret: it must never be group/world readable.
+@pytest.mark.parametrize("which", ["ssh", "ssh_no_sftp"])
+def test_ssh_sets_mode_before_content(which, request, tmp_path):
+    # Watch the file while the SSH runner writes a big secret: it must never be group/world readable
+    # (over SFTP, and with the shell commands used where the login node has no SFTP).
+    ssh = request.getfixturevalue(which)
     path = str(tmp_path / "big.key")
     seen = []
-    stop = threading.Event()
+    started, stop = threading.Event(), threading.Event()
 
     def watch():
-        while not stop.is_set():
+        while True:
             for name in os.listdir(tmp_path):
                 try:
                     seen.append(stat.S_IMODE(os.stat(tmp_path / name).st_mode))
                 except FileNotFoundError:
                     pass
+            started.set()
+            if stop.is_set():  # one last look after the write, so the final file is always seen
+                return
 
     t = threading.Thread(target=watch)
     t.start()
+    started.wait(5)
     try:
         ssh.write_text(path, "k" * 2_000_000, mode=0o600)
     finally:
@@ -235,14 +255,23 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextmanager
+def serve_http(handler=_Handler):
+    """A real HTTP server on a loopback port (yielded) for the tunnel to reach."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_server():
+    with serve_http() as port:
+        yield port
 
 
 def test_http_transport_through_tunnel(ssh, http_server):

@@ -8,12 +8,14 @@ Errors::
 
     BiofleetError
     └── CommandError            a command failed, timed out, or could not be started
-        └── (SSH) ConnectionFailed   the login node could not be reached or refused us
+        └── (SSH) ConnectionFailed   the login node could not be reached, refused us, or the link dropped
             └── UnknownHostError     the host key is not in known_hosts (refused on purpose)
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import posixpath
 import shlex
@@ -23,8 +25,9 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -81,10 +84,10 @@ class CommandError(BiofleetError):
 
 
 class ConnectionFailed(CommandError):
-    """The SSH connection could not be made (refused, auth failure, DNS, ...)."""
+    """The SSH connection could not be made (refused, auth failure, DNS, ...) or dropped mid-command."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__((), None, reason=message)
+    def __init__(self, message: str, *, argv: Sequence[str] = ()) -> None:
+        super().__init__(argv, None, reason=message)
 
     def _message(self) -> str:
         return self.reason or "connection failed"
@@ -196,7 +199,7 @@ class LocalRunner:
         return result
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        target = Path(path)
+        target = Path(_local(path))
         target.parent.mkdir(parents=True, exist_ok=True)
         # mkstemp creates the file 0600, so a secret is never readable by others, not even for a moment;
         # the final mode is set before any byte is written.
@@ -213,21 +216,22 @@ class LocalRunner:
             raise
 
     def read_text(self, path: str) -> str:
-        return Path(path).read_text()
+        return Path(_local(path)).read_text()
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
-        Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+        Path(_local(path)).mkdir(mode=mode, parents=True, exist_ok=True)
 
     def exists(self, path: str) -> bool:
-        return Path(path).exists()
+        return Path(_local(path)).exists()
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(path))
+        return sorted(os.listdir(_local(path)))
 
     def remove(self, path: str) -> None:
-        Path(path).unlink(missing_ok=True)
+        Path(_local(path)).unlink(missing_ok=True)
 
     def rmtree(self, path: str) -> None:
+        path = _local(path)
         if Path(path).exists():
             shutil.rmtree(path)
 
@@ -247,6 +251,11 @@ class LocalRunner:
         self.close()
 
 
+def _local(path: str) -> str:
+    """~ and $HOME in a path, the same way SSHRunner reads them on the login node."""
+    return _expand_home(str(path), lambda: os.path.expanduser("~"))
+
+
 def _decode(data: bytes | str | None) -> str:
     if data is None:
         return ""
@@ -254,6 +263,12 @@ def _decode(data: bytes | str | None) -> str:
 
 
 # ---------------------------------------------------------------------------- SSH
+
+log = logging.getLogger("biofleet.ssh")
+
+# Exit status our file commands use for "no such file or directory" / "not a directory".
+_NO_SUCH_FILE, _NOT_A_DIR = 66, 65
+_NO_SFTP_HINT = "the login node has no SFTP subsystem; the admins can enable it with `Subsystem sftp internal-sftp` in sshd_config"
 
 
 def _trust_hint(host: str, port: int) -> str:
@@ -272,6 +287,11 @@ class SSHRunner:
     The host key must be in ``known_hosts`` (default ``~/.ssh/known_hosts``); an unknown
     host raises :class:`UnknownHostError` unless ``allow_unknown_host=True``, in which case
     the key is accepted and appended to the known_hosts file.
+
+    A lost connection is made again (same checks, same key) by the next call. A command that
+    was running when the link dropped raises :class:`ConnectionFailed`: whether it ran is
+    unknown, so it is neither retried nor reported as a result. On a login node without the
+    SFTP subsystem, file operations run as small shell commands instead (content on stdin only).
     """
 
     is_local = False
@@ -291,70 +311,156 @@ class SSHRunner:
         *,
         connect_timeout: float = 15,
     ) -> None:
-        import paramiko  # imported here: LocalRunner users never pay for it
-
         self.host = host
         self.port = int(port)
         self.user = user or _default_user()
         self.key_file = os.path.expanduser(str(key_file)) if key_file else None
         self.known_hosts = os.path.expanduser(str(known_hosts or "~/.ssh/known_hosts"))
-        self._lock = threading.Lock()
+        self.allow_unknown_host = allow_unknown_host
+        self.connect_timeout = connect_timeout
+        self.where = f"{self.user}@{self.host}:{self.port}"
+        self._lock = threading.RLock()  # guards the client and SFTP session across reconnects
         self._sftp = None
-        where = f"{self.user}@{self.host}:{self.port}"
-        key_note = f" with key {self.key_file}" if self.key_file else " (no key_file given: ssh-agent / default keys)"
+        self._sftp_missing = False  # a property of the login node: found out once, said once
+        self._home: str | None = None
+        self._closed = False
+        self._client = self._connect()
 
+    def _connect(self):
+        import paramiko  # imported here: LocalRunner users never pay for it
+
+        host, port, timeout = self.host, self.port, self.connect_timeout
+        key_note = f" with key {self.key_file}" if self.key_file else " (no key_file given: ssh-agent / default keys)"
         client = paramiko.SSHClient()
         if os.path.exists(self.known_hosts):
             try:
                 client.load_host_keys(self.known_hosts)
             except (OSError, paramiko.SSHException) as exc:
                 raise ConnectionFailed(f"cannot read known_hosts file {self.known_hosts}: {exc}") from None
-        if allow_unknown_host:
+        if self.allow_unknown_host:
             client.set_missing_host_key_policy(_TrustAndRecord(self.known_hosts))
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        t0 = time.monotonic()
         try:
             client.connect(
                 hostname=host,
-                port=self.port,
+                port=port,
                 username=self.user,
                 key_filename=self.key_file,
-                timeout=connect_timeout,
-                banner_timeout=connect_timeout,
-                auth_timeout=connect_timeout,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
                 # With an explicit key, do not wander through the agent and ~/.ssh: the error stays about that key.
                 allow_agent=self.key_file is None,
                 look_for_keys=self.key_file is None,
             )
-        except paramiko.BadHostKeyException as exc:
-            raise UnknownHostError(
-                f"host key for {host}:{self.port} does NOT match {self.known_hosts} "
-                f"(got {exc.key.get_name()} {exc.key.fingerprint}). This may be an attack or a reinstalled "
-                "login node; ask the admins before removing the old entry."
-            ) from None
-        except paramiko.SSHException as exc:
-            # RejectPolicy's message: "Server '[host]:port' not found in known_hosts".
-            if "not found in known_hosts" in str(exc):
-                raise UnknownHostError(
-                    f"refusing to connect to {host}:{self.port}: its host key is not in {self.known_hosts}.\n"
-                    + _trust_hint(host, self.port)
-                ) from None
-            if isinstance(exc, paramiko.AuthenticationException):
-                raise ConnectionFailed(
-                    f"authentication failed for {where}{key_note}: {exc}. Check the key is in the user's "
-                    "~/.ssh/authorized_keys on the login node and that the user name is right."
-                ) from None
-            raise ConnectionFailed(f"SSH to {where} failed{key_note}: {exc}") from None
-        except FileNotFoundError as exc:
-            raise ConnectionFailed(f"SSH key file not found: {exc.filename or self.key_file}") from None
-        except (socket.timeout, TimeoutError):
-            raise ConnectionFailed(f"SSH to {host}:{self.port} timed out after {connect_timeout:g}s") from None
-        except OSError as exc:
-            raise ConnectionFailed(f"cannot connect to {host}:{self.port}: {exc.strerror or exc}") from None
-        self._client = client
+        except BaseException as exc:
+            client.close()
+            raise self._connect_error(exc, client, time.monotonic() - t0, key_note) from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(30)
+        return client
+
+    def _connect_error(self, exc: BaseException, client, elapsed: float, key_note: str) -> BaseException:
+        import paramiko
+
+        host, port, timeout = self.host, self.port, self.connect_timeout
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return UnknownHostError(
+                f"host key for {host}:{port} does NOT match {self.known_hosts} "
+                f"(got {exc.key.get_name()} {exc.key.fingerprint}). This may be an attack or a reinstalled "
+                "login node; ask the admins before removing the old entry."
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return ConnectionFailed(
+                f"authentication failed for {self.where}{key_note}: {exc}. Check the key is in the user's "
+                "~/.ssh/authorized_keys on the login node and that the user name is right."
+            )
+        if isinstance(exc, paramiko.SSHException):
+            # RejectPolicy's message: "Server '[host]:port' not found in known_hosts".
+            if "not found in known_hosts" in str(exc):
+                return UnknownHostError(
+                    f"refusing to connect to {host}:{port}: its host key is not in {self.known_hosts}.\n"
+                    + _trust_hint(host, port)
+                )
+            transport = client.get_transport()
+            if transport is None or not transport.remote_version:
+                # TCP worked but no "SSH-2.0-..." line ever came (paramiko says "Error reading SSH
+                # protocol banner" or, when its own wait ends first, "No existing session").
+                if elapsed >= timeout * 0.9:
+                    return ConnectionFailed(
+                        f"{host}:{port} accepted the connection but sent no SSH greeting within {timeout:g}s: "
+                        "is it the login node's SSH port, and is the node overloaded?"
+                    )
+                return ConnectionFailed(
+                    f"{host}:{port} closed the connection without an SSH greeting: is it an SSH server "
+                    "(right port), or does it refuse this client (sshd MaxStartups, fail2ban)?"
+                )
+            return ConnectionFailed(f"SSH to {self.where} failed{key_note}: {exc}")
+        if isinstance(exc, FileNotFoundError):
+            return ConnectionFailed(f"SSH key file not found: {exc.filename or self.key_file}")
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return ConnectionFailed(
+                f"SSH to {host}:{port} timed out after {timeout:g}s with no answer to the TCP connection: "
+                "is the host up and the address right (VPN, firewall)?"
+            )
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            reasons = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+            return ConnectionFailed(f"cannot connect to {host}:{port}: {reasons}")
+        if isinstance(exc, OSError):
+            return ConnectionFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+        return exc
+
+    def _transport(self):
+        """The live transport of the connection; connects again first when the link was lost."""
+        with self._lock:
+            if self._closed:
+                raise CommandError((), None, reason=f"the SSH runner for {self.where} was closed")
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None and transport.is_active():
+                return transport
+            self._drop_connection()
+            try:
+                self._client = self._connect()
+            except ConnectionFailed as exc:
+                raise type(exc)(f"lost the SSH connection to {self.where} and could not connect again: {exc}") from None
+            log.info("the SSH connection to %s was lost; connected again", self.where)
+            return self._client.get_transport()
+
+    def _drop_connection(self) -> None:
+        with self._lock:
+            for thing in (self._sftp, self._client):
+                if thing is not None:
+                    try:
+                        thing.close()
+                    except Exception:  # noqa: BLE001 - closing a dead link may fail any way it likes
+                        pass
+            self._sftp = self._client = None
+
+    def _session_refused(self, exc) -> str:
+        return (
+            f"the login node {self.where} refused to open a session channel ({exc.text}): its sshd allows no "
+            "(more) sessions on one connection (`MaxSessions` in sshd_config may be 0 or too low) or is out of "
+            "resources; ask the admins"
+        )
+
+    def _open_session(self, argv: Sequence[str], timeout: float):
+        import paramiko
+
+        for attempt in (1, 2):
+            transport = self._transport()
+            try:
+                return transport.open_session(timeout=timeout)
+            except paramiko.ChannelException as exc:
+                raise CommandError(argv, None, reason=self._session_refused(exc)) from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if attempt == 2 or not _link_lost(transport):
+                    raise ConnectionFailed(
+                        f"could not open an SSH channel to {self.where} for {shlex.join(argv)}: "
+                        f"{_why(exc)}", argv=argv) from None
+                # The link died before anything ran on it: connect again and try once more.
 
     # ----- commands
     def run(
@@ -365,27 +471,53 @@ class SSHRunner:
         check: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> CompletedCommand:
-        args = _check_argv(argv)
+        return self._run(_check_argv(argv), timeout=timeout, check=check, env=env)
+
+    def _run(
+        self,
+        args: tuple[str, ...],
+        *,
+        timeout: float,
+        check: bool,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> CompletedCommand:
+        import paramiko
+
         extra = _check_env(env)
         # The remote side always goes through the user's login shell: quote every word.
         # Extra env rides on `env K=V cmd` (visible in the remote ps: never pass secrets this way).
         words = (["env", *(f"{k}={v}" for k, v in extra.items())] if extra else []) + list(args)
         command = shlex.join(words)
-        transport = self._transport()
-        try:
-            chan = transport.open_session(timeout=timeout)
-        except Exception as exc:  # paramiko raises SSHException / EOFError on a dead link
-            raise CommandError(args, None, reason=f"could not open an SSH channel to {self.host}:{self.port}: {exc}") from None
+        chan = self._open_session(args, timeout)
+        transport = chan.get_transport()
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
+            if stdin:
+                try:
+                    chan.sendall(stdin)
+                except (socket.timeout, TimeoutError):
+                    raise
+                except OSError:
+                    pass  # the command stopped reading (it failed, or the link dropped): the exit status says which
             chan.shutdown_write()
             out, err = _drain(chan, timeout)
         except (socket.timeout, TimeoutError):
             chan.close()
             raise CommandError(args, None, reason=f"timed out after {timeout:g}s on {self.host}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            chan.close()
+            if _link_lost(transport):
+                raise self._dropped(args) from None
+            raise CommandError(args, None, reason=f"{self.where} would not run it: {_why(exc)}") from None
         rc = chan.recv_exit_status()
         chan.close()
+        if rc == -1:  # the channel ended without an exit status
+            # A server ending a channel sends EOF first; a link that drops sends nothing more.
+            if not chan.eof_received or _link_lost(transport):
+                raise self._dropped(args)
+            raise CommandError(args, None, out, err, reason=f"ended on {self.host} with no exit status (killed by a signal?)")
         if rc == 127 and "not found" in err:
             raise CommandError(args, 127, out, err, reason=f"command not found on {self.host}: {args[0]}")
         result = CompletedCommand(args, rc, out, err)
@@ -393,25 +525,180 @@ class SSHRunner:
             raise CommandError(args, rc, out, err)
         return result
 
-    # ----- files (SFTP)
-    def _sftp_client(self):
-        with self._lock:
-            if self._sftp is None:
-                self._sftp = self._client.open_sftp()
-            return self._sftp
+    def _dropped(self, args: Sequence[str]) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"the SSH connection to {self.where} dropped while running {shlex.join(args)}: whether it finished "
+            "on the login node is unknown, so it was not retried. Check its effect (e.g. with `biofleet status`) "
+            "before running it again; the next command will reconnect.",
+            argv=args,
+        )
 
-    def _remote_path(self, path: str) -> str:
-        # SFTP does not expand ~ ; resolve it against the remote home once.
-        if path == "~" or path.startswith("~/"):
-            home = self._sftp_client().normalize(".")
-            return posixpath.join(home, path[2:]) if len(path) > 1 else home
-        return path
-
+    # ----- files: SFTP, or shell commands on a login node without the SFTP subsystem
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        sftp = self._sftp_client()
-        path = self._remote_path(path)
+        self._file_op("writing", path, lambda files, p: files.write_text(p, text, mode))
+
+    def read_text(self, path: str) -> str:
+        return self._file_op("reading", path, lambda files, p: files.read_text(p))
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        self._file_op("creating directory", path, lambda files, p: files.mkdir(p, mode))
+
+    def exists(self, path: str) -> bool:
+        return self._file_op("looking for", path, lambda files, p: files.exists(p))
+
+    def listdir(self, path: str) -> list[str]:
+        return self._file_op("listing", path, lambda files, p: sorted(files.listdir(p)))
+
+    def remove(self, path: str) -> None:
+        self._file_op("removing", path, lambda files, p: files.remove(p))
+
+    def rmtree(self, path: str) -> None:
+        self._file_op("removing", path, lambda files, p: files.rmtree(p))
+
+    def _file_op(self, what: str, path: str, op):
+        import paramiko
+
+        path = _expand_home(path, self._remote_home)
+        files = self._files()
+        if isinstance(files, _ShellFiles):
+            return op(files, path)  # commands: _run already turns a lost link into ConnectionFailed
+        transport = files.sftp.get_channel().get_transport()
+        try:
+            return op(files, path)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if getattr(exc, "errno", None) is None and _link_lost(transport):
+                raise ConnectionFailed(
+                    f"the SSH connection to {self.where} dropped while {what} {path} over SFTP "
+                    f"({_why(exc)}); the next call will reconnect — run the command again"
+                ) from None
+            raise
+
+    def _files(self) -> _SFTPFiles | _ShellFiles:
+        with self._lock:
+            if self._sftp_missing:
+                return _ShellFiles(self)
+            transport = self._transport()
+            if self._sftp is None:
+                self._sftp = self._open_sftp(transport)
+                if self._sftp is None:
+                    return _ShellFiles(self)
+            return _SFTPFiles(self._sftp)
+
+    def _open_sftp(self, transport):
+        import paramiko
+
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+        except paramiko.ChannelException as exc:
+            raise CommandError(("sftp",), None, reason=self._session_refused(exc)) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionFailed(f"could not open an SFTP session to {self.where}: {_why(exc)}") from None
+        try:
+            chan.invoke_subsystem("sftp")
+            return paramiko.SFTPClient(chan)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            chan.close()
+            if _link_lost(transport):
+                raise ConnectionFailed(
+                    f"the SSH connection to {self.where} dropped while opening SFTP: {_why(exc)}"
+                ) from None
+        # No subsystem (sshd refuses the request), or a broken one (it ends before speaking SFTP).
+        self._sftp_missing = True
+        log.warning("SFTP is not available on %s (%s); biofleet reads and writes files there with shell "
+                    "commands instead (cat, mkdir, rm).", self.where, _NO_SFTP_HINT)
+        return None
+
+    def _remote_home(self) -> str:
+        if self._home is None:
+            home = self.run(["sh", "-c", 'printf "%s" "$HOME"']).stdout
+            if not home.startswith("/"):
+                raise CommandError(("sh", "-c", 'printf "%s" "$HOME"'), 0, home,
+                                   reason=f"$HOME on {self.where} is not an absolute path: {home!r}")
+            self._home = home
+        return self._home
+
+    def which(self, cmd: str) -> bool:
+        return self.run(["sh", "-c", 'command -v "$1" >/dev/null 2>&1', "sh", cmd], check=False).returncode == 0
+
+    # ----- HTTP through the login node
+    def http_transport(self) -> httpx.BaseTransport:
+        """An httpx transport whose connections are SSH ``direct-tcpip`` channels from the login node.
+
+        Compute nodes are usually reachable only from inside the cluster; this lets health
+        probes and the status command reach them without a VPN or a manual ``ssh -L``.
+        """
+        return _TunnelTransport(self)
+
+    def open_channel(self, host: str, port: int, timeout: float | None):
+        import paramiko
+
+        try:
+            transport = self._transport()
+        except CommandError as exc:
+            raise httpx.ConnectError(f"via {self.where}: cannot reach {host}:{port}: {exc}") from None
+        try:
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:
+            if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                raise httpx.ConnectError(
+                    f"via {self.where}: the login node refuses to forward connections to {host}:{port} "
+                    f"({exc.text}); its sshd_config likely has `AllowTcpForwarding no`. Ask the admins to allow "
+                    "it, or run biofleet where the compute nodes are reachable directly."
+                ) from None
+            raise httpx.ConnectError(f"via {self.where}: cannot reach {host}:{port}: {exc.text}") from None
+        except Exception as exc:  # noqa: BLE001 - paramiko raises SSHException / EOFError on a dead link
+            raise httpx.ConnectError(f"via {self.where}: cannot reach {host}:{port}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    def __enter__(self) -> SSHRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _link_lost(transport, grace: float = 0.5) -> bool:
+    """Has the SSH link under ``transport`` died? Called right after an error or a channel that ended oddly.
+
+    Paramiko's transport thread closes the channels first and marks itself inactive just after,
+    so give it a moment before saying the link is alive.
+    """
+    deadline = time.monotonic() + grace
+    while transport.is_active():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # EOFError() and friends have no message
+
+
+def _expand_home(path: str, home: Callable[[], str]) -> str:
+    """``~``, ``~/x``, ``$HOME/x`` and ``${HOME}/x`` -> under the home directory (asked for only when needed)."""
+    for prefix in ("~", "$HOME", "${HOME}"):
+        if path == prefix or path.startswith(prefix + "/"):
+            return (home().rstrip("/") + path[len(prefix):]) or "/"
+    if path.startswith("~"):
+        raise ValueError(f"{path!r}: ~user paths are not supported; use ~/..., $HOME/... or an absolute path")
+    return path
+
+
+class _SFTPFiles:
+    """File operations over one SFTP session."""
+
+    def __init__(self, sftp) -> None:
+        self.sftp = sftp
+
+    def write_text(self, path: str, text: str, mode: int) -> None:
+        sftp = self.sftp
         parent = posixpath.dirname(path) or "."
-        self.mkdir(parent)
+        self.mkdir(parent, 0o755)
         # SFTP's open() cannot pass a mode, so a new file is briefly created with the server's
         # default (0644). Create it inside a private 0700 directory, set the mode, write, and
         # only then rename it into place: nobody else can open it at any moment.
@@ -441,12 +728,10 @@ class SSHRunner:
                 pass
 
     def read_text(self, path: str) -> str:
-        with self._sftp_client().open(self._remote_path(path), "r") as fh:
+        with self.sftp.open(path, "r") as fh:
             return fh.read().decode()
 
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        sftp = self._sftp_client()
-        path = self._remote_path(path)
+    def mkdir(self, path: str, mode: int) -> None:
         parts = []
         p = path.rstrip("/")
         while p and not self.exists(p):
@@ -454,84 +739,101 @@ class SSHRunner:
             p = posixpath.dirname(p)
         for d in reversed(parts):
             try:
-                sftp.mkdir(d, mode)
+                self.sftp.mkdir(d, mode)
             except OSError:
                 if not self.exists(d):
                     raise
 
     def exists(self, path: str) -> bool:
         try:
-            self._sftp_client().stat(self._remote_path(path))
+            self.sftp.stat(path)
             return True
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if getattr(exc, "errno", None) == 2:
+            if getattr(exc, "errno", None) == errno.ENOENT:
                 return False
             raise
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(self._sftp_client().listdir(self._remote_path(path)))
+        return self.sftp.listdir(path)
 
     def remove(self, path: str) -> None:
         try:
-            self._sftp_client().remove(self._remote_path(path))
+            self.sftp.remove(path)
         except FileNotFoundError:
             pass
 
     def rmtree(self, path: str) -> None:
-        sftp = self._sftp_client()
-        path = self._remote_path(path)
         if not self.exists(path):
             return
-        for entry in sftp.listdir_attr(path):
+        for entry in self.sftp.listdir_attr(path):
             child = posixpath.join(path, entry.filename)
             if entry.st_mode is not None and stat.S_ISDIR(entry.st_mode):
                 self.rmtree(child)
             else:
-                sftp.remove(child)
-        sftp.rmdir(path)
+                self.sftp.remove(child)
+        self.sftp.rmdir(path)
 
-    def which(self, cmd: str) -> bool:
-        return self.run(["sh", "-c", 'command -v "$1" >/dev/null 2>&1', "sh", cmd], check=False).returncode == 0
 
-    # ----- HTTP through the login node
-    def http_transport(self) -> httpx.BaseTransport:
-        """An httpx transport whose connections are SSH ``direct-tcpip`` channels from the login node.
+class _ShellFiles:
+    """File operations as POSIX shell commands, for login nodes without the SFTP subsystem.
 
-        Compute nodes are usually reachable only from inside the cluster; this lets health
-        probes and the status command reach them without a VPN or a manual ``ssh -L``.
-        """
-        return _TunnelTransport(self)
+    Paths travel as quoted arguments; file content travels only on stdin, so a secret never
+    appears in a command line (ps, audit logs). A new file is made by mktemp (mode 0600), given
+    its final mode, and only then filled and renamed into place, like LocalRunner.write_text.
+    """
 
-    def open_channel(self, host: str, port: int, timeout: float | None):
-        transport = self._transport()
-        try:
-            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
-        except Exception as exc:
-            raise httpx.ConnectError(f"via {self.host}: cannot reach {host}:{port}: {exc}") from None
+    TIMEOUT = 300  # seconds; SFTP has no per-operation limit, a command needs one
 
-    def _transport(self):
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise CommandError((), None, reason=f"the SSH connection to {self.host}:{self.port} is closed")
-        return transport
+    def __init__(self, runner: SSHRunner) -> None:
+        self._runner = runner
 
-    def close(self) -> None:
-        with self._lock:
-            if self._sftp is not None:
-                try:
-                    self._sftp.close()
-                except Exception:
-                    pass
-                self._sftp = None
-        self._client.close()
+    def _sh(self, script: str, *args: str, stdin: bytes | None = None, ok: tuple[int, ...] = (0,)) -> CompletedCommand:
+        argv = ("sh", "-c", script, "sh", *args)
+        result = self._runner._run(argv, timeout=self.TIMEOUT, check=False, stdin=stdin)
+        if result.returncode not in ok:
+            raise CommandError(argv, result.returncode, result.stdout, result.stderr,
+                               reason=f"exited with {result.returncode} on {self._runner.where} ({_NO_SFTP_HINT})")
+        return result
 
-    def __enter__(self) -> SSHRunner:
-        return self
+    def write_text(self, path: str, text: str, mode: int) -> None:
+        self._sh(
+            'd=$(dirname -- "$1") && mkdir -p -- "$d" && t=$(mktemp -- "$d/.biofleet-tmp-XXXXXXXXXX") || exit 1; '
+            '{ chmod "$2" -- "$t" && cat > "$t" && mv -f -- "$t" "$1"; } || { rm -f -- "$t"; exit 1; }',
+            path, f"{mode & 0o7777:o}", stdin=text.encode(),
+        )
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def read_text(self, path: str) -> str:
+        r = self._sh(f'[ -e "$1" ] || exit {_NO_SUCH_FILE}; exec cat -- "$1"', path, ok=(0, _NO_SUCH_FILE))
+        if r.returncode == _NO_SUCH_FILE:
+            raise FileNotFoundError(errno.ENOENT, "No such file", path)
+        return r.stdout
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._sh('umask "$1" && mkdir -p -- "$2"', f"{0o777 & ~mode:03o}", path)
+
+    def exists(self, path: str) -> bool:
+        return self._sh('[ -e "$1" ]', path, ok=(0, 1)).returncode == 0
+
+    def listdir(self, path: str) -> list[str]:
+        r = self._sh(
+            f'[ -d "$1" ] || {{ [ -e "$1" ] && exit {_NOT_A_DIR}; exit {_NO_SUCH_FILE}; }}; cd -- "$1" || exit 1; '
+            'for f in .* *; do case $f in .|..) continue;; esac; '
+            'if [ -e "$f" ] || [ -L "$f" ]; then printf "%s\\0" "$f"; fi; done',
+            path, ok=(0, _NOT_A_DIR, _NO_SUCH_FILE),
+        )
+        if r.returncode == _NO_SUCH_FILE:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        if r.returncode == _NOT_A_DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+        return [name for name in r.stdout.split("\0") if name]
+
+    def remove(self, path: str) -> None:
+        self._sh('rm -f -- "$1"', path)
+
+    def rmtree(self, path: str) -> None:
+        self._sh('rm -rf -- "$1"', path)
 
 
 def _default_user() -> str:
@@ -541,9 +843,12 @@ def _default_user() -> str:
 
 
 def _drain(chan, timeout: float) -> tuple[str, str]:
-    """Read stdout and stderr until the command ends (both streams, so neither pipe fills up)."""
-    import time
+    """Read stdout and stderr until the channel closes (both streams, so neither pipe fills up).
 
+    The exit status is not the end: sshd sends it when the command exits, while the last of its
+    output (or that of a child still holding the pipes) may still be on the way. The server
+    closes the channel only after all of it, as `ssh host cmd` waits for it too.
+    """
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
     while True:
@@ -554,14 +859,17 @@ def _drain(chan, timeout: float) -> tuple[str, str]:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             got = True
-        # The server sends all output before the exit status and paramiko buffers in order,
-        # so once the status is in and the buffers are empty, everything has been read.
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+        # Paramiko marks the channel closed on the server's CLOSE (or a dead link), after
+        # buffering everything that came before it.
+        if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             raise TimeoutError
         if not got:
-            chan.status_event.wait(0.02)
+            if chan.status_event.is_set():  # set once the status is in: waiting on it returns at once
+                time.sleep(0.005)
+            else:
+                chan.status_event.wait(0.02)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -618,6 +926,10 @@ class _ChannelStream:
         raise httpcore.ConnectError("HTTPS through the SSH tunnel is not supported (backends speak plain HTTP)")
 
     def get_extra_info(self, info: str):
+        if info == "is_readable":
+            # httpcore asks this of an idle pooled connection: readable means the far end closed it
+            # (or the SSH link under it died), so the pool opens a new channel instead of reusing it.
+            return self._chan.closed or self._chan.eof_received or self._chan.recv_ready()
         return None
 
 
@@ -641,8 +953,6 @@ class _ChannelBackend:
         raise httpcore.ConnectError("unix sockets are not supported through the SSH tunnel")
 
     def sleep(self, seconds: float) -> None:
-        import time
-
         time.sleep(seconds)
 
 
