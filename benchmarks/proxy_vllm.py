@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--python", default=str(Path.home() / ".cache/biofleet/vllm-venv/bin/python"))
     args = ap.parse_args()
-    from biofleet.tinymodel import make_tiny_llama
+    from biofleet.devtools.tinymodel import make_tiny_llama
 
     tmp = Path(tempfile.mkdtemp(prefix="bf-vllm-bench-"))
     model = make_tiny_llama(tmp / "tiny-llama")

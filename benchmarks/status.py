@@ -42,7 +42,7 @@ def serve_many(n: int) -> tuple[list[int], threading.Thread]:
     """One mock engine answering on n loopback sockets (a stand-in for n servers)."""
     import uvicorn
 
-    from biofleet.mock_engine import build_app
+    from biofleet.devtools.mock_engine import build_app
 
     socks, ports = [], []
     for _ in range(n):
@@ -65,13 +65,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
 
-    from biofleet.fleet import READY, collect_status, down, open_fleet, up
-    from biofleet.fleetdir import FleetState, JobRecord
+    from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
+    from biofleet.fleet.state import FleetState, JobRecord
     from biofleet.profile import load_profile
     from biofleet.registry import Endpoint, write_record
-    from biofleet.slurm.runner import LocalRunner
-    from biofleet.slurm.scheduler import Slurm
-    from biofleet.testcluster import TestCluster
+    from biofleet.remote.local import LocalRunner
+    from biofleet.backends.slurm import Slurm
+    from biofleet.devtools.testcluster import TestCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-"))
     cluster = TestCluster(tmp / "slurm")
@@ -91,7 +91,7 @@ def main() -> None:
         p = p.model_copy(update={"servers": {k: s.model_copy(update={"engine": "mock"}) for k, s in p.servers.items()}})
         with open_fleet(p, backend="slurm") as fleet:
             res = up(fleet, profile_ref=str(ref), timeout=120, poll=0.5)
-            assert all(s.state == READY for s in res.status.servers), "fleet did not come up"
+            assert all(s.state == ServerState.READY for s in res.status.servers), "fleet did not come up"
             collect_status(fleet)  # warm
             results["collect_status, 11 servers"] = timed(lambda: collect_status(fleet), args.runs)
             cli = [sys.executable, "-m", "biofleet.cli.main", "status", "--profile", str(ref), "--json"]

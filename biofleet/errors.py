@@ -7,7 +7,7 @@ The CLI turns each into a message and an exit code in one place
     ├── ProfileError              exit 2: the profile itself is invalid (file:line field: message)
     ├── RenderError               exit 2: a value could not be rendered safely
     ├── FleetError                a lifecycle step failed (submission, state, missing fleet)
-    └── (CommandError, UnknownHostError live in biofleet.slurm.runner and subclass BiofleetError)
+    └── (CommandError, UnknownHostError live in biofleet.remote.base and subclass BiofleetError)
 """
 
 from __future__ import annotations

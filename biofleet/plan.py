@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from biofleet.errors import ProfileError, ProfileIssue
 from biofleet.profile import Instance, JobSpec, Profile
+
+if TYPE_CHECKING:
+    from biofleet.catalog.gpus import GpuSpec
 
 HOURS_PER_MONTH = 730
 
@@ -14,12 +18,21 @@ def node_label(job: JobSpec, task: int) -> str:
     return f"{job.name}[{task}]" if job.is_array else job.name
 
 
+def gpu_of(job: JobSpec) -> GpuSpec | None:
+    """The job's GPU from the catalogue (or its custom card), or None for a CPU-only job."""
+    from biofleet.catalog.gpus import custom_gpu, get_gpu
+
+    if job.gpu is None:
+        return None
+    if isinstance(job.gpu, str):
+        return get_gpu(job.gpu)
+    return custom_gpu(job.gpu.memory_gib, job.gpu.compute_capability, name=job.gpu.name)
+
+
 def fit_inputs(profile: Profile, *, allow_network: bool = False):
     """One ``NodeInput`` per node of every job, models resolved through the catalogue."""
     from biofleet.catalog.models import UnknownModelError, get_model
     from biofleet.fitcheck import NodeInput
-    from biofleet.render import gpu_of
-
     insts = profile.instances()
     gpu_jobs = {job.name for job in profile.jobs if job.gpu is not None}
     models = {}
@@ -71,8 +84,6 @@ class FleetSummary:
 
 
 def summarize(profile: Profile, path: str = "") -> FleetSummary:
-    from biofleet.render import gpu_of
-
     gpus: dict[str, int] = {}
     cost = 0.0
     for job in profile.jobs:

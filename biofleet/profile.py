@@ -52,7 +52,7 @@ _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Paths may use ~, $HOME and $USER (expanded on the cluster side) and nothing else.
-_SHPATH = re.compile(r"^(~|\$HOME|\$\{HOME\}|\$USER|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$")
+SHELL_PATH = re.compile(r"^(~|\$HOME|\$\{HOME\}|\$USER|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _ENGINE_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=[A-Za-z0-9_.,:/@+={}\[\]\"' -]*)?$|^[A-Za-z0-9_.,:/@+={}\[\]\"-]+$")
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)", re.I)
@@ -77,7 +77,7 @@ SlurmWord = Annotated[str, _matcher(_SLURM_WORD, "SLURM value", "t4flex")]
 PlainWord = Annotated[str, _matcher(_PLAIN_WORD, "SLURM value", "t4flex")]
 TimeLimit = Annotated[str, _matcher(_TIME, "time limit", "24:00:00 or 1-00:00:00")]
 Memory = Annotated[str, _matcher(_MEM, "memory size", "50G")]
-ShPath = Annotated[str, _matcher(_SHPATH, "path (only ~, $HOME and $USER may be expanded)", "/scratch/$USER/hf_cache")]
+ShPath = Annotated[str, _matcher(SHELL_PATH, "path (only ~, $HOME and $USER may be expanded)", "/scratch/$USER/hf_cache")]
 Hostname = Annotated[str, _matcher(_HOSTNAME, "host name", "login.cluster.example.org")]
 EngineArg = Annotated[str, _matcher(_ENGINE_FLAG, "engine argument", "--enable-prefix-caching or --swap-space=4")]
 

@@ -1,20 +1,21 @@
 """The fleet registry: one JSON file per live server endpoint.
 
-Jobs write their own record (plain shell + python3, see templates/) as
-``<fleet dir>/registry/<server>.<job id>[_<task>].json`` via write-temp-then-rename,
-so a reader never sees half a file. ``biofleet register`` writes the same format
-for endpoints started outside biofleet (``manual: true``).
+Jobs write their own record with :mod:`biofleet.clusterside.jobkit` (its source travels in
+the job script) as ``<fleet dir>/registry/<server>.<job id>[_<task>].json`` via
+write-temp-then-rename, so a reader never sees half a file. ``biofleet register`` writes
+the same format through the same module for endpoints started outside biofleet
+(``manual: true``). :class:`Endpoint` is the reader; a test checks both agree.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from biofleet.clusterside.jobkit import atomic_write_text, record_filename
 
 
 class Endpoint(BaseModel):
@@ -41,24 +42,19 @@ class Endpoint(BaseModel):
     @property
     def key(self) -> str:
         """Stable identity of this endpoint inside the fleet."""
-        return f"{self.server}@{self.job_id}" if self.job_id else self.server
+        return endpoint_key(self.server, self.job_id)
 
 
-def record_filename(server: str, job_id: str | None) -> str:
-    return f"{server}.{job_id}.json" if job_id else f"{server}.json"
+def endpoint_key(server: str, job_id: str | None) -> str:
+    """``server@job id`` (the server alone for one registered by hand): how the proxy, status
+    and renewal name one registered server (never its address)."""
+    return f"{server}@{job_id}" if job_id else server
 
 
 def write_record(registry_dir: Path, ep: Endpoint) -> Path:
     registry_dir.mkdir(parents=True, exist_ok=True)
     target = registry_dir / record_filename(ep.server, ep.job_id)
-    fd, tmp = tempfile.mkstemp(dir=registry_dir, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(ep.model_dump_json(exclude_none=True))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(str(target), ep.model_dump_json(exclude_none=True))
     return target
 
 

@@ -19,13 +19,15 @@ from typing import Any
 import jinja2
 
 from biofleet import __version__
+from biofleet.backends.base import ScriptDialect
+from biofleet.backends.slurm import SLURM
 from biofleet.errors import RenderError
-from biofleet.profile import Instance, JobSpec, Profile
+from biofleet.paths import PROXY_MODULE, FleetPaths
+from biofleet.profile import SHELL_PATH, Instance, JobSpec, Profile
 from biofleet.resources import templates_dir
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 PORT_PLACEHOLDER = "@PORT@"
-_SAFE_PATH = re.compile(r"^(~|\$HOME|\$\{HOME\}|\$USER|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def quote(value: Any) -> str:
 def quote_path(value: Any) -> str:
     """Double-quoted path with only ~, $HOME and $USER left to the shell."""
     s = str(value)
-    if not _SAFE_PATH.match(s):
+    if not SHELL_PATH.match(s):
         return shlex.quote(s)
     if s == "~" or s.startswith("~/"):
         s = "$HOME" + s[1:]
@@ -93,7 +95,7 @@ def server_argv(inst: Instance, profile: Profile, fleet_dir: str) -> list[Any]:
     model: Any = PathArg(spec.model) if spec.model.startswith(("/", "~", ".", "$")) else spec.model
     if spec.engine == "mock":
         argv: list[Any] = [
-            "python3", "-m", "biofleet.mock_engine",
+            "python3", "-m", "biofleet.devtools.mock_engine",
             "--host", c.bind_host, "--port", PORT_PLACEHOLDER,
             "--served-model-name", *names, "--kind", spec.kind,
         ]
@@ -146,48 +148,12 @@ def _with_env(env: dict[str, str], argv: list[Any]) -> list[Any]:
     return ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
 
 
-def _directives(profile: Profile, job: JobSpec, fleet_dir: str) -> list[str]:
-    c = profile.cluster
+def _check_fleet_dir(fleet_dir: str) -> None:
     if re.search(r"\s", fleet_dir):
         raise RenderError(
-            f"fleet directory {fleet_dir!r} contains whitespace, which #SBATCH --output cannot take; "
-            f"set cluster.workdir to a path without spaces"
+            f"fleet directory {fleet_dir!r} contains whitespace, which a batch script's output option cannot "
+            f"take; set cluster.workdir to a path without spaces"
         )
-    if job.gpu is None:
-        gres = None
-    else:
-        gres_type = job.gres_type if job.gres_type is not None else gpu_of(job).gres_type
-        gres = f"gpu:{gres_type}:{job.gpus_per_node}" if gres_type else f"gpu:{job.gpus_per_node}"
-    d: dict[str, str | None] = {
-        "job-name": f"biofleet-{profile.name}-{job.name}",
-        "partition": job.partition or c.partition,
-        "account": job.account or c.account,
-        "qos": job.qos or c.qos,
-        "constraint": job.constraint or c.constraint,
-        "reservation": c.reservation,
-        "time": job.time or c.time,
-        "cpus-per-task": str(job.cpus_per_task or c.cpus_per_task),
-        "mem": job.mem or c.mem,
-        "gres": gres,
-        "nodes": "1",
-        "ntasks": "1",
-        "output": f"{fleet_dir}/logs/{job.name}-%A_%a.out" if job.is_array else f"{fleet_dir}/logs/{job.name}-%j.out",
-    }
-    if job.is_array:
-        d["array"] = f"0-{len(job.nodes) - 1}"
-    lines = [f"--{k}={v}" for k, v in sorted(d.items()) if v]
-    return lines + sorted(c.sbatch_extra)
-
-
-def gpu_of(job: JobSpec):
-    """The job's GPU spec, or None for a CPU-only job."""
-    from biofleet.catalog.gpus import custom_gpu, get_gpu
-
-    if job.gpu is None:
-        return None
-    if isinstance(job.gpu, str):
-        return get_gpu(job.gpu)
-    return custom_gpu(job.gpu.memory_gib, job.gpu.compute_capability, name=job.gpu.name)
 
 
 @dataclass
@@ -203,7 +169,8 @@ class RenderedServer:
     argv: list[Any] = field(default_factory=list)
 
 
-def render_job(profile: Profile, job: JobSpec, fleet_dir: str) -> str:
+def render_job(profile: Profile, job: JobSpec, fleet_dir: str, dialect: ScriptDialect = SLURM) -> str:
+    _check_fleet_dir(fleet_dir)
     insts = [i for i in profile.instances() if i.job == job.name]
     tasks = []
     on_gpus = job.gpu is not None
@@ -225,59 +192,62 @@ def render_job(profile: Profile, job: JobSpec, fleet_dir: str) -> str:
         tasks.append({"index": t, "servers": servers, "gpus_needed": needed})
     c = profile.cluster
     ctx = {
-        "version": __version__,
-        "profile": profile.name,
+        **_common(profile, fleet_dir, dialect),
         "job": job.name,
-        "fleet": profile.name,
-        "fleet_dir": fleet_dir,
         "bind_host": c.bind_host,
         "advertise": c.advertise,
         "hf_home": c.hf_home,
-        "env": sorted(c.env.items()),
-        "setup": list(c.setup),
         "secret_files": sorted(c.secret_files.items()),
-        "directives": _directives(profile, job, fleet_dir),
+        "directives": dialect.directives(profile, job, fleet_dir),
         "tasks": tasks,
     }
     return _env().get_template("job.sbatch.j2").render(**ctx)
 
 
-def render_proxy_job(profile: Profile, fleet_dir: str) -> str:
-    """The proxy as a SLURM job on the profile's CPU partition."""
-    c, px = profile.cluster, profile.proxy
-    d: dict[str, str | None] = {
-        "job-name": f"biofleet-{profile.name}-proxy",
-        "partition": px.partition or c.partition,
-        "account": c.account,
-        "qos": c.qos,
-        "time": px.time or c.time,
-        "cpus-per-task": str(px.cpus_per_task),
-        "mem": px.mem,
-        "nodes": "1",
-        "ntasks": "1",
-        "output": f"{fleet_dir}/logs/proxy-%j.out",
-    }
+def render_proxy_job(profile: Profile, fleet_dir: str, dialect: ScriptDialect = SLURM) -> str:
+    """The proxy as a job on the profile's CPU partition."""
+    _check_fleet_dir(fleet_dir)
+    px = profile.proxy
+    paths = FleetPaths(fleet_dir)
     ctx = {
-        "version": __version__,
-        "profile": profile.name,
-        "fleet_dir": fleet_dir,
+        **_common(profile, fleet_dir, dialect),
         "host": px.host,
         "port": str(px.port) if px.port else "auto",
-        "advertise": c.advertise,
-        "python": "python3",
-        "env": sorted(c.env.items()),
-        "setup": list(c.setup),
-        "directives": [f"--{k}={v}" for k, v in sorted(d.items()) if v],
+        "advertise": profile.cluster.advertise,
+        "argv": ["python3", "-m", PROXY_MODULE, *paths.proxy_args(px.host, PORT_PLACEHOLDER)],
+        "directives": dialect.directives(profile, None, fleet_dir),
     }
     return _env().get_template("proxy.sbatch.j2").render(**ctx)
 
 
-def render_fleet(profile: Profile, fleet_dir: str | None = None) -> dict[str, str]:
+def _common(profile: Profile, fleet_dir: str, dialect: ScriptDialect) -> dict[str, Any]:
+    """What every script of a fleet starts with: who rendered it, the job's variables, jobkit."""
+    c = profile.cluster
+    return {
+        "version": __version__,
+        "profile": profile.name,
+        "fleet": profile.name,
+        "fleet_dir": fleet_dir,
+        "env": sorted(c.env.items()),
+        "setup": list(c.setup),
+        "job_environment": dialect.job_environment(),
+        "jobkit": jobkit_source(),
+    }
+
+
+def jobkit_source() -> str:
+    """The source of :mod:`biofleet.clusterside.jobkit`, which every job script carries."""
+    from biofleet.clusterside import jobkit
+
+    return Path(jobkit.__file__).read_text()
+
+
+def render_fleet(profile: Profile, fleet_dir: str | None = None, dialect: ScriptDialect = SLURM) -> dict[str, str]:
     """``{file name: script text}`` for every job of the profile."""
     fleet_dir = fleet_dir or local_fleet_dir(profile)
-    scripts = {f"{job.name}.sbatch": render_job(profile, job, fleet_dir) for job in profile.jobs}
+    scripts = {f"{job.name}.sbatch": render_job(profile, job, fleet_dir, dialect) for job in profile.jobs}
     if profile.proxy.run == "slurm":
-        scripts["proxy.sbatch"] = render_proxy_job(profile, fleet_dir)
+        scripts["proxy.sbatch"] = render_proxy_job(profile, fleet_dir, dialect)
     return scripts
 
 

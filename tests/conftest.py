@@ -32,7 +32,7 @@ def _missing(what: str) -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running TestCluster (10 T4 nodes, 1 H100 node, 2 CPU nodes); SLURM_CONF points at it."""
-    from biofleet.testcluster import TestCluster, missing_programs
+    from biofleet.devtools.testcluster import TestCluster, missing_programs
 
     missing = missing_programs()
     if missing:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from biofleet.mock_engine import build_app as build_mock
+from biofleet.devtools.mock_engine import build_app as build_mock
 from biofleet.proxy.app import ProxyApp, build_app
 from biofleet.proxy.config import ProxyConfig, StaticBackend
 

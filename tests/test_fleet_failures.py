@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from biofleet.fleet import FAILED, GONE, READY, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
-from biofleet.slurm.runner import LocalRunner
-from biofleet.slurm.scheduler import Slurm
+from biofleet.remote.local import LocalRunner
+from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 BINDIR = Path(sys.executable).parent
@@ -111,17 +111,17 @@ def test_dead_proxy_job_is_resubmitted_by_up(slurm_cluster, tmp_path):
     with open_fleet(profile, backend="slurm") as fleet:
         try:
             res = up(fleet, profile_ref=str(ref), timeout=60, poll=0.3)
-            assert res.status.proxy.state == READY, res.status.proxy
+            assert res.status.proxy.state == ServerState.READY, res.status.proxy
             old_proxy = res.state.proxy.job_id
             Slurm(LocalRunner()).cancel([old_proxy])
             deadline = time.monotonic() + 30
-            while collect_status(fleet).proxy.state == READY:
+            while collect_status(fleet).proxy.state == ServerState.READY:
                 assert time.monotonic() < deadline, "the cancelled proxy job still shows READY"
                 time.sleep(0.3)
             events: list[str] = []
             res2 = up(fleet, profile_ref=str(ref), timeout=60, poll=0.3, on_event=events.append)
             assert res2.submitted == [], events  # the servers keep running
-            assert res2.state.proxy.job_id != old_proxy and res2.status.proxy.state == READY, events
+            assert res2.state.proxy.job_id != old_proxy and res2.status.proxy.state == ServerState.READY, events
             token = Path(fleet.paths.token).read_text().strip()
             r = httpx.post(f"{res2.status.proxy.url}/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
                            json={"model": "coder", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
@@ -176,7 +176,7 @@ def test_renewal_whose_replacement_fails_leaves_the_old_tasks_serving(slurm_clus
     with open_fleet(load_profile(ref), backend="slurm") as fleet:
         try:
             res = up(fleet, profile_ref=str(ref), timeout=60, poll=0.3)
-            assert all(s.state == READY for s in res.status.servers)
+            assert all(s.state == ServerState.READY for s in res.status.servers)
             old = {s.name: s.job_id for s in res.status.servers}
             token = Path(fleet.paths.token).read_text().strip()
             url = res.status.proxy.url
@@ -217,8 +217,8 @@ def test_renewal_whose_replacement_fails_leaves_the_old_tasks_serving(slurm_clus
             assert set(alive) == {old["coder-0"], old["coder-1"]}, (alive, events)
             assert count[0] > 20 and failures == [], (count, failures[:5])
             new = {s.name: s for s in collect_status(fleet).servers}
-            assert new["math"].job_id != old["math"] and new["math"].state == READY
-            assert new["coder-0"].state in (FAILED, GONE)  # the latest submission failed; up would retry it
+            assert new["math"].job_id != old["math"] and new["math"].state == ServerState.READY
+            assert new["coder-0"].state in (ServerState.FAILED, ServerState.GONE)  # the latest submission failed; up would retry it
         finally:
             down(fleet)
 

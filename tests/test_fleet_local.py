@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from biofleet.cli.main import app
-from biofleet.fleet import READY, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 
 
@@ -53,7 +53,7 @@ def _lifecycle(fleet, demo_profile, events):
     if True:
         res = up(fleet, profile_ref=str(demo_profile), timeout=60, on_event=events.append, poll=0.3)
         assert not res.timed_out
-        assert [s.state for s in res.status.servers] == [READY] * 4, events
+        assert [s.state for s in res.status.servers] == [ServerState.READY] * 4, events
         assert {r.job for r in res.submitted} == {"coders", "misc"}
 
         # the registry holds one record per server, written by the jobs themselves
@@ -92,13 +92,13 @@ def _lifecycle(fleet, demo_profile, events):
         local_rec = json.loads(Path(fleet.paths.root, "local-jobs", f"{coder1.job_id}.json").read_text())
         os.killpg(local_rec["pgid"], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while next(s for s in collect_status(fleet).servers if s.name == "coder-1").state == READY:
+        while next(s for s in collect_status(fleet).servers if s.name == "coder-1").state == ServerState.READY:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         res2 = up(fleet, profile_ref=str(demo_profile), timeout=60, poll=0.3)
         assert [(r.job, r.tasks) for r in res2.submitted] == [("coders", [1])]
         assert sorted(res2.kept) == ["coder-0", "embeddings", "math"]
-        assert all(s.state == READY for s in res2.status.servers)
+        assert all(s.state == ServerState.READY for s in res2.status.servers)
 
         fleet_dir = fleet.paths.root
         assert _processes_of(fleet_dir)

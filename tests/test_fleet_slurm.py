@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from biofleet.cli.main import app
-from biofleet.fleet import FAILED, GONE, READY, STOPPED, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
-from biofleet.slurm.runner import LocalRunner
-from biofleet.slurm.scheduler import Slurm
+from biofleet.remote.local import LocalRunner
+from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -76,7 +76,7 @@ def test_t4x10_up_status_reconcile_down(slurm_cluster, tmp_path):
         # one array job for the ten T4 nodes, one proxy job
         assert [(r.job, r.tasks, r.array) for r in res.submitted] == [("t4", list(range(10)), True)]
         st = res.status
-        assert len(st.servers) == 11 and all(s.state == READY for s in st.servers), "\n".join(events)
+        assert len(st.servers) == 11 and all(s.state == ServerState.READY for s in st.servers), "\n".join(events)
         # each array task really ran on its own T4 node
         nodes = {s.name: s.node for s in st.servers}
         assert len({nodes[n] for n in nodes if n != "embeddings"}) == 10
@@ -86,7 +86,7 @@ def test_t4x10_up_status_reconcile_down(slurm_cluster, tmp_path):
         assert any("coder-0: READY" in e for e in events)
 
         # the proxy job registered its address; requests go through it with the token
-        assert st.proxy.state == READY and st.proxy.job_id, st.proxy
+        assert st.proxy.state == ServerState.READY and st.proxy.job_id, st.proxy
         # its time limit is watched like the servers' (30 min limit, 30 min margin: announced)
         assert st.proxy.time_left and 0 < st.proxy.ends_in_s <= 1800 and st.proxy.ending_soon, st.proxy
         shown = CliRunner().invoke(app, ["status", "--profile", str(ref), "--backend", "slurm"], env={"COLUMNS": "200"})
@@ -109,12 +109,12 @@ def test_t4x10_up_status_reconcile_down(slurm_cluster, tmp_path):
         # cancel one array task behind biofleet's back: status sees it, up resubmits just that task
         victim = next(s for s in st.servers if s.name == "math")
         slurm.cancel([victim.job_id])
-        wait_for(lambda: next(s for s in collect_status(fleet).servers if s.name == "math").state in (STOPPED, GONE),
+        wait_for(lambda: next(s for s in collect_status(fleet).servers if s.name == "math").state in (ServerState.STOPPED, ServerState.GONE),
                  30, "math to stop")
         res2 = up(fleet, profile_ref=str(ref), timeout=120, poll=0.5)
         assert [(r.job, r.tasks) for r in res2.submitted] == [("t4", [4])]
         assert len(res2.kept) == 10 and "math" not in res2.kept
-        assert all(s.state == READY for s in res2.status.servers)
+        assert all(s.state == ServerState.READY for s in res2.status.servers)
         assert next(s for s in res2.status.servers if s.name == "math").job_id.endswith("_4")
 
         d = down(fleet)
@@ -141,9 +141,9 @@ def test_failed_server_shows_log_tail(slurm_cluster, tmp_path):
             res = up(fleet, profile_ref=str(p2), timeout=60, proxy_mode="none", poll=0.5)
             coder = next(s for s in res.status.servers if s.name == "coder-0")
             # The job ends FAILED; the test cluster keeps accounting, so sacct still says so once it left squeue.
-            assert coder.state == FAILED, coder
+            assert coder.state == ServerState.FAILED, coder
             assert any("--no-such-flag" in line for line in coder.log_tail), coder.log_tail
-            assert next(s for s in res.status.servers if s.name == "math").state == READY
+            assert next(s for s in res.status.servers if s.name == "math").state == ServerState.READY
         finally:
             down(fleet)
 
@@ -159,12 +159,12 @@ def test_lifecycle_over_ssh(slurm_cluster, sshd_server, tmp_path):
     ref.write_text(text)
     profile = load_profile(ref)
     with open_fleet(profile) as fleet:
-        from biofleet.slurm.runner import SSHRunner
+        from biofleet.remote.ssh import SSHRunner
 
         assert isinstance(fleet.runner, SSHRunner) and fleet.backend == "slurm"
         res = up(fleet, profile_ref=str(ref), timeout=90, poll=0.5)
-        assert all(s.state == READY for s in res.status.servers), res.status
-        assert res.status.proxy.state == READY
+        assert all(s.state == ServerState.READY for s in res.status.servers), res.status
+        assert res.status.proxy.state == ServerState.READY
         mode = fleet.runner.run(["stat", "-c", "%a", fleet.paths.token]).stdout.strip()
         assert mode == "600"
         d = down(fleet)
@@ -175,7 +175,7 @@ def test_lifecycle_over_ssh(slurm_cluster, sshd_server, tmp_path):
 
 @pytest.mark.ssh
 def test_unknown_host_is_refused_with_a_fix(slurm_cluster, sshd_server, tmp_path):
-    from biofleet.slurm.runner import UnknownHostError
+    from biofleet.remote.base import UnknownHostError
 
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -202,7 +202,7 @@ def test_renew_before_the_time_limit_without_a_gap(slurm_cluster, tmp_path):
     with open_fleet(profile, backend="slurm") as fleet:
         try:
             res = up(fleet, profile_ref=str(p), timeout=60, poll=0.5)
-            assert all(s.state == READY for s in res.status.servers)
+            assert all(s.state == ServerState.READY for s in res.status.servers)
             assert all(s.ending_soon and 0 < s.ends_in_s <= 600 for s in res.status.servers), res.status.servers
             old_ids = {s.name: s.job_id for s in res.status.servers}
             token = Path(fleet.paths.token).read_text().strip()

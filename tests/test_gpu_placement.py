@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from biofleet.fleet import FAILED, GONE, READY, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.registry import read_records
-from biofleet.slurm.runner import LocalRunner
-from biofleet.slurm.scheduler import Slurm
+from biofleet.remote.local import LocalRunner
+from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -95,7 +95,7 @@ def test_h100x2_on_a_node_whose_allocation_is_gpus_2_and_3(slurm_cluster, tmp_pa
         with open_fleet(profile, backend="slurm") as fleet:
             try:
                 res, events = _up(fleet, ref, timeout=120)
-                assert not res.timed_out and all(s.state == READY for s in res.status.servers), events
+                assert not res.timed_out and all(s.state == ServerState.READY for s in res.status.servers), events
                 got = placement(fleet)
                 assert {granted for _, granted in got.values()} == {"2,3"}, got
                 assert_matches_plan(profile, got)
@@ -117,7 +117,7 @@ def test_l4x4_t4x4_each_server_on_its_planned_gpu(slurm_cluster, tmp_path):
     with open_fleet(profile, backend="slurm") as fleet:
         try:
             res, events = _up(fleet, ref, timeout=120)
-            assert not res.timed_out and all(s.state == READY for s in res.status.servers), events
+            assert not res.timed_out and all(s.state == ServerState.READY for s in res.status.servers), events
             got = placement(fleet)
             assert len(got) == 13
             assert_matches_plan(profile, got)
@@ -162,7 +162,7 @@ def test_tensor_parallel_server_gets_its_two_devices(slurm_cluster, tmp_path):
     with open_fleet(profile, backend="slurm") as fleet:
         try:
             res, events = _up(fleet, ref, timeout=90)
-            assert all(s.state == READY for s in res.status.servers), events
+            assert all(s.state == ServerState.READY for s in res.status.servers), events
             got = placement(fleet)
             granted = got["big"][1].split(",")
             assert len(granted) == 3
@@ -185,7 +185,7 @@ def test_short_allocation_fails_at_once_with_the_reason(slurm_cluster, tmp_path)
             res, events = _up(fleet, ref, timeout=60)
             assert not res.timed_out, events  # up sees the failure at once, not after its timeout
             for s in res.status.servers:
-                assert s.state in (FAILED, GONE), s
+                assert s.state in (ServerState.FAILED, ServerState.GONE), s
                 assert "granted 1 GPU(s)" in (s.reason or ""), s
                 assert "places servers on 3" in (s.reason or ""), s
                 assert any("granted 1 GPU(s)" in line for line in s.log_tail), s.log_tail

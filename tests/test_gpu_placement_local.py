@@ -14,10 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from biofleet.fleet import FAILED, GONE, READY, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.registry import read_records
-from biofleet.slurm.local import LOCAL_GPUS_ENV
+from biofleet.backends.local import LOCAL_GPUS_ENV
 
 PROFILE = """\
 extends: h100x2
@@ -45,7 +45,7 @@ with open(os.path.join({record_dir!r}, "%d.json" % os.getpid()), "w") as fh:
     json.dump({{"env": dict(os.environ), "image": image, "cmd": cmd}}, fh)
 port = cmd[cmd.index("--port") + 1]
 names = cmd[cmd.index("--served-model-name") + 1:cmd.index("--host")]
-os.execvp(sys.executable, [sys.executable, "-m", "biofleet.mock_engine", "--host", "127.0.0.1",
+os.execvp(sys.executable, [sys.executable, "-m", "biofleet.devtools.mock_engine", "--host", "127.0.0.1",
                            "--port", port, "--served-model-name", *names])
 """
 
@@ -70,7 +70,7 @@ def test_local_backend_places_each_server_on_its_gpu(tmp_path, monkeypatch):
     with open_fleet(profile, backend="local") as fleet:
         try:
             res = up(fleet, profile_ref=str(ref), proxy_mode="none", timeout=60, poll=0.3)
-            assert all(s.state == READY for s in res.status.servers), res.status.servers
+            assert all(s.state == ServerState.READY for s in res.status.servers), res.status.servers
             got = {r.server: environ(r.pid).get("CUDA_VISIBLE_DEVICES") for r in read_records(Path(fleet.paths.registry))}
             assert got == {f"{m}-{g}": str(g) for m in ("coder", "orchestrator", "math", "bio") for g in (0, 1)}
         finally:
@@ -85,7 +85,7 @@ def test_local_backend_short_allocation_fails_with_the_reason(tmp_path, monkeypa
             res = up(fleet, profile_ref=str(ref), proxy_mode="none", timeout=30, poll=0.3)
             assert not res.timed_out
             for s in res.status.servers:
-                assert s.state in (FAILED, GONE) and "granted 1 GPU(s)" in (s.reason or ""), s
+                assert s.state in (ServerState.FAILED, ServerState.GONE) and "granted 1 GPU(s)" in (s.reason or ""), s
         finally:
             down(fleet)
 
@@ -103,7 +103,7 @@ def test_apptainer_gets_the_servers_devices(tmp_path, monkeypatch):
     with open_fleet(profile, backend="local") as fleet:
         try:
             res = up(fleet, profile_ref=str(ref), proxy_mode="none", timeout=60, poll=0.3)
-            assert all(s.state == READY for s in res.status.servers), res.status.servers
+            assert all(s.state == ServerState.READY for s in res.status.servers), res.status.servers
             seen = {}
             for rec in read_records(Path(fleet.paths.registry)):
                 data = json.loads((records / f"{rec.pid}.json").read_text())

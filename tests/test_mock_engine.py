@@ -9,7 +9,7 @@ import httpx
 import pytest
 from proxy_helpers import mock
 
-from biofleet.mock_engine import embed_text, parse_args
+from biofleet.devtools.mock_engine import embed_text, parse_args
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from biofleet.cli.main import app
 from biofleet.fleet import open_fleet
-from biofleet.prefetch import prefetch
+from biofleet.fleet.prefetch import prefetch
 from biofleet.profile import load_profile
 
 

@@ -73,7 +73,9 @@ def test_no_secret_values_in_scripts(tmp_path):
         for name, text in rendered(path).items():
             assert "--api-key" not in text  # would show in ps
             if name == "proxy.sbatch":
-                assert '--token-file "$FLEET_DIR/secrets/proxy.token"' in text
+                fleet_dir = FLEET_DIR.format(name=path.stem)
+                assert f"--token-file {fleet_dir}/secrets/proxy.token" in text
+                assert f"--backend-key-file {fleet_dir}/secrets/backend.key" in text
             else:
                 assert "VLLM_API_KEY=\"$(cat \"$FLEET_DIR/secrets/backend.key\")\"" in text
 

@@ -13,16 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from biofleet.slurm.runner import (
-    CommandError,
-    ConnectionFailed,
-    LocalRunner,
-    Runner,
-    SSHRunner,
-    UnknownHostError,
-)
-from biofleet.slurm.scheduler import Slurm
-from biofleet.slurm.states import JobState
+from biofleet.remote.base import CommandError, ConnectionFailed, Runner, UnknownHostError
+from biofleet.remote.local import LocalRunner
+from biofleet.remote.ssh import SSHRunner
+from biofleet.backends.slurm import Slurm
+from biofleet.backends.base import JobState
 
 pytestmark = pytest.mark.ssh
 

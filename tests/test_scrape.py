@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from biofleet.cli.main import app
-from biofleet.fleetdir import FleetState, ProxyRecord
+from biofleet.fleet.state import FleetState, ProxyRecord
 from biofleet.registry import Endpoint, write_record
 
 

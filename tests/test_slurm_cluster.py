@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from biofleet.procs import pid_alive, pid_cmdline
-from biofleet.slurm.runner import CompletedCommand, LocalRunner
-from biofleet.slurm.scheduler import ACCOUNTING_DISABLED, Slurm
-from biofleet.slurm.states import JobState
-from biofleet.testcluster import TestCluster, TestClusterError
+from biofleet.remote.base import CompletedCommand
+from biofleet.remote.local import LocalRunner
+from biofleet.backends.slurm import ACCOUNTING_DISABLED, Slurm
+from biofleet.backends.base import JobState
+from biofleet.devtools.testcluster import TestCluster, TestClusterError
 
 pytestmark = pytest.mark.slurm
 
@@ -299,7 +300,7 @@ def test_wait_gone_times_out_on_running_job(slurm, jobdir):
 
 
 def test_bad_submission_raises_command_error(slurm, jobdir):
-    from biofleet.slurm.runner import CommandError
+    from biofleet.remote.base import CommandError
 
     with pytest.raises(CommandError) as err:
         slurm.submit(script(jobdir, "x", "true"), extra_args=["-p", "no-such-partition"])

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from biofleet.slurm.scheduler import (
+from biofleet.backends.base import TERMINAL, JobState
+from biofleet.backends.slurm import (
     expand_array_tasks,
     parse_sacct,
     parse_sbatch,
     parse_squeue,
+    parse_state,
     split_job_id,
 )
-from biofleet.slurm.states import TERMINAL, JobState, parse_state
 
 DATA = Path(__file__).parent / "data" / "slurm"
 
@@ -273,6 +274,6 @@ def test_terminal_set():
                                           ("0:00", 0), ("UNLIMITED", None), ("INVALID", None), ("NOT_SET", None),
                                           (None, None), ("", None)])
 def test_parse_duration(text, seconds):
-    from biofleet.slurm.scheduler import parse_duration
+    from biofleet.backends.slurm import parse_duration
 
     assert parse_duration(text) == seconds

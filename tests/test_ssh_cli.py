@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from biofleet.slurm.runner import LocalRunner
-from biofleet.slurm.scheduler import Slurm
-from biofleet.slurm.states import JobState
+from biofleet.remote.local import LocalRunner
+from biofleet.backends.slurm import Slurm
+from biofleet.backends.base import JobState
 from test_fleet_slurm import make_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from biofleet.slurm.runner import CommandError, ConnectionFailed, LocalRunner, SSHRunner
+from biofleet.remote.base import CommandError, ConnectionFailed
+from biofleet.remote.local import LocalRunner
+from biofleet.remote.ssh import SSHRunner
 from test_runner_ssh import _Handler, connect, serve_http
 
 pytestmark = pytest.mark.ssh

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from biofleet.cli.main import app
-from biofleet.fleet import FAILED, READY, RESTARTING, collect_status, down, open_fleet, up
+from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.registry import read_records
 
@@ -79,7 +79,7 @@ def test_killed_colocated_server_restarts_in_place_then_fails_then_up_restarts_i
     with open_fleet(load_profile(ref), backend="slurm") as fleet:
         try:
             res = up(fleet, profile_ref=str(ref), proxy_mode="none", timeout=60, poll=0.3)
-            assert all(s.state == READY for s in res.status.servers), res.status.servers
+            assert all(s.state == ServerState.READY for s in res.status.servers), res.status.servers
             emb = record(fleet, "embeddings")
             math0 = record(fleet, "math")
             key = Path(fleet.paths.backend_key).read_text().strip()
@@ -93,17 +93,17 @@ def test_killed_colocated_server_restarts_in_place_then_fails_then_up_restarts_i
                 math1 = wait_for(lambda: (r := record(fleet, "math")) is not None and r.pid != math0.pid and r, 10,
                                  "math to be restarted")
                 assert math1.job_id == math0.job_id
-                st = wait_for(lambda: (s := server(fleet, "math")).state == READY and s, 10, "math READY again")
+                st = wait_for(lambda: (s := server(fleet, "math")).state == ServerState.READY and s, 10, "math READY again")
                 assert st.restarts == 1 and st.last_exit == 137, st
 
                 # 2. kill it again: the budget (max_restarts: 1) is spent, it is FAILED with its log tail
                 os.kill(math1.pid, signal.SIGKILL)
-                st = wait_for(lambda: (s := server(fleet, "math")).state == FAILED and s, 10, "math FAILED")
+                st = wait_for(lambda: (s := server(fleet, "math")).state == ServerState.FAILED and s, 10, "math FAILED")
                 assert "restart budget spent" in st.reason and st.task_running, st
                 assert any("exited with code 137" in line for line in st.log_tail), st.log_tail
                 assert record(fleet, "math") is None  # not routed to
                 neighbour = server(fleet, "embeddings")
-                assert neighbour.state == READY and record(fleet, "embeddings").pid == emb.pid
+                assert neighbour.state == ServerState.READY and record(fleet, "embeddings").pid == emb.pid
                 shown = CliRunner().invoke(app, ["status", "--profile", str(ref), "--backend", "slurm"],
                                            env={"COLUMNS": "250"})
                 assert shown.exit_code == 0 and "restart budget spent" in shown.output, shown.output
@@ -115,8 +115,8 @@ def test_killed_colocated_server_restarts_in_place_then_fails_then_up_restarts_i
                           on_event=events.append)
                 assert res2.submitted == [], events
                 assert any("restart it in place" in e for e in events), events
-                assert any(f"math: {RESTARTING}" in e for e in events), events
-                assert all(s.state == READY for s in res2.status.servers), res2.status.servers
+                assert any(f"math: {ServerState.RESTARTING}" in e for e in events), events
+                assert all(s.state == ServerState.READY for s in res2.status.servers), res2.status.servers
                 assert record(fleet, "math").job_id == math0.job_id
                 assert record(fleet, "embeddings").pid == emb.pid
             finally:

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from vllm_env import require_vllm
 
-from biofleet.fleet import NEEDS_RESUBMIT, READY, collect_status, down, open_fleet, up
+from biofleet.fleet import NEEDS_RESUBMIT, ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
-from biofleet.tinymodel import make_tiny_llama
+from biofleet.devtools.tinymodel import make_tiny_llama
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slurm]
 
@@ -87,7 +87,7 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
             startup = time.monotonic() - t0
             print(f"\nsbatch -> all 3 vLLM servers READY: {startup:.1f}s")
             st = res.status
-            assert all(s.state == READY for s in st.servers), "\n".join(events)
+            assert all(s.state == ServerState.READY for s in st.servers), "\n".join(events)
             # status shows vLLM's own queue and KV-cache figures, read from its /metrics
             for s in st.servers:
                 assert s.running is not None and s.waiting is not None and s.kv_cache_usage is not None, s
@@ -148,7 +148,7 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
             deadline = t1 + 240
             while True:
                 tiny0 = next(s for s in collect_status(fleet).servers if s.name == "tiny-0")
-                if tiny0.state == READY and tiny0.restarts == 1:
+                if tiny0.state == ServerState.READY and tiny0.restarts == 1:
                     break
                 assert tiny0.state not in NEEDS_RESUBMIT, tiny0
                 assert time.monotonic() < deadline, f"the killed replica was not restarted in place: {tiny0}"
@@ -159,7 +159,7 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
             assert new_rec["pid"] != rec["pid"] and new_rec["job_id"] == rec["job_id"]
             res2 = up(fleet, profile_ref=str(ref), timeout=300, poll=1.0)
             assert res2.submitted == []
-            assert all(s.state == READY for s in res2.status.servers)
+            assert all(s.state == ServerState.READY for s in res2.status.servers)
         finally:
             down(fleet)
     deadline = time.monotonic() + 30

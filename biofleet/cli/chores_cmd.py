@@ -37,8 +37,8 @@ def scrape_config(
     Example: biofleet scrape-config --profile t4x10 --out /etc/prometheus/biofleet --watch
     """
     from biofleet.fleet import load_state, read_registry
-    from biofleet.scrape import scrape_config as make_config
-    from biofleet.scrape import targets, targets_json
+    from biofleet.fleet.scrape import scrape_config as make_config
+    from biofleet.fleet.scrape import targets, targets_json
 
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ class _DownloadProgress:
                 self.tasks[model] = self.bar.add_task(model, total=total or None)
             self.bar.update(self.tasks[model], completed=done)
             return
-        from biofleet.prefetch import human_size
+        from biofleet.fleet.prefetch import human_size
 
         now = time.monotonic()
         t0, d0 = self.started.setdefault(model, (now, done))
@@ -133,8 +133,8 @@ def prefetch(
 
     Example: biofleet prefetch --profile t4x10
     """
-    from biofleet.prefetch import human_size
-    from biofleet.prefetch import prefetch as do_prefetch
+    from biofleet.fleet.prefetch import human_size
+    from biofleet.fleet.prefetch import prefetch as do_prefetch
 
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     out = console(stderr=json_out)
@@ -179,7 +179,7 @@ def cpu_models(
     import subprocess
 
     from biofleet.errors import FleetError
-    from biofleet.tinymodel import make_tiny_llama
+    from biofleet.devtools.tinymodel import make_tiny_llama
 
     out = out.expanduser()
     py = str(Path(vllm_python).expanduser())

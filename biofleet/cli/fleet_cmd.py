@@ -6,11 +6,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from biofleet.cli.output import console, print_json
+
+if TYPE_CHECKING:
+    from biofleet.fleet import Fleet
 
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", "-p", help="Shipped profile name or YAML path (default: $BIOFLEET_PROFILE, else the last one used with up).")]
@@ -42,16 +45,11 @@ def _remember(ref: str) -> None:
         pass
 
 
-def _open(ref: str, ssh, trust, backend, engine: str | None = None, gate=None):
+def _open(ref: str, ssh: str | None, trust: bool, backend: str) -> Fleet:
     from biofleet.fleet import open_fleet
     from biofleet.profile import load_profile
 
-    p = load_profile(ref)
-    if gate is not None:
-        gate(p)  # on the profile as written: --engine mock dry-runs the plumbing of the real plan
-    if engine:
-        p = p.model_copy(update={"servers": {k: s.model_copy(update={"engine": engine}) for k, s in p.servers.items()}})
-    return open_fleet(p, backend=backend, ssh=ssh, trust_new_host=trust)
+    return open_fleet(load_profile(ref), backend=backend, ssh=ssh, trust_new_host=trust)
 
 
 def up(
@@ -79,30 +77,26 @@ def up(
 
       biofleet up --profile t4x10 --engine mock --no-wait   # plumbing dry run
     """
-    from biofleet.errors import FleetError
-    from biofleet.fleet import READY, up as do_up
+    from biofleet.fleet import ServerState
+    from biofleet.fleet import up as do_up
 
     ref = _profile_ref(profile)
-    if proxy not in (None, "slurm", "local", "none"):
-        raise FleetError(f"--proxy must be slurm, local or none, not {proxy!r}")
-    if engine not in (None, "vllm", "mock"):
-        raise FleetError(f"--engine must be vllm or mock, not {engine!r}")
     out = console(stderr=json_out)
-    fleet = _open(ref, ssh, trust_new_host, backend, engine, gate=lambda p: _fit_gate(p, force, out))
+    fleet = _open(ref, ssh, trust_new_host, backend)
     with fleet:
         _remember(ref)
         out.print(f"fleet {fleet.profile.name}: {fleet.backend} backend, directory {fleet.paths.root}")
         emit, on_status, finish = _progress(out, json_out)
         try:
-            result = do_up(fleet, profile_ref=ref, wait=wait, timeout=timeout, proxy_mode=proxy,
-                           on_event=emit, on_status=on_status, renew=renew)
+            result = do_up(fleet, profile_ref=ref, wait=wait, timeout=timeout, proxy_mode=proxy, engine=engine,
+                           force=force, on_event=emit, on_status=on_status, renew=renew)
         finally:
             finish()
         status = result.status
         if json_out:
             print_json({"fleet": fleet.profile.name, "fleet_dir": fleet.paths.root, "backend": fleet.backend,
                         "submitted": [r.model_dump() for r in result.submitted], "kept": result.kept,
-                        "timed_out": result.timed_out,
+                        "timed_out": result.timed_out, "fit_errors": result.fit_errors,
                         "status": status.to_json_dict() if status else None})
         else:
             if status is not None:
@@ -111,31 +105,14 @@ def up(
         if status is None:
             return
         if result.timed_out:
-            missing = [s.name for s in status.servers if s.state != READY]
+            missing = [s.name for s in status.servers if s.state != ServerState.READY]
             out.print(f"[yellow]timed out after {timeout:g}s; not ready: {', '.join(missing)}[/yellow] "
                       "(jobs keep running; watch with biofleet status --watch)")
             raise typer.Exit(3)
-        bad = [f"{s.name} ({s.state})" for s in status.servers if s.state != READY]
+        bad = [f"{s.name} ({s.state})" for s in status.servers if s.state != ServerState.READY]
         if bad:
             out.print(f"[red]not ready: {', '.join(bad)}[/red]; see biofleet logs SERVER, then run up again to resubmit")
             raise typer.Exit(1)
-
-
-def _fit_gate(profile, force: bool, out) -> None:
-    from biofleet.errors import FleetError
-    from biofleet.fitcheck import check
-    from biofleet.plan import fit_inputs
-
-    report = check(fit_inputs(profile))
-    errors = [(s.name, f) for s in report.servers for f in s.findings if f.severity == "error"]
-    errors += [(g.node, f) for g in report.gpus for f in g.findings if f.severity == "error"]
-    if not errors:
-        return
-    lines = "\n".join(f"  {where}: {f.message} (fix: {f.fix})" for where, f in errors)
-    if not force:
-        raise FleetError(f"fit-check refuses this plan; nothing was submitted:\n{lines}\n"
-                         "run biofleet fit-check for the full report, or up --force to submit anyway")
-    out.print(f"[yellow]--force: submitting despite {len(errors)} fit-check error(s):[/yellow]\n{lines}")
 
 
 def _progress(out, json_out: bool):

@@ -41,7 +41,7 @@ def start(
     """
     import time
 
-    from biofleet.testcluster import TestCluster
+    from biofleet.devtools.testcluster import TestCluster
 
     if t4 + h100 + cpu == 0 and not multi_gpu:
         raise typer.BadParameter("the cluster needs at least one node")
@@ -65,7 +65,7 @@ def stop(base_dir: DirOption = DEFAULT_DIR) -> None:
 
     Example: biofleet testcluster stop
     """
-    from biofleet.testcluster import load
+    from biofleet.devtools.testcluster import load
 
     cluster = load(base_dir)
     was_up = cluster.is_up()
@@ -82,7 +82,7 @@ def status(
 
     Example: biofleet testcluster status
     """
-    from biofleet.testcluster import load
+    from biofleet.devtools.testcluster import load
 
     cluster = load(base_dir)
     up = cluster.is_up()

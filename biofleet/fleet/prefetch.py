@@ -1,6 +1,6 @@
 """Download a fleet's models into its HF cache on the login node, before GPU time is spent.
 
-The work runs where the cache lives: a small Python program is run with the
+The work runs where the cache lives: :mod:`biofleet.clusterside.hub_fetch` is run with the
 cluster's interpreter (``cluster.python``) through the fleet's runner — this
 machine, or the login node over SSH — so the same code serves both. It uses
 ``huggingface_hub`` there (vLLM environments have it), resumes partial downloads,
@@ -18,79 +18,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
-from biofleet.slurm.runner import CommandError
+from biofleet.remote.base import CommandError
 
-# Runs on the cluster side: stdlib + huggingface_hub only.
-# argv[1]: model id; argv[2]: check | plan | download | size. Prints one JSON line (size: a number).
-_SCRIPT = r"""
-import fnmatch, json, os, sys
-repo, mode = sys.argv[1], sys.argv[2]
-if mode == "size":  # bytes in this repo's cache, partial downloads included
-    from huggingface_hub import constants
-    blobs = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"), "blobs")
-    total = 0
-    for f in (os.listdir(blobs) if os.path.isdir(blobs) else []):
-        try:
-            total += os.stat(os.path.join(blobs, f)).st_size
-        except OSError:
-            pass
-    print(total)
-    sys.exit(0)
-def size_of(path):
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(root, f)).st_size  # follows the blob symlinks
-            except OSError:
-                pass
-    return total
-def say(**kw):
-    print(json.dumps(dict(model=repo, **kw)))
-    sys.exit(0)
-# Other frameworks' weights vLLM never reads; *.bin/*.pt only when there is no safetensors copy.
-OTHER = ["*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "*.gguf", "*.msgpack", "*.h5", "*.ot",
-         "*.tflite", "coreml/*", "*.mlmodel", "*.mlpackage/*"]
-def wanted(names):
-    ignore = OTHER + (["*.bin", "*.pt", "*.pth"] if any(n.endswith(".safetensors") for n in names) else [])
-    return ignore, [n for n in names if not any(fnmatch.fnmatch(n, p) for p in ignore)]
-try:
-    from huggingface_hub import HfApi, snapshot_download
-except ImportError:
-    say(status="no-hub-library")
-def cached(ignore=None):
-    try:
-        return snapshot_download(repo, local_files_only=True, ignore_patterns=ignore)
-    except Exception:
-        return None
-path = cached()
-if path is None:  # complete for what vLLM reads? (as this prefetch leaves it: other formats skipped)
-    from huggingface_hub import constants
-    snaps = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"), "snapshots")
-    names = [f for _r, _d, fs in os.walk(snaps) for f in fs]
-    path = cached(wanted(names)[0]) if names else None
-if path is not None:
-    say(status="cached", path=path, bytes=size_of(path))
-if mode == "check":
-    say(status="missing")
-if os.environ.get("HF_HUB_OFFLINE") == "1":
-    say(status="offline", error="HF_HUB_OFFLINE=1")
-def failed(exc):
-    name = type(exc).__name__
-    offline = any(k in name for k in ("Connect", "Timeout", "Offline", "LocalEntryNotFound"))
-    say(status="offline" if offline else "failed", error=name + ": " + " ".join(str(exc).split())[:300])
-try:
-    info = HfApi().model_info(repo, files_metadata=True, timeout=10)
-    sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-    ignore, keep = wanted(list(sizes))
-    if mode == "plan":
-        say(status="plan", bytes=sum(sizes[n] for n in keep), files=len(keep), skipped=len(sizes) - len(keep))
-    path = snapshot_download(repo, ignore_patterns=ignore, etag_timeout=10)
-    say(status="downloaded", path=path, bytes=size_of(path))
-except Exception as exc:
-    failed(exc)
-"""
 
 
 @dataclass
@@ -104,6 +35,14 @@ class PrefetchResult:
     @property
     def ok(self) -> bool:
         return self.status in ("cached", "downloaded", "local-path")
+
+
+def hub_fetch_source() -> str:
+    """The source of :mod:`biofleet.clusterside.hub_fetch`: it runs with the cluster's interpreter,
+    where biofleet itself may not be installed (``python -m biofleet.clusterside.hub_fetch`` where it is)."""
+    from biofleet.clusterside import hub_fetch
+
+    return Path(hub_fetch.__file__).read_text()
 
 
 def human_size(n: float) -> str:
@@ -135,18 +74,17 @@ def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_even
     ``on_event`` gets a line per step; while a model downloads, ``on_progress(model, bytes
     so far, bytes planned)`` is called every ``poll_s`` seconds from the size of its cache.
     """
-    from biofleet.fleet import _cluster_path
-
     c = fleet.profile.cluster
     # The jobs' Hub settings (a mirror in HF_ENDPOINT, a cache in HF_HUB_CACHE), so the models land
     # where the jobs look; not their offline switch: compute nodes are often offline, login nodes not.
     env = {k: v for k, v in c.env.items() if k.startswith("HF_") and k != "HF_HUB_OFFLINE"}
     if c.hf_home:
-        env["HF_HOME"] = _cluster_path(fleet.runner, c.hf_home)
-    python = _cluster_path(fleet.runner, c.python) if "/" in c.python else c.python
+        env["HF_HOME"] = fleet.runner.expand_path(c.hf_home)
+    python = fleet.runner.expand_path(c.python) if "/" in c.python else c.python
+    program = hub_fetch_source()
 
     def step(model: str, mode: str, step_timeout: float) -> PrefetchResult:
-        out = fleet.runner.run([python, "-c", _SCRIPT, model, mode], timeout=step_timeout, check=False, env=env or None)
+        out = fleet.runner.run([python, "-c", program, model, mode], timeout=step_timeout, check=False, env=env or None)
         line = next((ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")), None)
         if line is None:
             err = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -156,7 +94,7 @@ def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_even
 
     def cached_bytes(model: str) -> int | None:
         try:
-            out = fleet.runner.run([python, "-c", _SCRIPT, model, "size"], timeout=30, check=False, env=env or None)
+            out = fleet.runner.run([python, "-c", program, model, "size"], timeout=30, check=False, env=env or None)
             return int(out.stdout.strip().splitlines()[-1])
         except (CommandError, ValueError, IndexError):
             return None

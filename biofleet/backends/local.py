@@ -4,7 +4,7 @@ The embedded default for a laptop or a CI box with no ``sbatch``: the same
 scripts, started with the environment variables SLURM would set
 (``SLURM_JOB_ID``, ``SLURM_ARRAY_JOB_ID``, ``SLURM_ARRAY_TASK_ID``, ...), one
 process group per array task. It answers the same questions as
-:class:`biofleet.slurm.scheduler.Slurm` (submit, queue, states, cancel,
+:class:`biofleet.backends.slurm.Slurm` (submit, queue, states, cancel,
 wait_gone) so the fleet code does not care which one it has.
 
 Bookkeeping lives in ``<state_dir>/<job>_<task>.json``; each task's exit code is
@@ -31,8 +31,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from biofleet.slurm.scheduler import JobInfo, expand_array_tasks, split_job_id
-from biofleet.slurm.states import JobState
+from biofleet.backends.base import JobInfo, JobState, ScriptDialect
+from biofleet.backends.slurm import SLURM, array_option, expand_array_tasks, split_job_id
 
 _ARRAY_DIRECTIVE = re.compile(r"^#SBATCH\s+--array=(\S+)", re.M)
 _OUTPUT_DIRECTIVE = re.compile(r"^#SBATCH\s+--output=(\S+)", re.M)
@@ -62,7 +62,12 @@ def machine_gpus() -> list[int] | None:
 
 
 class LocalScheduler:
+    """Runs sbatch scripts (SLURM's dialect) as local process groups; the same answers as SLURM."""
+
+    name = "local"
+
     def __init__(self, state_dir: str | Path) -> None:
+        self.dialect: ScriptDialect = SLURM
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -74,7 +79,10 @@ class LocalScheduler:
         counter.write_text(str(n + 1))
         return str(n)
 
-    def submit(self, script_path: str, *, extra_args: Sequence[str] = ()) -> str:
+    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None,
+               extra_args: Sequence[str] = ()) -> str:
+        if tasks is not None:
+            extra_args = [*extra_args, array_option(tasks)]
         text = Path(script_path).read_text()
         array = None
         m = _ARRAY_DIRECTIVE.search(text)
@@ -84,7 +92,8 @@ class LocalScheduler:
             if arg.startswith("--array="):
                 array = arg.split("=", 1)[1]
         job_id = self._next_id()
-        gres = (_GRES_DIRECTIVE.search(text) or [None, None])[1]
+        gres_lines = _GRES_DIRECTIVE.findall(text)  # sbatch takes the last of repeated options
+        gres = gres_lines[-1] if gres_lines else None
         for arg in extra_args:
             if arg.startswith("--gres="):
                 gres = arg.split("=", 1)[1]

@@ -1,16 +1,4 @@
-"""Where commands run: this machine (:class:`LocalRunner`) or a login node over SSH (:class:`SSHRunner`).
-
-This is the one seam between biofleet and the machine SLURM lives on. The
-scheduler and the fleet code only see the :class:`Runner` protocol, so they do
-not know (or care) which one they were given.
-
-Errors::
-
-    BiofleetError
-    └── CommandError            a command failed, timed out, or could not be started
-        └── (SSH) ConnectionFailed   the login node could not be reached, refused us, or the link dropped
-            └── UnknownHostError     the host key is not in known_hosts (refused on purpose)
-"""
+"""Commands and files on a login node over one paramiko SSH connection."""
 
 from __future__ import annotations
 
@@ -19,247 +7,25 @@ import logging
 import os
 import posixpath
 import shlex
-import shutil
 import socket
 import stat
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
 
 import httpx
 
-from biofleet.errors import BiofleetError
-
-# ---------------------------------------------------------------------------- results and errors
-
-
-@dataclass(frozen=True)
-class CompletedCommand:
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class CommandError(BiofleetError):
-    """A command failed. Carries everything needed to understand why."""
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        returncode: int | None,
-        stdout: str = "",
-        stderr: str = "",
-        *,
-        reason: str | None = None,
-    ) -> None:
-        self.argv = tuple(argv)
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        self.reason = reason
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        cmd = shlex.join(self.argv) if self.argv else "(no command)"
-        if self.reason:
-            head = f"{cmd}: {self.reason}"
-        else:
-            head = f"{cmd} exited with {self.returncode}"
-        tail = [ln for ln in self.stderr.strip().splitlines() if ln.strip()][-5:]
-        if not tail:
-            tail = [ln for ln in self.stdout.strip().splitlines() if ln.strip()][-3:]
-            label = "stdout"
-        else:
-            label = "stderr"
-        if tail:
-            return head + f"\n{label}:\n  " + "\n  ".join(tail)
-        return head
-
-
-class ConnectionFailed(CommandError):
-    """The SSH connection could not be made (refused, auth failure, DNS, ...) or dropped mid-command."""
-
-    def __init__(self, message: str, *, argv: Sequence[str] = ()) -> None:
-        super().__init__(argv, None, reason=message)
-
-    def _message(self) -> str:
-        return self.reason or "connection failed"
-
-
-class UnknownHostError(ConnectionFailed):
-    """The login node's host key is not known; refused unless the user trusts it explicitly."""
-
-
-# ---------------------------------------------------------------------------- the protocol
-
-
-@runtime_checkable
-class Runner(Protocol):
-    """Runs argv lists and touches files on the machine where SLURM's commands work."""
-
-    #: True when commands and files are on this machine (a process started here can reach them).
-    is_local: bool
-
-    @property
-    def where(self) -> str:
-        """Where commands run, for messages ("this machine", "alice@login1:22")."""
-        ...
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 30,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> CompletedCommand: ...
-
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
-
-    def read_text(self, path: str) -> str: ...
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None: ...
-
-    def exists(self, path: str) -> bool: ...
-
-    def listdir(self, path: str) -> list[str]: ...
-
-    def remove(self, path: str) -> None: ...
-
-    def rmtree(self, path: str) -> None: ...
-
-    def which(self, cmd: str) -> bool: ...
-
-    def http_transport(self) -> httpx.BaseTransport | None: ...
-
-    def close(self) -> None: ...
-
-
-def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(argv, (str, bytes)):
-        raise TypeError("argv must be a list of strings, not one string (no shell is used)")
-    args = tuple(str(a) for a in argv)
-    if not args:
-        raise ValueError("argv is empty")
-    return args
-
-
-def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    out = {}
-    for k, v in (env or {}).items():
-        if not k or "=" in k or not (k[0].isalpha() or k[0] == "_") or not all(c.isalnum() or c == "_" for c in k):
-            raise ValueError(f"invalid environment variable name {k!r}")
-        out[k] = str(v)
-    return out
-
-
-# ---------------------------------------------------------------------------- local
-
-
-class LocalRunner:
-    """Runs commands with subprocess on this machine."""
-
-    is_local = True
-    where = "this machine"
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 30,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> CompletedCommand:
-        args = _check_argv(argv)
-        full_env = {**os.environ, **_check_env(env)} if env else None
-        try:
-            proc = subprocess.run(
-                args, capture_output=True, text=True, timeout=timeout, env=full_env,
-                stdin=subprocess.DEVNULL, errors="replace",
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(
-                args, None, _decode(exc.stdout), _decode(exc.stderr),
-                reason=f"timed out after {timeout:g}s",
-            ) from None
-        except FileNotFoundError:
-            raise CommandError(args, 127, reason=f"command not found: {args[0]}") from None
-        except PermissionError as exc:
-            raise CommandError(args, 126, reason=f"cannot execute: {exc}") from None
-        result = CompletedCommand(args, proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise CommandError(args, proc.returncode, proc.stdout, proc.stderr)
-        return result
-
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        target = Path(_local(path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp creates the file 0600, so a secret is never readable by others, not even for a moment;
-        # the final mode is set before any byte is written.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def read_text(self, path: str) -> str:
-        return Path(_local(path)).read_text()
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        Path(_local(path)).mkdir(mode=mode, parents=True, exist_ok=True)
-
-    def exists(self, path: str) -> bool:
-        return Path(_local(path)).exists()
-
-    def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(_local(path)))
-
-    def remove(self, path: str) -> None:
-        Path(_local(path)).unlink(missing_ok=True)
-
-    def rmtree(self, path: str) -> None:
-        path = _local(path)
-        if Path(path).exists():
-            shutil.rmtree(path)
-
-    def which(self, cmd: str) -> bool:
-        return shutil.which(cmd) is not None
-
-    def http_transport(self) -> httpx.BaseTransport | None:
-        return None  # compute nodes are reachable directly (or not at all) from here
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> LocalRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _local(path: str) -> str:
-    """~ and $HOME in a path, the same way SSHRunner reads them on the login node."""
-    return _expand_home(str(path), lambda: os.path.expanduser("~"))
-
-
-def _decode(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
+from biofleet.remote.base import (
+    CommandError,
+    CompletedCommand,
+    ConnectionFailed,
+    UnknownHostError,
+    check_argv,
+    check_env,
+    expand_home,
+    expand_user_vars,
+)
 
 
 # ---------------------------------------------------------------------------- SSH
@@ -296,10 +62,6 @@ class SSHRunner:
 
     is_local = False
 
-    @property
-    def where(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
     def __init__(
         self,
         host: str,
@@ -323,6 +85,7 @@ class SSHRunner:
         self._sftp = None
         self._sftp_missing = False  # a property of the login node: found out once, said once
         self._home: str | None = None
+        self._user_name: str | None = None
         self._closed = False
         self._client = self._connect()
 
@@ -471,7 +234,7 @@ class SSHRunner:
         check: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> CompletedCommand:
-        return self._run(_check_argv(argv), timeout=timeout, check=check, env=env)
+        return self._run(check_argv(argv), timeout=timeout, check=check, env=env)
 
     def _run(
         self,
@@ -484,7 +247,7 @@ class SSHRunner:
     ) -> CompletedCommand:
         import paramiko
 
-        extra = _check_env(env)
+        extra = check_env(env)
         # The remote side always goes through the user's login shell: quote every word.
         # Extra env rides on `env K=V cmd` (visible in the remote ps: never pass secrets this way).
         words = (["env", *(f"{k}={v}" for k, v in extra.items())] if extra else []) + list(args)
@@ -558,7 +321,7 @@ class SSHRunner:
     def _file_op(self, what: str, path: str, op):
         import paramiko
 
-        path = _expand_home(path, self._remote_home)
+        path = expand_home(path, self._remote_home)
         files = self._files()
         if isinstance(files, _ShellFiles):
             return op(files, path)  # commands: _run already turns a lost link into ConnectionFailed
@@ -616,6 +379,23 @@ class SSHRunner:
                                    reason=f"$HOME on {self.where} is not an absolute path: {home!r}")
             self._home = home
         return self._home
+
+    def _remote_user(self) -> str:
+        if self._user_name is None:
+            self._user_name = self.run(["id", "-un"]).stdout.strip() or self.user
+        return self._user_name
+
+    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
+        # One command for the whole directory; NUL-separated (no JSON text contains a NUL byte).
+        script = ('n=0; for f in "$1"/*"$2"; do [ "$n" -lt "$4" ] || break; '
+                  '[ -f "$f" ] && [ ! -L "$f" ] && [ "$(wc -c <"$f")" -le "$3" ] && '
+                  '{ head -c "$3" "$f"; printf "\\0"; n=$((n + 1)); }; done; true')
+        directory = expand_home(directory, self._remote_home)
+        out = self.run(["sh", "-c", script, "sh", directory, suffix, str(max_bytes), str(max_files)], check=False)
+        return [chunk for chunk in out.stdout.split("\0") if chunk.strip()]
+
+    def expand_path(self, path: str) -> str:
+        return expand_user_vars(path, self._remote_home, self._remote_user)
 
     def which(self, cmd: str) -> bool:
         return self.run(["sh", "-c", 'command -v "$1" >/dev/null 2>&1', "sh", cmd], check=False).returncode == 0
@@ -677,16 +457,6 @@ def _link_lost(transport, grace: float = 0.5) -> bool:
 
 def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__  # EOFError() and friends have no message
-
-
-def _expand_home(path: str, home: Callable[[], str]) -> str:
-    """``~``, ``~/x``, ``$HOME/x`` and ``${HOME}/x`` -> under the home directory (asked for only when needed)."""
-    for prefix in ("~", "$HOME", "${HOME}"):
-        if path == prefix or path.startswith(prefix + "/"):
-            return (home().rstrip("/") + path[len(prefix):]) or "/"
-    if path.startswith("~"):
-        raise ValueError(f"{path!r}: ~user paths are not supported; use ~/..., $HOME/... or an absolute path")
-    return path
 
 
 class _SFTPFiles:

@@ -1,6 +1,6 @@
 """A small OpenAI-compatible server that stands in for vLLM.
 
-    python -m biofleet.mock_engine --port 8001 --served-model-name coder --kind generate
+    python -m biofleet.devtools.mock_engine --port 8001 --served-model-name coder --kind generate
 
 It answers the routes biofleet relies on, in vLLM's shapes: ``/health``,
 ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` (streaming SSE
@@ -389,7 +389,7 @@ async def _sleep_ms(ms: float) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m biofleet.mock_engine", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m biofleet.devtools.mock_engine", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", nargs="+", required=True, metavar="NAME")

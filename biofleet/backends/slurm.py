@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from biofleet.slurm.runner import CommandError, Runner
-from biofleet.slurm.states import JobState, parse_state
+from biofleet.backends.base import JobInfo, JobState, ScriptDialect
+from biofleet.remote.base import CommandError, Runner
+
+if TYPE_CHECKING:
+    from biofleet.profile import JobSpec, Profile
 
 # squeue fields, "|"-separated. The job name goes LAST because it is free text that may
 # itself contain "|": the parser splits at most len-1 times so the name keeps any pipes.
@@ -40,30 +45,73 @@ ACCOUNTING_DISABLED = "accounting storage is disabled"
 _EMPTY = {"", "N/A", "(null)", "None", "Unknown", "n/a", "None assigned"}
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """One job (or one array task) as SLURM reports it."""
+# Long names (squeue %T, sacct State) and short codes (squeue %t) -> JobState.
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "PD": JobState.PENDING,
+    "CONFIGURING": JobState.CONFIGURING,
+    "CF": JobState.CONFIGURING,
+    "RUNNING": JobState.RUNNING,
+    "R": JobState.RUNNING,
+    "COMPLETING": JobState.COMPLETING,
+    "CG": JobState.COMPLETING,
+    "COMPLETED": JobState.COMPLETED,
+    "CD": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "F": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "CA": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "TO": JobState.TIMEOUT,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "NF": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED,
+    "PR": JobState.PREEMPTED,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "BOOT_FAIL": JobState.BOOT_FAIL,
+    "BF": JobState.BOOT_FAIL,
+    "DEADLINE": JobState.DEADLINE,
+    "DL": JobState.DEADLINE,
+    "SUSPENDED": JobState.SUSPENDED,
+    "S": JobState.SUSPENDED,
+    "REQUEUED": JobState.REQUEUED,
+    "RQ": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "RF": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "RH": JobState.REQUEUED,
+    # Transitional states squeue may show for a moment; closest meaning for biofleet.
+    "RESIZING": JobState.RUNNING,
+    "RS": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "SI": JobState.RUNNING,
+    "STAGE_OUT": JobState.COMPLETING,
+    "SO": JobState.COMPLETING,
+    "STOPPED": JobState.SUSPENDED,
+    "ST": JobState.SUSPENDED,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "RD": JobState.PENDING,
+    "REVOKED": JobState.CANCELLED,
+    "RV": JobState.CANCELLED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "SE": JobState.FAILED,
+}
 
-    job_id: str  # "123" or "123_4" for an array task
-    state: JobState
-    raw_state: str = ""
-    name: str | None = None
-    reason: str | None = None  # why it is pending ("Resources", "Priority", ...) or why it ended
-    nodes: str | None = None  # node list, e.g. "t4-[01-02]"
-    partition: str | None = None
-    time_used: str | None = None
-    time_left: str | None = None  # "UNLIMITED" when there is no limit
-    time_limit: str | None = None
-    start_time: str | None = None  # ISO-like local time; expected start while pending
-    end_time: str | None = None
-    exit_code: str | None = None  # "rc:signal" from sacct, e.g. "1:0"
-    array_job_id: str | None = None
-    array_task_id: int | None = None
-    source: str = "squeue"  # "squeue" or "sacct"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self.state.is_terminal
+def parse_state(text: str) -> JobState:
+    """Translate one state string from squeue/sacct; unknown strings warn and give UNKNOWN.
+
+    Handles sacct's decorations: ``CANCELLED by 0`` (who cancelled), ``RUNNING+`` (more
+    states than fit the column) and stray whitespace.
+    """
+    raw = text.strip()
+    key = raw.split(" ", 1)[0].rstrip("+").upper()
+    state = SLURM_STATES.get(key)
+    if state is None:
+        warnings.warn(f"unknown SLURM job state {raw!r}; treating it as UNKNOWN", stacklevel=2)
+        return JobState.UNKNOWN
+    return state
 
 
 def _opt(value: str) -> str | None:
@@ -184,6 +232,7 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
             partition=_opt(f["partition"]),
             time_used=_opt(f["time_used"]),
             time_left=_opt(f["time_left"]),
+            time_left_s=parse_duration(_opt(f["time_left"])),
             time_limit=_opt(f["time_limit"]),
             start_time=_opt(f["start_time"]),
         )
@@ -267,12 +316,15 @@ def _matches(requested: str, info: JobInfo) -> bool:
 
 
 class Slurm:
-    """SLURM's commands over a :class:`~biofleet.slurm.runner.Runner` (local or SSH).
+    """SLURM's commands over a :class:`~biofleet.remote.base.Runner` (local or SSH).
 
     ``env`` is passed to every command (e.g. ``{"SLURM_CONF": ...}`` for a test cluster).
     """
 
+    name = "slurm"
+
     def __init__(self, runner: Runner, *, env: dict[str, str] | None = None, timeout: float = 30) -> None:
+        self.dialect: ScriptDialect = SLURM
         self.runner = runner
         self.env = dict(env or {})
         self.timeout = timeout
@@ -280,8 +332,11 @@ class Slurm:
     def _run(self, argv: list[str], *, check: bool = True):
         return self.runner.run(argv, timeout=self.timeout, check=check, env=self.env or None)
 
-    def submit(self, script_path: str, *, extra_args: Sequence[str] = ()) -> str:
-        """Submit a batch script; return its job id."""
+    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None,
+               extra_args: Sequence[str] = ()) -> str:
+        """Submit a batch script; return its job id. ``tasks``: only these tasks of its array."""
+        if tasks is not None:
+            extra_args = [*extra_args, array_option(tasks)]
         argv = ["sbatch", "--parsable", *extra_args, str(script_path)]
         result = self._run(argv)
         try:
@@ -373,3 +428,94 @@ class Slurm:
                 raise TimeoutError(f"jobs still active after {timeout:g}s: {desc}")
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, poll)
+
+
+# ---------------------------------------------------------------------------- the script dialect
+
+
+def array_option(tasks: Sequence[int]) -> str:
+    """sbatch's option for a subset of an array's tasks (command-line options win over #SBATCH)."""
+    return "--array=" + ",".join(str(int(t)) for t in tasks)
+
+
+# Sets the job's neutral variables from SLURM's: the array task, the id squeue shows for this task,
+# the node, the GPUs SLURM granted (global ids; CUDA_VISIBLE_DEVICES is read first by the script).
+_JOB_ENVIRONMENT = """\
+# shellcheck disable=SC2034  # a script uses the variables it needs (the proxy job few)
+{
+  TASK_ID="${SLURM_ARRAY_TASK_ID:-0}"
+  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+    JOB_KEY="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+    IS_ARRAY=1
+  else
+    JOB_KEY="${SLURM_JOB_ID:-local$$}"
+    IS_ARRAY=0
+  fi
+  NODE_NAME="${SLURMD_NODENAME:-$(hostname)}"
+  GRANTED_GPUS="${SLURM_JOB_GPUS:-}"
+}
+"""
+
+
+class SlurmDialect:
+    """sbatch scripts: ``#SBATCH`` lines, SLURM's job variables, ``123_4`` task ids, ``%A_%a`` output files."""
+
+    def directives(self, profile: Profile, job: JobSpec | None, fleet_dir: str) -> list[str]:
+        from biofleet.plan import gpu_of
+
+        c = profile.cluster
+        if job is None:  # the proxy job, on the profile's CPU partition
+            px = profile.proxy
+            d: dict[str, str | None] = {
+                "job-name": f"biofleet-{profile.name}-proxy",
+                "partition": px.partition or c.partition,
+                "account": c.account,
+                "qos": c.qos,
+                "time": px.time or c.time,
+                "cpus-per-task": str(px.cpus_per_task),
+                "mem": px.mem,
+                "nodes": "1",
+                "ntasks": "1",
+                "output": f"{fleet_dir}/logs/proxy-%j.out",
+            }
+            return [f"#SBATCH --{k}={v}" for k, v in sorted(d.items()) if v]
+        gres = None
+        if job.gpu is not None:
+            gpu = gpu_of(job)
+            gres_type = job.gres_type if job.gres_type is not None else (gpu.gres_type if gpu else None)
+            gres = f"gpu:{gres_type}:{job.gpus_per_node}" if gres_type else f"gpu:{job.gpus_per_node}"
+        d = {
+            "job-name": f"biofleet-{profile.name}-{job.name}",
+            "partition": job.partition or c.partition,
+            "account": job.account or c.account,
+            "qos": job.qos or c.qos,
+            "constraint": job.constraint or c.constraint,
+            "reservation": c.reservation,
+            "time": job.time or c.time,
+            "cpus-per-task": str(job.cpus_per_task or c.cpus_per_task),
+            "mem": job.mem or c.mem,
+            "gres": gres,
+            "nodes": "1",
+            "ntasks": "1",
+            "output": (f"{fleet_dir}/logs/{job.name}-%A_%a.out" if job.is_array
+                       else f"{fleet_dir}/logs/{job.name}-%j.out"),
+        }
+        if job.is_array:
+            d["array"] = f"0-{len(job.nodes) - 1}"
+        lines = [f"#SBATCH --{k}={v}" for k, v in sorted(d.items()) if v]
+        return lines + [f"#SBATCH {x}" for x in sorted(c.sbatch_extra)]
+
+    def job_environment(self) -> str:
+        return _JOB_ENVIRONMENT
+
+    def task_job_id(self, job_id: str, task: int, array: bool) -> str:
+        return f"{job_id}_{task}" if array else job_id
+
+    def output_path(self, logs_dir: str, job_name: str, job_id: str, task: int | None) -> str:
+        return f"{logs_dir}/{job_name}-{job_id}_{task}.out" if task is not None else f"{logs_dir}/{job_name}-{job_id}.out"
+
+    def parse_time_limit(self, text: str) -> float | None:
+        return parse_duration(text)
+
+
+SLURM = SlurmDialect()

@@ -1,0 +1,308 @@
+"""Fleet status: the scheduler (one batched query), the registry and supervision records the
+jobs write, and concurrent HTTP probes, joined per server."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from biofleet.backends.base import JobState
+from biofleet.fleet.context import Fleet
+from biofleet.fleet.state import FleetState, Supervision, load_state
+from biofleet.paths import FleetPaths
+from biofleet.plan import node_label
+from biofleet.procs import pid_alive
+from biofleet.registry import Endpoint
+from biofleet.remote.base import Runner
+
+MAX_RECORD_BYTES = 64 * 1024  # a registry or supervision record larger than this is skipped
+MAX_RECORDS = 10_000  # records read per directory and poll
+
+
+class ServerState(str, Enum):
+    """A server as status shows it, in the order it goes through them."""
+
+    NOT_SUBMITTED = "NOT_SUBMITTED"
+    PENDING = "PENDING"  # its task waits in the queue
+    RUNNING = "RUNNING"  # its task runs; the server has not registered yet
+    STARTING = "STARTING"  # registered, not answering /health with its model yet
+    READY = "READY"
+    RESTARTING = "RESTARTING"  # exited; its job restarts it in place after a back-off
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    GONE = "GONE"  # its job left the queue and no accounting record says how
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SETTLED = frozenset({ServerState.READY, ServerState.FAILED, ServerState.STOPPED, ServerState.GONE})
+"""up stops waiting for a server in one of these."""
+NEEDS_RESUBMIT = frozenset({ServerState.NOT_SUBMITTED, ServerState.FAILED, ServerState.STOPPED, ServerState.GONE})
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    served_name: str
+    model: str
+    engine: str
+    node_label: str
+    job: str
+    task: int
+    job_id: str | None = None
+    state: ServerState = ServerState.NOT_SUBMITTED
+    reason: str | None = None
+    node: str | None = None
+    url: str | None = None
+    health: str | None = None
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None
+    started_at: float | None = None
+    time_left: str | None = None
+    ends_in_s: float | None = None  # seconds until the job's time limit (None: unlimited/unknown)
+    ending_soon: bool = False  # within the profile's renew_margin
+    restarts: int = 0  # in-place restarts by its job since the last fresh budget
+    last_exit: int | None = None  # exit code of its last exit
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES it was given
+    task_running: bool = False  # its job task runs (a FAILED server is then restarted in place)
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def uptime_s(self) -> float | None:
+        return time.time() - self.started_at if self.started_at else None
+
+
+@dataclass
+class ProxyStatus:
+    run: str | None = None
+    job_id: str | None = None
+    state: ServerState = ServerState.NOT_SUBMITTED
+    url: str | None = None
+    health: str | None = None
+    reason: str | None = None
+    time_left: str | None = None  # a proxy job's, as squeue says it
+    ends_in_s: float | None = None
+    ending_soon: bool = False  # within the profile's renew_margin: `up --renew` does not move the proxy
+    backends: dict[str, bool] | None = None  # registry key -> routed to, as the proxy's /health says
+
+
+@dataclass
+class FleetStatus:
+    fleet: str
+    backend: str
+    fleet_dir: str
+    submitted: bool
+    servers: list[ServerStatus]
+    proxy: ProxyStatus
+    extra_endpoints: list[dict[str, Any]] = field(default_factory=list)  # registered by hand
+
+    @property
+    def ready(self) -> int:
+        return sum(s.state == ServerState.READY for s in self.servers)
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self.servers) and all(s.state == ServerState.READY for s in self.servers)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for s, raw in zip(self.servers, d["servers"]):
+            raw["uptime_s"] = round(s.uptime_s, 1) if s.uptime_s is not None else None
+        d["ready"] = self.ready
+        d["total"] = len(self.servers)
+        return d
+
+
+def _read_records(runner: Runner, directory: str) -> list[Any]:
+    """The parsed records in a directory the jobs write (bounded: see MAX_RECORD_BYTES/MAX_RECORDS)."""
+    recs = []
+    for text in runner.read_small_files(directory, ".json", MAX_RECORD_BYTES, MAX_RECORDS):
+        try:
+            recs.append(json.loads(text))
+        except ValueError:
+            continue
+    return recs
+
+
+def read_registry(runner: Runner, paths: FleetPaths) -> list[Endpoint]:
+    """Every well-formed record in the registry dir."""
+    out = []
+    for raw in _read_records(runner, paths.registry):
+        try:
+            out.append(Endpoint.model_validate(raw))
+        except ValueError:
+            continue
+    return out
+
+
+def read_supervision(runner: Runner, paths: FleetPaths) -> dict[tuple[str, str], Supervision]:
+    """(server, job key) -> what its job's watcher last said of it."""
+    out = {}
+    for raw in _read_records(runner, paths.servers):
+        try:
+            sup = Supervision.model_validate(raw)
+        except ValueError:
+            continue
+        out[(sup.server, sup.job_id)] = sup
+    return out
+
+
+def _restart_requests(runner: Runner, paths: FleetPaths) -> set[str]:
+    try:
+        return {n for n in runner.listdir(paths.control) if n.endswith(".restart")}
+    except Exception:  # noqa: BLE001 - no control dir yet
+        return set()
+
+
+def _tail(runner: Runner, path: str, n: int = 8) -> list[str]:
+    try:
+        text = runner.read_text(path)
+    except (OSError, Exception):  # noqa: BLE001 - a missing log must not break status
+        return []
+    return text.rstrip("\n").splitlines()[-n:]
+
+
+def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None = None) -> FleetStatus:
+    p = fleet.profile
+    margin = fleet.scheduler.dialect.parse_time_limit(p.renew_margin) or 0.0
+    state = state if state is not None else load_state(fleet.runner, fleet.paths)
+    insts = p.instances()
+    servers = [ServerStatus(i.name, i.served_name, i.spec.model, i.spec.engine,
+                            node_label(p.job(i.job), i.task), i.job, i.task) for i in insts]
+    proxy = ProxyStatus()
+    if state is None:
+        return FleetStatus(p.name, fleet.backend, fleet.paths.root, False, servers, proxy)
+
+    ids = state.job_ids()
+    infos = fleet.scheduler.states(ids) if ids else {}
+    records = read_registry(fleet.runner, fleet.paths)
+    by_key = {(r.server, r.job_id): r for r in records}
+    supervision = read_supervision(fleet.runner, fleet.paths)
+    asked = _restart_requests(fleet.runner, fleet.paths)
+
+    for st, inst in zip(servers, insts):
+        rec = state.latest(inst.job, inst.task)
+        if rec is None:
+            continue
+        st.job_id = rec.task_job_id(inst.task)
+        info = infos.get(st.job_id)
+        endpoint = by_key.get((inst.name, st.job_id))
+        if info is None:
+            # Without accounting a scheduler forgets a finished job within seconds; the log says why it ended.
+            st.state, st.reason = ServerState.GONE, "left the queue (no accounting record)"
+            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
+        elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
+            st.state, st.reason = ServerState.PENDING, info.reason
+        elif info.state.is_done:
+            ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
+            st.state = ServerState.STOPPED if ok_end else ServerState.FAILED
+            st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
+            if not ok_end:
+                st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
+        else:
+            st.state = ServerState.RUNNING if endpoint is None else ServerState.STARTING
+            st.reason = "starting, not registered yet" if endpoint is None else "registered, not healthy yet"
+        if info is not None:
+            st.node = info.nodes
+            st.time_left = info.time_left
+            if info.state == JobState.RUNNING:
+                st.ends_in_s = info.time_left_s
+                st.ending_soon = st.ends_in_s is not None and st.ends_in_s < margin
+        if endpoint is not None and (info is None or not info.state.is_done):
+            st.url = endpoint.url
+            st.started_at = endpoint.started_at
+        st.task_running = info is not None and info.state == JobState.RUNNING
+        _apply_supervision(fleet, st, supervision.get((inst.name, st.job_id)),
+                           posixpath.basename(fleet.paths.restart_request(inst.name, st.job_id)) in asked)
+
+    manual = [r for r in records if r.manual]
+    # proxy
+    if state.proxy is not None:
+        proxy.run, proxy.job_id = state.proxy.run, state.proxy.job_id
+        proxy.url = state.proxy.url
+        if state.proxy.run == "slurm" and state.proxy.job_id:
+            info = infos.get(state.proxy.job_id)
+            if info is None or info.state.is_done:
+                ended_ok = (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
+                proxy.state = ServerState.STOPPED if info is None or info.state in ended_ok else ServerState.FAILED
+                proxy.reason = info.state.value if info else "left the queue"
+            elif info.state == JobState.PENDING:
+                proxy.state, proxy.reason = ServerState.PENDING, info.reason
+            else:
+                proxy.state = ServerState.STARTING
+                proxy.time_left = info.time_left
+                proxy.ends_in_s = info.time_left_s
+                proxy.ending_soon = proxy.ends_in_s is not None and proxy.ends_in_s < margin
+            if proxy.url is None and fleet.runner.exists(fleet.paths.proxy_record):
+                try:
+                    proxy.url = json.loads(fleet.runner.read_text(fleet.paths.proxy_record)).get("url")
+                except ValueError:
+                    pass
+        elif state.proxy.run == "local":
+            proxy.state = ServerState.STARTING if pid_alive(state.proxy.pid) else ServerState.STOPPED
+
+    if probe:
+        _probe_into(fleet, servers, proxy)
+    return FleetStatus(p.name, fleet.backend, fleet.paths.root, True, servers, proxy,
+                       [r.model_dump(exclude_none=True) for r in manual])
+
+
+def _apply_supervision(fleet: Fleet, st: ServerStatus, sup: Supervision | None, restart_asked: bool) -> None:
+    """What the task's own watcher says of the server: restarts, last exit, and whether it is
+    down between restarts or failed for good while its neighbours in the task keep running."""
+    if sup is None:
+        return
+    st.restarts, st.last_exit, st.devices = sup.restarts, sup.last_exit, sup.devices
+    if st.task_running:
+        if sup.state == "failed" and restart_asked:
+            st.state, st.reason, st.url = ServerState.RESTARTING, "restart asked for by up", None
+        elif sup.state == "failed":
+            st.state, st.reason, st.url = ServerState.FAILED, sup.reason, None
+            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(st.name, st.job_id or ""))
+        elif sup.state == "restarting":
+            st.state, st.reason, st.url = ServerState.RESTARTING, sup.reason, None
+    elif sup.state == "failed" and st.state in (ServerState.FAILED, ServerState.GONE):
+        st.reason = sup.reason  # e.g. the allocation had fewer GPUs than the plan
+
+
+def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -> None:
+    from biofleet.fleet.probe import probe_all_any
+
+    key = read_secret(fleet, fleet.paths.backend_key)
+    urls = [s.url for s in servers if s.url]
+    results = probe_all_any(urls, api_key=key, transport=fleet.runner.http_transport()) if urls else {}
+    for s in servers:
+        r = results.get(s.url) if s.url else None
+        if r is None:
+            continue
+        s.running, s.waiting, s.kv_cache_usage = r.running, r.waiting, r.kv_cache_usage
+        if r.healthy and s.served_name in r.models:
+            s.state, s.health, s.reason = ServerState.READY, "ok", None
+        elif r.healthy:
+            s.health = f"serves {r.models}, not {s.served_name!r}"
+        else:
+            s.health = r.error or "unhealthy"
+    if proxy.url and proxy.state not in (ServerState.STOPPED, ServerState.FAILED):
+        token = read_secret(fleet, fleet.paths.token)
+        pr = probe_all_any([proxy.url], api_key=token, transport=fleet.runner.http_transport(), metrics=False)
+        r = pr.get(proxy.url)
+        if r is not None and r.status is not None:
+            proxy.state = ServerState.READY
+            backends = (r.health_json or {}).get("backends")
+            proxy.backends = backends if isinstance(backends, dict) else None
+            proxy.health = "ok" if r.status == 200 else f"/health {r.status} (some model has no healthy replica)"
+        elif r is not None:
+            proxy.health = r.error
+
+
+def read_secret(fleet: Fleet, path: str) -> str | None:
+    try:
+        return fleet.runner.read_text(path).strip() or None
+    except Exception:  # noqa: BLE001 - no secret yet
+        return None

@@ -1,0 +1,217 @@
+"""Where commands run: the :class:`Runner` protocol, its results and its errors.
+
+This is the one seam between biofleet and the machine SLURM lives on: this machine
+(:class:`biofleet.remote.local.LocalRunner`) or a login node over SSH
+(:class:`biofleet.remote.ssh.SSHRunner`). The scheduler and the fleet code only see the
+protocol; where they need to know more, they ask its capabilities (``is_local``, ``where``),
+never its class.
+
+Errors::
+
+    BiofleetError
+    └── CommandError            a command failed, timed out, or could not be started
+        └── (SSH) ConnectionFailed   the login node could not be reached, refused us, or the link dropped
+            └── UnknownHostError     the host key is not in known_hosts (refused on purpose)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import httpx
+
+from biofleet.errors import BiofleetError
+
+
+# ---------------------------------------------------------------------------- results and errors
+
+
+@dataclass(frozen=True)
+class CompletedCommand:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandError(BiofleetError):
+    """A command failed. Carries everything needed to understand why."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str = "",
+        stderr: str = "",
+        *,
+        reason: str | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.reason = reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        cmd = shlex.join(self.argv) if self.argv else "(no command)"
+        if self.reason:
+            head = f"{cmd}: {self.reason}"
+        else:
+            head = f"{cmd} exited with {self.returncode}"
+        tail = [ln for ln in self.stderr.strip().splitlines() if ln.strip()][-5:]
+        if not tail:
+            tail = [ln for ln in self.stdout.strip().splitlines() if ln.strip()][-3:]
+            label = "stdout"
+        else:
+            label = "stderr"
+        if tail:
+            return head + f"\n{label}:\n  " + "\n  ".join(tail)
+        return head
+
+
+class ConnectionFailed(CommandError):
+    """The SSH connection could not be made (refused, auth failure, DNS, ...) or dropped mid-command."""
+
+    def __init__(self, message: str, *, argv: Sequence[str] = ()) -> None:
+        super().__init__(argv, None, reason=message)
+
+    def _message(self) -> str:
+        return self.reason or "connection failed"
+
+
+class UnknownHostError(ConnectionFailed):
+    """The login node's host key is not known; refused unless the user trusts it explicitly."""
+
+
+# ---------------------------------------------------------------------------- the protocol
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs argv lists and touches files on the machine where SLURM's commands work."""
+
+    #: True when commands and files are on this machine (a process started here can reach them).
+    is_local: bool
+
+    @property
+    def where(self) -> str:
+        """Where commands run, for messages ("this machine", "alice@login1:22")."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 30,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> CompletedCommand: ...
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
+
+    def read_text(self, path: str) -> str: ...
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def rmtree(self, path: str) -> None: ...
+
+    def which(self, cmd: str) -> bool: ...
+
+    def expand_path(self, path: str) -> str:
+        """``~``, ``$HOME`` and ``$USER`` in a path as the machine the runner reaches sees them."""
+        ...
+
+    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
+        """The text of the regular files named ``*suffix`` in ``directory`` (records written by jobs),
+        in one round trip: hidden, non-regular (FIFO, device, symlink) and larger files are skipped,
+        and at most ``max_files`` are read. A missing directory gives []."""
+        ...
+
+    def http_transport(self) -> httpx.BaseTransport | None: ...
+
+    def close(self) -> None: ...
+
+
+def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a list of strings, not one string (no shell is used)")
+    args = tuple(str(a) for a in argv)
+    if not args:
+        raise ValueError("argv is empty")
+    return args
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    out = {}
+    for k, v in (env or {}).items():
+        if not k or "=" in k or not (k[0].isalpha() or k[0] == "_") or not all(c.isalnum() or c == "_" for c in k):
+            raise ValueError(f"invalid environment variable name {k!r}")
+        out[k] = str(v)
+    return out
+
+
+def expand_home(path: str, home: Callable[[], str]) -> str:
+    """``~``, ``~/x``, ``$HOME/x`` and ``${HOME}/x`` -> under the home directory (asked for only when needed)."""
+    for prefix in ("~", "$HOME", "${HOME}"):
+        if path == prefix or path.startswith(prefix + "/"):
+            return (home().rstrip("/") + path[len(prefix):]) or "/"
+    if path.startswith("~"):
+        raise ValueError(f"{path!r}: ~user paths are not supported; use ~/..., $HOME/... or an absolute path")
+    return path
+
+
+def decode_output(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def expand_user_vars(path: str, home: Callable[[], str], user: Callable[[], str]) -> str:
+    """``~``/``$HOME`` (see :func:`expand_home`) and ``$USER``/``${USER}`` anywhere in ``path``."""
+    path = expand_home(path, home)
+    for var in ("${HOME}", "$HOME"):
+        if var in path:
+            path = path.replace(var, home())
+    for var in ("${USER}", "$USER"):
+        if var in path:
+            path = path.replace(var, user())
+    return path
+
+
+def read_small_files(directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
+    """:meth:`Runner.read_small_files` on this machine's filesystem. Never blocks: a FIFO is opened
+    non-blocking and skipped, a symlink is not followed, a file is read only up to ``max_bytes``."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(suffix) and not n.startswith("."))
+    except OSError:
+        return []
+    out: list[str] = []
+    for name in names[:max_files]:
+        try:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+                continue
+            data = os.read(fd, max_bytes + 1)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if len(data) <= max_bytes:
+            out.append(data.decode("utf-8", errors="replace"))
+    return out
