@@ -296,10 +296,6 @@ class SSHRunner:
 
     is_local = False
 
-    @property
-    def where(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
     def __init__(
         self,
         host: str,
