@@ -18,7 +18,8 @@ COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "biofleet --help": [sys.executable, "-m", "biofleet.cli.main", "--help"],
     "biofleet profiles list": [sys.executable, "-m", "biofleet.cli.main", "profiles", "list"],
-    "biofleet fit-check --profile t4x10": [sys.executable, "-m", "biofleet.cli.main", "fit-check", "--profile", "t4x10"],
+    "biofleet fit-check --profile t4x10": [sys.executable, "-m", "biofleet.cli.main", "fit-check",
+                                           "--profile", "t4x10"],
 }
 
 

@@ -33,7 +33,8 @@ STREAM_BODY = b'{"model":"bench","messages":[{"role":"user","content":"hello"}],
 REPLY = (b'{"id":"cmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
          b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
          b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}')
-CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","model":"bench","choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+CHUNK = (b'data: {"id":"c","object":"chat.completion.chunk","model":"bench",'
+         b'"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')
 
 
 # -- the fake upstream (run in its own process) --------------------------------
@@ -201,7 +202,8 @@ def main() -> int:
         wait_port(up)
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, up=up, port=ngx))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        procs.append(subprocess.Popen([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
+        nginx_argv = [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")]
+        procs.append(subprocess.Popen(nginx_argv,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "biofleet.cli.main", "proxy", "--backend", f"bench=http://127.0.0.1:{up}",
@@ -239,8 +241,8 @@ def main() -> int:
 def render(res: dict, a: argparse.Namespace) -> str:
     d, n, b = res["direct"], res["nginx"], res["biofleet"]
     try:
-        import uvloop  # noqa: F401
         import httptools  # noqa: F401
+        import uvloop  # noqa: F401
         extras = "uvloop + httptools installed"
     except ImportError:
         extras = "uvloop/httptools NOT installed (asyncio + h11)"
@@ -253,12 +255,14 @@ def render(res: dict, a: argparse.Namespace) -> str:
         "Upstream: a raw ASGI app on uvicorn answering a fixed chat completion (JSON, 260 B) or a 5-event SSE stream.",
         "nginx: nginx-light, 1 worker, `keepalive 64` upstream, `proxy_buffering off`.",
         "",
-        "| target | 1 conn req/s | 1 conn p50 ms | 1 conn p99 ms | 64 conns req/s | 64 conns p50 ms | 64 conns p99 ms | stream TTFB p50 ms | stream TTFB p99 ms |",
+        "| target | 1 conn req/s | 1 conn p50 ms | 1 conn p99 ms | 64 conns req/s | 64 conns p50 ms "
+        "| 64 conns p99 ms | stream TTFB p50 ms | stream TTFB p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
-        lines.append(f"| {name} | {r[1]['rps']:.0f} | {r[1]['p50_ms']:.3f} | {r[1]['p99_ms']:.3f} | {r[64]['rps']:.0f} | "
-                     f"{r[64]['p50_ms']:.2f} | {r[64]['p99_ms']:.2f} | {r['ttfb']['p50_ms']:.3f} | {r['ttfb']['p99_ms']:.3f} |")
+        one, many, ttfb = r[1], r[64], r["ttfb"]
+        lines.append(f"| {name} | {one['rps']:.0f} | {one['p50_ms']:.3f} | {one['p99_ms']:.3f} | {many['rps']:.0f} | "
+                     f"{many['p50_ms']:.2f} | {many['p99_ms']:.2f} | {ttfb['p50_ms']:.3f} | {ttfb['p99_ms']:.3f} |")
     ratio = b[64]["rps"] / n[64]["rps"]
     add50 = b[1]["p50_ms"] - d[1]["p50_ms"]
     add99 = b[1]["p99_ms"] - d[1]["p99_ms"]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import free_port, run_wrk, wait_port  # noqa: E402  (the proxy benchmark's helpers)
+from proxy import free_port, run_wrk, wait_port
 
 BODY = '{"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":4}'
 
@@ -53,7 +53,8 @@ def main() -> None:
         wait_port(pport)
         time.sleep(4)  # first health probe admits the backend
         lua = tmp / "post.lua"
-        lua.write_text(f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        lua.write_text(f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
+                       f"wrk.headers[\"Content-Type\"] = \"application/json\"\n"
                        "wrk.headers[\"Authorization\"] = \"Bearer bench-key\"\n")
         path = "/v1/chat/completions"
         run_wrk(f"http://127.0.0.1:{vport}{path}", 1, 2, lua)  # warm up
@@ -63,7 +64,8 @@ def main() -> None:
         for name, r in (("direct", direct), ("biofleet", proxied)):
             print(f"{name:10} {r['rps']:8.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
         print(f"added by the proxy: p50 {proxied['p50_ms'] - direct['p50_ms']:+.2f} ms, "
-              f"p99 {proxied['p99_ms'] - direct['p99_ms']:+.2f} ms; throughput ratio {proxied['rps'] / direct['rps']:.3f}")
+              f"p99 {proxied['p99_ms'] - direct['p99_ms']:+.2f} ms; "
+              f"throughput ratio {proxied['rps'] / direct['rps']:.3f}")
     finally:
         for p in procs:
             p.terminate()

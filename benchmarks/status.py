@@ -65,13 +65,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
 
+    from biofleet.backends.slurm import Slurm
+    from biofleet.devtools.testcluster import TestCluster
     from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
     from biofleet.fleet.state import FleetState, JobRecord
     from biofleet.profile import load_profile
     from biofleet.registry import Endpoint, write_record
     from biofleet.remote.local import LocalRunner
-    from biofleet.backends.slurm import Slurm
-    from biofleet.devtools.testcluster import TestCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-"))
     cluster = TestCluster(tmp / "slurm")

@@ -77,7 +77,8 @@ SlurmWord = Annotated[str, _matcher(_SLURM_WORD, "SLURM value", "t4flex")]
 PlainWord = Annotated[str, _matcher(_PLAIN_WORD, "SLURM value", "t4flex")]
 TimeLimit = Annotated[str, _matcher(_TIME, "time limit", "24:00:00 or 1-00:00:00")]
 Memory = Annotated[str, _matcher(_MEM, "memory size", "50G")]
-ShPath = Annotated[str, _matcher(SHELL_PATH, "path (only ~, $HOME and $USER may be expanded)", "/scratch/$USER/hf_cache")]
+ShPath = Annotated[str, _matcher(SHELL_PATH, "path (only ~, $HOME and $USER may be expanded)",
+                                 "/scratch/$USER/hf_cache")]
 Hostname = Annotated[str, _matcher(_HOSTNAME, "host name", "login.cluster.example.org")]
 EngineArg = Annotated[str, _matcher(_ENGINE_FLAG, "engine argument", "--enable-prefix-caching or --swap-space=4")]
 
@@ -318,7 +319,8 @@ class Profile(_Frozen):
         job_names: set[str] = set()
         for j, job in enumerate(self.jobs):
             if job.name == "proxy":
-                errors.append((("jobs", j, "name"), "'proxy' is reserved for the fleet's proxy job; choose another name"))
+                errors.append((("jobs", j, "name"),
+                               "'proxy' is reserved for the fleet's proxy job; choose another name"))
             if job.name in job_names:
                 errors.append((("jobs", j, "name"), f"job name {job.name!r} is used twice; job names must be unique"))
             job_names.add(job.name)
@@ -341,7 +343,8 @@ class Profile(_Frozen):
                             placed[server] += 1
         for key, spec in self.servers.items():
             if placed[key] == 0:
-                errors.append((("servers", key), "is not placed on any node; add it to a jobs[].nodes entry or remove it"))
+                errors.append((("servers", key),
+                               "is not placed on any node; add it to a jobs[].nodes entry or remove it"))
             elif spec.replicas is not None and spec.replicas != placed[key]:
                 errors.append((
                     ("servers", key, "replicas"),
@@ -544,7 +547,7 @@ def _merge(base: Located, top: Located) -> Located:
         if isinstance(a, dict) and isinstance(b, dict):
             out = dict(a)
             for k, v in b.items():
-                out[k] = merge(a[k], v, path + (k,)) if k in a else _take(v, path + (k,))
+                out[k] = merge(a[k], v, (*path, k)) if k in a else _take(v, (*path, k))
             if path in top.where:
                 where[path] = top.where[path]
             return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from proxy_helpers import stack  # noqa: F401 - the proxy tests' fixture, shared from here
 
 ALLOW_SKIP_ENV = "BIOFLEET_ALLOW_SKIP_SLURM"
 SSHD = "/usr/sbin/sshd"
@@ -116,7 +117,7 @@ def _sshd_config(d: Path, port: int, *, sftp: bool = True, extra: tuple[str, ...
 def _launch_sshd(d: Path, config: Path, port: int) -> subprocess.Popen:
     # sshd's privilege-separation directory; Debian creates it from the service unit, which never ran here.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = open(d / "sshd.log", "ab")
+    log = open(d / "sshd.log", "ab")  # noqa: SIM115 - handed to sshd
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     log.close()
     deadline = time.monotonic() + 10

@@ -7,8 +7,14 @@ import json
 import pytest
 
 from biofleet.catalog.gpus import GPUS, UnknownGpuError, custom_gpu, get_gpu
-from biofleet.catalog.models import (MODELS, UnknownModelError, estimate_params_b, get_model, model_from_config,
-                                     quantized_variant)
+from biofleet.catalog.models import (
+    MODELS,
+    UnknownModelError,
+    estimate_params_b,
+    get_model,
+    model_from_config,
+    quantized_variant,
+)
 
 
 @pytest.mark.parametrize("alias,name", [("h100", "H100-80GB"), ("A100", "A100-40GB"), ("t4", "T4"),

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from biofleet.backends.slurm import Slurm
 from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.remote.local import LocalRunner
-from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 BINDIR = Path(sys.executable).parent
@@ -195,7 +196,7 @@ def test_renewal_whose_replacement_fails_leaves_the_old_tasks_serving(slurm_clus
                                 failures.append(repr(exc))
                             count[0] += 1
                             time.sleep(0.05)
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     failures.append(f"load thread died: {exc!r}")
 
             # the replacement of the coders cannot start (a flag its engine rejects, no restarts)

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from biofleet.backends.slurm import Slurm
 from biofleet.cli.main import app
 from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.remote.local import LocalRunner
-from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -226,7 +226,7 @@ def test_renew_before_the_time_limit_without_a_gap(slurm_cluster, tmp_path):
                                 failures.append(repr(exc))
                             count[0] += 1
                             time.sleep(0.05)
-                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                except BaseException as exc:
                     failures.append(f"load thread died: {exc!r}")
 
             t = threading.Thread(target=load)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from biofleet.backends.slurm import Slurm
 from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.registry import read_records
 from biofleet.remote.local import LocalRunner
-from biofleet.backends.slurm import Slurm
 
 pytestmark = pytest.mark.slurm
 

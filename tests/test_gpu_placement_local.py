@@ -14,10 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from biofleet.backends.local import LOCAL_GPUS_ENV
 from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 from biofleet.registry import read_records
-from biofleet.backends.local import LOCAL_GPUS_ENV
 
 PROFILE = """\
 extends: h100x2

@@ -8,7 +8,7 @@ import threading
 
 import httpx
 import pytest
-from proxy_helpers import (  # noqa: F401 (stack is a fixture)
+from proxy_helpers import (
     ServerThread,
     Upstream,
     free_port,
@@ -19,7 +19,6 @@ from proxy_helpers import (  # noqa: F401 (stack is a fixture)
     proxy_config,
     send_bytes,
     settled,
-    stack,
     upstream,
     wait_until,
 )
@@ -147,13 +146,12 @@ def test_request_errors_are_openai_shaped(stack):
         assert r.status_code == 404 and "coder" in r.json()["error"]["message"]
         r = c.post("/v1/chat/completions", json={"model": "coder", "messages": [{"role": "user", "content": "x" * 500}]})
         assert r.status_code == 413
-        for r in [r]:
-            assert set(r.json()["error"]) >= {"message", "type", "code"}
+        assert set(r.json()["error"]) >= {"message", "type", "code"}
 
 
 def test_models_union_and_health(stack):
     a, b, e = keep(stack, mock("coder")), keep(stack, mock(("coder", "math"))), keep(stack, mock("emb", kind="embed"))
-    p, app = proxy(stack, proxy_config({"a": (a.url, "coder"), "b": (b.url, ("coder", "math")), "e": (e.url, "emb")},
+    p, _app = proxy(stack, proxy_config({"a": (a.url, "coder"), "b": (b.url, ("coder", "math")), "e": (e.url, "emb")},
                                        routing=RoutingConfig(aliases={"gpt": "coder", "math": "math"})))
     with httpx.Client(base_url=p.url) as c:
         ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
@@ -486,7 +484,7 @@ def test_registry_add_move_remove_without_dropping_inflight(stack, tmp_path):
 def test_admin_reload_picks_up_now(stack, tmp_path):
     reg = tmp_path / "registry"
     m = keep(stack, mock("coder"))
-    p, app = proxy(stack, proxy_config({}, registry_dir=reg, discovery_interval_s=60))
+    p, _app = proxy(stack, proxy_config({}, registry_dir=reg, discovery_interval_s=60))
     _record(reg, m.url)
     r = httpx.post(p.url + "/admin/reload")
     assert r.status_code == 200 and r.json()["models"] == ["coder"]

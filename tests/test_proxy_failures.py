@@ -12,7 +12,7 @@ import threading
 
 import httpx
 import pytest
-from proxy_helpers import (  # noqa: F401 (stack is a fixture)
+from proxy_helpers import (
     RawServer,
     chat_reply,
     keep,
@@ -21,7 +21,6 @@ from proxy_helpers import (  # noqa: F401 (stack is a fixture)
     proxy_config,
     send_bytes,
     settled,
-    stack,
     upstream,
     wait_until,
 )

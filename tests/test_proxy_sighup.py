@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 from proxy_helpers import free_port, wait_until

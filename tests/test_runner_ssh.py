@@ -13,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from biofleet.backends.base import JobState
+from biofleet.backends.slurm import Slurm
 from biofleet.remote.base import CommandError, ConnectionFailed, Runner, UnknownHostError
 from biofleet.remote.local import LocalRunner
 from biofleet.remote.ssh import SSHRunner
-from biofleet.backends.slurm import Slurm
-from biofleet.backends.base import JobState
 
 pytestmark = pytest.mark.ssh
 
@@ -84,7 +84,7 @@ def test_output_after_the_exit_status_is_kept(any_runner):
 
 def test_timeout(any_runner):
     t0 = time.monotonic()
-    with pytest.raises(CommandError, match="timed out after 0.5s"):
+    with pytest.raises(CommandError, match=r"timed out after 0\.5s"):
         any_runner.run(["sleep", "5"], timeout=0.5)
     assert time.monotonic() - t0 < 4
 
@@ -287,9 +287,9 @@ def test_http_transport_unreachable(ssh):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with httpx.Client(transport=ssh.http_transport(), timeout=5) as client:
-        with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}"):
-            client.get(f"http://127.0.0.1:{port}/health")
+    with (httpx.Client(transport=ssh.http_transport(), timeout=5) as client,
+          pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}")):
+        client.get(f"http://127.0.0.1:{port}/health")
 
 
 # ---------------------------------------------------------------------------- SSH + SLURM

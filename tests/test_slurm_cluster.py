@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from biofleet.backends.base import JobState
+from biofleet.backends.slurm import ACCOUNTING_DISABLED, Slurm
+from biofleet.devtools.testcluster import TestCluster, TestClusterError
 from biofleet.procs import pid_alive, pid_cmdline
 from biofleet.remote.base import CompletedCommand
 from biofleet.remote.local import LocalRunner
-from biofleet.backends.slurm import ACCOUNTING_DISABLED, Slurm
-from biofleet.backends.base import JobState
-from biofleet.devtools.testcluster import TestCluster, TestClusterError
 
 pytestmark = pytest.mark.slurm
 

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from biofleet.remote.local import LocalRunner
-from biofleet.backends.slurm import Slurm
-from biofleet.backends.base import JobState
 from test_fleet_slurm import make_profile
+
+from biofleet.backends.base import JobState
+from biofleet.backends.slurm import Slurm
+from biofleet.remote.local import LocalRunner
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_runner_ssh import _Handler, connect, serve_http
 
 from biofleet.remote.base import CommandError, ConnectionFailed
 from biofleet.remote.local import LocalRunner
 from biofleet.remote.ssh import SSHRunner
-from test_runner_ssh import _Handler, connect, serve_http
 
 pytestmark = pytest.mark.ssh
 
@@ -98,9 +98,9 @@ def test_login_node_down_then_back(own_sshd, tmp_path):
             assert time.monotonic() - t0 < 10
             msg = str(err.value)
             assert f"127.0.0.1:{server.port}" in msg and "lost" in msg and "refused" in msg, msg
-        with httpx.Client(transport=runner.http_transport(), timeout=5) as client:
-            with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{server.port}"):
-                client.get("http://127.0.0.1:9/health")
+        with (httpx.Client(transport=runner.http_transport(), timeout=5) as client,
+              pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{server.port}")):
+            client.get("http://127.0.0.1:9/health")
         server.start()
         assert runner.run(["echo", "back"]).stdout == "back\n"
         assert runner.read_text(str(tmp_path / "f")) == "hello"
@@ -150,9 +150,9 @@ def test_tunnel_refused_by_the_login_node(own_sshd, http_port):
     server = own_sshd(extra=("AllowTcpForwarding no",))
     with connect(server) as runner:
         assert runner.run(["echo", "commands work"]).stdout == "commands work\n"
-        with httpx.Client(transport=runner.http_transport(), timeout=5) as client:
-            with pytest.raises(httpx.ConnectError) as err:
-                client.get(f"http://127.0.0.1:{http_port}/health")
+        with (httpx.Client(transport=runner.http_transport(), timeout=5) as client,
+              pytest.raises(httpx.ConnectError) as err):
+            client.get(f"http://127.0.0.1:{http_port}/health")
         msg = str(err.value)
         assert f"127.0.0.1:{http_port}" in msg and f"127.0.0.1:{server.port}" in msg
         assert "AllowTcpForwarding" in msg and "admins" in msg

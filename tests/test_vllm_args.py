@@ -9,10 +9,10 @@ import json
 import subprocess
 
 import pytest
+from vllm_env import require_vllm
 
 from biofleet.profile import Instance, Profile, ServerSpec
 from biofleet.render import VLLM_MODULE, server_argv
-from vllm_env import require_vllm
 
 pytestmark = pytest.mark.vllm
 

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from vllm_env import require_vllm
 
+from biofleet.devtools.tinymodel import make_tiny_llama
 from biofleet.fleet import NEEDS_RESUBMIT, ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
-from biofleet.devtools.tinymodel import make_tiny_llama
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slurm]
 

@@ -21,6 +21,7 @@ short allocation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -111,7 +112,7 @@ class LocalScheduler:
             free = (g for g in range(len(held) + n + 1) if g not in held)
         else:
             free = (g for g in pool if g not in held)
-        return [g for _, g in zip(range(n), free)]
+        return list(itertools.islice(free, n))
 
     def _start(self, script: str, job_id: str, task: int | None, name: str, out_pattern: str,
                gpus: int = 0) -> None:

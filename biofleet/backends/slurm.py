@@ -216,7 +216,7 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         parts = line.split("|", n - 1)
         if len(parts) != n:
             continue
-        f = dict(zip(SQUEUE_FIELDS, parts))
+        f = dict(zip(SQUEUE_FIELDS, parts, strict=True))
         try:
             base, task, _step = split_job_id(f["id"])
         except ValueError:
@@ -260,7 +260,7 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
             # A job name with "|" in it: the name is the only free-text field, glue it back.
             extra = len(parts) - n
             parts = [parts[0], "|".join(parts[1 : 2 + extra]), *parts[2 + extra :]]
-        f = dict(zip(SACCT_FIELDS, parts))
+        f = dict(zip(SACCT_FIELDS, parts, strict=True))
         try:
             base, task, step = split_job_id(f["JobID"])
         except ValueError:
@@ -512,7 +512,8 @@ class SlurmDialect:
         return f"{job_id}_{task}" if array else job_id
 
     def output_path(self, logs_dir: str, job_name: str, job_id: str, task: int | None) -> str:
-        return f"{logs_dir}/{job_name}-{job_id}_{task}.out" if task is not None else f"{logs_dir}/{job_name}-{job_id}.out"
+        name = f"{job_name}-{job_id}_{task}.out" if task is not None else f"{job_name}-{job_id}.out"
+        return f"{logs_dir}/{name}"
 
     def parse_time_limit(self, text: str) -> float | None:
         return parse_duration(text)

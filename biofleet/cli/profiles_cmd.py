@@ -92,7 +92,8 @@ def show(
     for r in rows:
         table.add_row(
             r["node"], f"{r['gpu']}:{','.join(map(str, r['gpus']))}", r["server"],
-            r["model"] + ("" if r["engine"] == "vllm" else f" ({r['engine']})") + (" [embed]" if r["kind"] == "embed" else ""),
+            r["model"] + ("" if r["engine"] == "vllm" else f" ({r['engine']})")
+            + (" [embed]" if r["kind"] == "embed" else ""),
             r["dtype"], r["quantization"] or "-", f"{r['gpu_memory_utilization']:.2f}",
             str(r["max_model_len"] or "model"), str(r["tensor_parallel_size"]), str(r["port"]),
         )

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def proxy(
-    registry: Annotated[Optional[Path], typer.Option("--registry", help="Fleet registry directory to discover backends from.")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option("--backend", help="Static backend NAME=URL (served name NAME); repeatable.")] = None,
-    routing: Annotated[Optional[Path], typer.Option("--routing", help="YAML file with a routing section (default, aliases, tasks, fallbacks, ...).")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file.")] = "127.0.0.1",
+    registry: Annotated[Path | None, typer.Option(
+        "--registry", help="Fleet registry directory to discover backends from.")] = None,
+    backend: Annotated[list[str] | None, typer.Option(
+        "--backend", help="Static backend NAME=URL (served name NAME); repeatable.")] = None,
+    routing: Annotated[Path | None, typer.Option(
+        "--routing", help="YAML file with a routing section (default, aliases, tasks, fallbacks, ...).")] = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; anything but loopback needs --token-file.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File holding the token clients must send as 'Authorization: Bearer'.")] = None,
-    backend_key_file: Annotated[Optional[Path], typer.Option("--backend-key-file", help="File holding the backends' API key (vLLM --api-key).")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding the token clients must send as 'Authorization: Bearer'.")] = None,
+    backend_key_file: Annotated[Path | None, typer.Option(
+        "--backend-key-file", help="File holding the backends' API key (vLLM --api-key).")] = None,
     strategy: Annotated[str, typer.Option(help="least-outstanding or round-robin.")] = "least-outstanding",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,10 @@ from biofleet.cli.output import console, print_json
 
 def render(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Shipped profile name or YAML path.")],
-    out: Annotated[Path, typer.Option(help="Directory to write the scripts into (created if missing).")] = Path("scripts"),
-    fleet_dir: Annotated[Optional[str], typer.Option(help="Fleet directory on the cluster (default: cluster.workdir/<name>, expanded here).")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Directory to write the scripts into (created if missing).")] = Path("scripts"),
+    fleet_dir: Annotated[str | None, typer.Option(
+        help="Fleet directory on the cluster (default: cluster.workdir/<name>, expanded here).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output only.")] = False,
 ) -> None:
     """Render one sbatch script per job of the profile, for review; nothing is submitted.

@@ -33,7 +33,9 @@ def start(
     t4: Annotated[int, typer.Option("--t4", min=0, max=99, help="Nodes in partition t4flex (1 T4 each).")] = 10,
     h100: Annotated[int, typer.Option("--h100", min=0, max=99, help="Nodes in partition h100flex (4 H100 each).")] = 1,
     cpu: Annotated[int, typer.Option("--cpu", min=0, max=99, help="Nodes in partition cpuspot (no GPU).")] = 2,
-    multi_gpu: Annotated[bool, typer.Option("--multi-gpu/--no-multi-gpu", help="Also a 4x L4 node (l4flex) and a 4x T4 node (t4flex), for per-GPU placement.")] = True,
+    multi_gpu: Annotated[bool, typer.Option(
+        "--multi-gpu/--no-multi-gpu", help="Also a 4x L4 node (l4flex) and a 4x T4 node (t4flex), for per-GPU "
+        "placement.")] = True,
 ) -> None:
     """Start the cluster; the daemons keep running after this command exits.
 
@@ -93,7 +95,8 @@ def status(
     else:
         out = console()
         if not up:
-            out.print(f"no running test cluster in {base_dir} (start one with: biofleet testcluster start)", soft_wrap=True)
+            out.print(f"no running test cluster in {base_dir} (start one with: biofleet testcluster start)",
+                      soft_wrap=True)
         else:
             out.print(f"up: SLURM_CONF={cluster.conf_path}")
             by_state: dict[str, list[str]] = {}

@@ -33,11 +33,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-_WORDS = (
-    "the cell gene protein sequence read align variant sample expression model data pipeline "
-    "genome transcript peak count matrix cluster marker pathway assay batch normalise filter "
-    "quality score index reference annotate merge split sort call test result plot"
-).split()
+_WORDS = [
+    "the", "cell", "gene", "protein", "sequence", "read", "align", "variant", "sample", "expression", "model",
+    "data", "pipeline", "genome", "transcript", "peak", "count", "matrix", "cluster", "marker", "pathway",
+    "assay", "batch", "normalise", "filter", "quality", "score", "index", "reference", "annotate", "merge",
+    "split", "sort", "call", "test", "result", "plot",
+]
 
 Reply = str | Callable[[str], str] | None
 
@@ -212,7 +213,7 @@ def build_app(
         if st.reply is not None:
             text = st.reply(last_user) if callable(st.reply) else st.reply
             # keep whole words as tokens so streaming re-assembles the exact text
-            toks = [w for w in _split_keep(text)]
+            toks = list(_split_keep(text))
             return toks, "stop"
         return generate_text(prompt, max_tokens), "length"
 

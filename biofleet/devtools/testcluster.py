@@ -544,7 +544,7 @@ class TestCluster:
                                f"{self._log_tail(key)}")
 
     def _spawn(self, key: str, argv: list[str]) -> None:
-        log = open(self.base_dir / "log" / f"{key}.stdout", "ab")
+        log = open(self.base_dir / "log" / f"{key}.stdout", "ab")  # noqa: SIM115 - handed to the daemon
         try:
             # -D keeps each daemon in the foreground so the PID we hold is the daemon itself;
             # a new session detaches it from the terminal of `biofleet testcluster start`.

@@ -12,7 +12,15 @@ The names below are the library's API; the CLI only parses arguments and formats
 """
 
 from biofleet.fleet.context import Fleet, open_fleet, parse_ssh_target
-from biofleet.fleet.ops import DownResult, down, find_instance, log_paths, read_token, register_endpoint, unregister_endpoint
+from biofleet.fleet.ops import (
+    DownResult,
+    down,
+    find_instance,
+    log_paths,
+    read_token,
+    register_endpoint,
+    unregister_endpoint,
+)
 from biofleet.fleet.proxy_job import PROXY_ENDING
 from biofleet.fleet.state import load_state, save_state
 from biofleet.fleet.status import (

@@ -70,7 +70,7 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120,
 def _remove_quiet(runner: Runner, path: str) -> None:
     try:
         runner.remove(path)
-    except Exception:  # noqa: BLE001 - already gone (the job removed it on exit)
+    except Exception:
         pass
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from biofleet.remote.base import CommandError
 
 
-
 @dataclass
 class PrefetchResult:
     model: str
@@ -115,7 +114,7 @@ def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_even
         total = plan.bytes or 0
         on_event(f"[{i}/{len(models)}] {model}: downloading {human_size(total)}")
         result = _while_polling(lambda m=model: step(m, "download", timeout), poll_s,
-                                lambda m=model: on_progress(m, cached_bytes(m), total))
+                                lambda m=model, t=total: on_progress(m, cached_bytes(m), t))
         if result.status == "downloaded":
             on_progress(model, total, total)
         results.append(result)

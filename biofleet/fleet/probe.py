@@ -13,7 +13,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-_METRIC = re.compile(r"^(vllm:num_requests_running|vllm:num_requests_waiting|vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)\s*$", re.M)
+_METRIC = re.compile(
+    r"^(vllm:num_requests_running|vllm:num_requests_waiting|vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc)"
+    r"(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)\s*$",
+    re.M,
+)
 
 
 @dataclass

@@ -112,7 +112,7 @@ class FleetStatus:
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for s, raw in zip(self.servers, d["servers"]):
+        for s, raw in zip(self.servers, d["servers"], strict=True):
             raw["uptime_s"] = round(s.uptime_s, 1) if s.uptime_s is not None else None
         d["ready"] = self.ready
         d["total"] = len(self.servers)
@@ -156,14 +156,14 @@ def read_supervision(runner: Runner, paths: FleetPaths) -> dict[tuple[str, str],
 def _restart_requests(runner: Runner, paths: FleetPaths) -> set[str]:
     try:
         return {n for n in runner.listdir(paths.control) if n.endswith(".restart")}
-    except Exception:  # noqa: BLE001 - no control dir yet
+    except Exception:
         return set()
 
 
 def _tail(runner: Runner, path: str, n: int = 8) -> list[str]:
     try:
         text = runner.read_text(path)
-    except (OSError, Exception):  # noqa: BLE001 - a missing log must not break status
+    except (OSError, Exception):
         return []
     return text.rstrip("\n").splitlines()[-n:]
 
@@ -186,7 +186,7 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
     supervision = read_supervision(fleet.runner, fleet.paths)
     asked = _restart_requests(fleet.runner, fleet.paths)
 
-    for st, inst in zip(servers, insts):
+    for st, inst in zip(servers, insts, strict=True):
         rec = state.latest(inst.job, inst.task)
         if rec is None:
             continue
@@ -304,5 +304,5 @@ def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -
 def read_secret(fleet: Fleet, path: str) -> str | None:
     try:
         return fleet.runner.read_text(path).strip() or None
-    except Exception:  # noqa: BLE001 - no secret yet
+    except Exception:
         return None

@@ -33,7 +33,6 @@ from biofleet.proxy.config import CloudFallback, ProxyConfig
 from biofleet.proxy.discovery import Backend, BackendPool, BackendSpec, Source, source_from_config
 from biofleet.proxy.health import HealthChecker
 from biofleet.proxy.metrics import ProxyMetrics
-from biofleet.proxy.upstream import UpstreamPool
 from biofleet.proxy.transport import (
     Attempt,
     Outcome,
@@ -49,6 +48,7 @@ from biofleet.proxy.transport import (
     send_json,
     upstream_request_headers,
 )
+from biofleet.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("biofleet.proxy")
 

@@ -36,7 +36,8 @@ def model_for_task(task_type: str, routing: RoutingConfig) -> str:
         return routing.tasks[task_type]
     except KeyError:
         known = ", ".join(sorted(routing.tasks)) or "(none configured)"
-        raise RouteError(400, f"unknown task_type {task_type!r}; known task types: {known}", "unknown_task_type") from None
+        raise RouteError(400, f"unknown task_type {task_type!r}; known task types: {known}",
+                         "unknown_task_type") from None
 
 
 @lru_cache(maxsize=64)

@@ -128,7 +128,8 @@ async def send_error(send: Send, status: int, message: str, code: str | int | No
 
 
 def sse_error(message: str, code: str = "upstream_error") -> bytes:
-    return b"data: " + json.dumps({"error": {"message": message, "type": "server_error", "code": code}}).encode() + b"\n\n"
+    event = {"error": {"message": message, "type": "server_error", "code": code}}
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 class Outcome(enum.Enum):

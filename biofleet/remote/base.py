@@ -27,7 +27,6 @@ import httpx
 
 from biofleet.errors import BiofleetError
 
-
 # ---------------------------------------------------------------------------- results and errors
 
 

@@ -23,7 +23,6 @@ from biofleet.remote.base import (
     read_small_files,
 )
 
-
 # ---------------------------------------------------------------------------- local
 
 

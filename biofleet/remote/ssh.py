@@ -27,14 +27,14 @@ from biofleet.remote.base import (
     expand_user_vars,
 )
 
-
 # ---------------------------------------------------------------------------- SSH
 
 log = logging.getLogger("biofleet.ssh")
 
 # Exit status our file commands use for "no such file or directory" / "not a directory".
 _NO_SUCH_FILE, _NOT_A_DIR = 66, 65
-_NO_SFTP_HINT = "the login node has no SFTP subsystem; the admins can enable it with `Subsystem sftp internal-sftp` in sshd_config"
+_NO_SFTP_HINT = ("the login node has no SFTP subsystem; the admins can enable it with "
+                 "`Subsystem sftp internal-sftp` in sshd_config")
 
 
 def _trust_hint(host: str, port: int) -> str:
@@ -198,7 +198,7 @@ class SSHRunner:
                 if thing is not None:
                     try:
                         thing.close()
-                    except Exception:  # noqa: BLE001 - closing a dead link may fail any way it likes
+                    except Exception:
                         pass
             self._sftp = self._client = None
 
@@ -260,13 +260,13 @@ class SSHRunner:
             if stdin:
                 try:
                     chan.sendall(stdin)
-                except (socket.timeout, TimeoutError):
+                except TimeoutError:
                     raise
                 except OSError:
                     pass  # the command stopped reading (it failed, or the link dropped): the exit status says which
             chan.shutdown_write()
             out, err = _drain(chan, timeout)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             chan.close()
             raise CommandError(args, None, reason=f"timed out after {timeout:g}s on {self.host}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -280,7 +280,8 @@ class SSHRunner:
             # A server ending a channel sends EOF first; a link that drops sends nothing more.
             if not chan.eof_received or _link_lost(transport):
                 raise self._dropped(args)
-            raise CommandError(args, None, out, err, reason=f"ended on {self.host} with no exit status (killed by a signal?)")
+            raise CommandError(args, None, out, err,
+                               reason=f"ended on {self.host} with no exit status (killed by a signal?)")
         if rc == 127 and "not found" in err:
             raise CommandError(args, 127, out, err, reason=f"command not found on {self.host}: {args[0]}")
         result = CompletedCommand(args, rc, out, err)
@@ -426,7 +427,7 @@ class SSHRunner:
                     "it, or run biofleet where the compute nodes are reachable directly."
                 ) from None
             raise httpx.ConnectError(f"via {self.where}: cannot reach {host}:{port}: {exc.text}") from None
-        except Exception as exc:  # noqa: BLE001 - paramiko raises SSHException / EOFError on a dead link
+        except Exception as exc:
             raise httpx.ConnectError(f"via {self.where}: cannot reach {host}:{port}: {exc}") from None
 
     def close(self) -> None:
@@ -671,7 +672,7 @@ class _ChannelStream:
         self._chan.settimeout(timeout)
         try:
             return self._chan.recv(max_bytes)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise httpcore.ReadTimeout(f"read timed out after {timeout}s") from None
         except OSError as exc:
             raise httpcore.ReadError(str(exc)) from None
@@ -682,7 +683,7 @@ class _ChannelStream:
         self._chan.settimeout(timeout)
         try:
             self._chan.sendall(buffer)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise httpcore.WriteTimeout(f"write timed out after {timeout}s") from None
         except OSError as exc:
             raise httpcore.WriteError(str(exc)) from None
