@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,7 +59,7 @@ _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRI
 _SHELL_LINE_FORBIDDEN = ("\n", "\r", "\x00")
 
 
-def _matcher(rx: re.Pattern[str], what: str, example: str):
+def _matcher(rx: re.Pattern[str], what: str, example: str) -> AfterValidator:
     def check(v: str) -> str:
         if not rx.match(v):
             bad = sorted({c for c in v if not rx.match(c) and not c.isalnum()})
@@ -453,7 +453,7 @@ def _routing_refs(r: RoutingConfig) -> list[tuple[tuple[Any, ...], str]]:
     return refs
 
 
-def _suggest(word: str, choices) -> str:
+def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -75,9 +75,10 @@ def _build(node: yaml.Node, path: Path_, file: str, where: dict[Path_, tuple[str
                 raise YamlSyntaxError(
                     file, key_node.start_mark.line + 1, f"duplicate key {key!r} (a key may appear once)"
                 )
-            out[key] = _build(value_node, (*path, key), file, where)
+            at = (*path, key)
+            out[key] = _build(value_node, at, file, where)
             # Point at the key's line: for a block value the value starts on the next line.
-            where[(*path, key)] = (file, key_node.start_mark.line + 1)
+            where[at] = (file, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*path, i), file, where) for i, v in enumerate(node.value)]

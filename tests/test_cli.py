@@ -189,6 +189,12 @@ def test_installed_wheel_finds_profiles_and_templates(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "biofleet/_data/templates/job.sbatch.j2" in names
     assert "biofleet/_data/profiles/t4x10.yaml" in names
+    assert "biofleet/_data/templates/jobkit.sh.j2" in names and "biofleet/clusterside/jobkit.py" in names
+    # The proxy's fast loop and parser, and cpu-models' tokenizer, come with a plain `pip install .`.
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    plain = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    for pkg in ("uvloop", "httptools", "tokenizers"):
+        assert any(line.split()[1].startswith(pkg) for line in plain), (pkg, plain)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)

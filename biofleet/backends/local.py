@@ -98,10 +98,11 @@ class LocalScheduler:
         for arg in extra_args:
             if arg.startswith("--gres="):
                 gres = arg.split("=", 1)[1]
-        name = (_NAME_DIRECTIVE.search(text) or [None, Path(script_path).stem])[1]
-        out_pattern = (_OUTPUT_DIRECTIVE.search(text) or [None, str(self.dir / "slurm-%j.out")])[1]
-        tasks = expand_array_tasks(array) if array else [None]
-        for task in tasks:
+        name_m, out_m = _NAME_DIRECTIVE.search(text), _OUTPUT_DIRECTIVE.search(text)
+        name = name_m.group(1) if name_m else Path(script_path).stem
+        out_pattern = out_m.group(1) if out_m else str(self.dir / "slurm-%j.out")
+        task_ids: list[int | None] = list(expand_array_tasks(array)) if array else [None]
+        for task in task_ids:
             self._start(script_path, job_id, task, name, out_pattern, gpus_requested(gres))
         return job_id
 

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from biofleet.backends.base import JobInfo, JobState, ScriptDialect
-from biofleet.remote.base import CommandError, Runner
+from biofleet.remote.base import CommandError, CompletedCommand, Runner
 
 if TYPE_CHECKING:
     from biofleet.profile import JobSpec, Profile
@@ -329,7 +329,7 @@ class Slurm:
         self.env = dict(env or {})
         self.timeout = timeout
 
-    def _run(self, argv: list[str], *, check: bool = True):
+    def _run(self, argv: list[str], *, check: bool = True) -> CompletedCommand:
         return self.runner.run(argv, timeout=self.timeout, check=check, env=self.env or None)
 
     def submit(self, script_path: str, *, tasks: Sequence[int] | None = None,

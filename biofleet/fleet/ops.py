@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from biofleet.errors import FleetError
 from biofleet.fleet.context import Fleet
@@ -49,7 +50,7 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120,
             stop_local_proxy(state.proxy.pid)
             on_event(f"stopped the local proxy (pid {state.proxy.pid})")
     removed = 0
-    ours = set()
+    ours: set[str] = set()
     if state is not None:
         for rec in state.jobs:
             ours.update(rec.task_job_id(t) for t in rec.tasks)
@@ -102,7 +103,7 @@ def log_paths(fleet: Fleet, name: str) -> tuple[str, str]:
 
 
 def register_endpoint(fleet: Fleet, name: str, url: str, served_names: Sequence[str],
-                      kind: str = "generate") -> Endpoint:
+                      kind: Literal["generate", "embed"] = "generate") -> Endpoint:
     ep = Endpoint(fleet=fleet.profile.name, server=name, url=url.rstrip("/"),
                   served_names=tuple(served_names) or (name,), kind=kind, engine="external", manual=True,
                   started_at=time.time())

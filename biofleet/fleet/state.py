@@ -12,7 +12,7 @@ import secrets
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from biofleet.errors import FleetError
 from biofleet.paths import FleetPaths
@@ -79,12 +79,21 @@ class FleetState(BaseModel):
 
     fleet: str
     profile: str
-    backend: Literal["slurm", "local"]
+    backend: str  # a name in biofleet.backends.BACKENDS
     fleet_dir: str
     jobs: list[JobRecord] = Field(default_factory=list)
     proxy: ProxyRecord | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from biofleet.backends import BACKENDS
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; known: {', '.join(BACKENDS)}")
+        return v
 
     def job_ids(self) -> list[str]:
         ids = [j.job_id for j in self.jobs]
