@@ -28,13 +28,20 @@ REGISTRY_SUFFIX = ".json"
 
 
 def atomic_write_text(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
+
+    The temp file is created 0600 and gets its final ``mode`` before any byte is written, so a
+    secret is never readable by others, not even for a moment; a reader sees the old file or the
+    whole new one (hidden ``.tmp-`` names are skipped by every reader).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=REGISTRY_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

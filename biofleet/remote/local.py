@@ -6,12 +6,12 @@ import getpass
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
+from biofleet.clusterside.jobkit import atomic_write_text
 from biofleet.remote.base import (
     CommandError,
     CompletedCommand,
@@ -64,19 +64,7 @@ class LocalRunner:
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         target = Path(_local(path))
         target.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp creates the file 0600, so a secret is never readable by others, not even for a moment;
-        # the final mode is set before any byte is written.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(str(target), text, mode)
 
     def read_text(self, path: str) -> str:
         return Path(_local(path)).read_text()
