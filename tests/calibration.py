@@ -93,7 +93,7 @@ class Run:
 
 def _shared_models(case: dict[str, Any]) -> list[str]:
     """Models of a case that ran several servers on the same GPUs ("A + B (two servers ...)")."""
-    raw = str(case.get("model") or "")
+    raw = re.sub(r"\([^)]*\)", "", str(case.get("model") or ""))  # "+" inside a note is not a second server
     if " + " not in raw:
         return []
     return [re.split(r"\(", part)[0].strip() for part in raw.split(" + ")]
@@ -193,7 +193,10 @@ def execute(run: Run) -> Run:
         return run
     res = CliRunner().invoke(app, run.argv)
     run.exit_code = res.exit_code
-    if res.exit_code in (0, 1):
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        # the command refused its inputs (the console script prints this and exits 2)
+        run.skip = f"fit-check refused the command line: {str(res.exception).strip()[:200]}"
+    elif res.exit_code in (0, 1):
         run.result = json.loads(res.stdout)
     else:
         run.skip = f"fit-check exited {res.exit_code}: {res.output.strip()[:200]}"
