@@ -1,68 +1,105 @@
 """Fit-check: will each vLLM server start on its GPU(s), and with how much KV cache?
 
-Pure functions over the catalogues; no I/O. The memory model follows vLLM's own accounting
-(see docs/fit-check.md and shared/calibration/vllm_memory_rules.md):
+Pure functions over the catalogues; no I/O. The memory model follows vLLM's own start-up
+accounting *for the vLLM version the server runs* (``biofleet.catalog.vllm_rules``; every
+rule with its source and version range is in docs/fit-check.md):
 
-    budget  = gpu_memory_utilization x visible GiB                      (per GPU / TP rank)
-    weights = parameters x bytes per parameter (quantised layers at their bits plus
-              group scales/zeros; embeddings and lm_head stay 16-bit)   / TP
-    overhead = activation peak (profiling pass over max_num_batched_tokens)
-             + non-torch memory (CUDA context, cuBLAS; NCCL buffers when TP > 1)
-             + CUDA graphs (unless enforce_eager)
-    KV      = budget - weights - overhead  ->  tokens = KV / (2 x layers x kv_heads/TP x
-              head_dim x bytes), rounded down to whole 16-token blocks
+    budget   = gpu_memory_utilization x visible GiB                     (per GPU / TP rank)
+    weights  = the checkpoint's bytes when it is at hand, else parameters x bytes per
+               parameter (quantised layers at their bits plus group scales; embeddings,
+               lm_head and vision towers 16-bit)                          / TP
+    overhead = activation peak of the profiling pass (the larger of the forward pass over
+               the profiling batch, the sampler warm-up over max_num_seqs x vocab logits,
+               and for vision-language models the encoder on the largest images)
+             + non-torch memory (cuBLAS workspace; NCCL buffers when TP > 1)
+             + CUDA graphs, from vLLM 0.21 on (earlier builds capture them outside the budget)
+    KV       = budget - weights - overhead  ->  tokens = KV / per-token bytes of every layer,
+               in whole 16-token blocks; sliding-window layers hold only their window (V1 >= 0.10)
 
-CUDA graphs are counted inside the budget (recent vLLM subtracts an estimate; older builds
-put them on top of it, which co-located instances feel just the same). Sliding-window
-layers are treated as full attention, so KV needs are never under-estimated.
+On top of the per-server budget, every GPU must hold the budgets of all its servers, one CUDA
+context per process and the CUDA graphs captured outside the budgets; vLLM V1 (>= 0.9.1)
+refuses to start when the free memory is below its budget.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from biofleet.catalog.gpus import GpuSpec
 from biofleet.catalog.models import ModelSpec, quantized_variant
+from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, VllmRules, check_vllm_version, rules_for
 
 __all__ = [
-    "ServerInput", "NodeInput", "Finding", "ServerFit", "GpuFit", "FitReport",
-    "check", "check_server_on_gpu", "effective_dtype", "weights_gib", "kv_bytes_per_token",
-    "activation_gib", "cuda_graph_gib", "non_torch_gib", "default_max_num_batched_tokens",
-    "BLOCK_SIZE", "UTIL_SUM_WARN",
+    "BLOCK_SIZE",
+    "CUDA_CONTEXT_GIB",
+    "UTIL_SUM_WARN",
+    "Finding",
+    "FitReport",
+    "GpuFit",
+    "NodeInput",
+    "Resolved",
+    "ServerFit",
+    "ServerInput",
+    "activation_gib",
+    "check",
+    "check_server_on_gpu",
+    "cuda_graph_gib",
+    "default_max_num_batched_tokens",
+    "effective_dtype",
+    "kv_bytes_per_token",
+    "non_torch_gib",
+    "resolve",
+    "weights_gib",
 ]
 
 GiB = 1024 ** 3
 BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
-UTIL_SUM_WARN = 0.95  # co-located utilisations above this leave no room for CUDA contexts
+UTIL_SUM_WARN = 0.95  # kept for callers; the GPU check itself adds up budgets, contexts and graphs
 LOW_CONCURRENCY = 2.0  # fewer full-length sequences than this: warn
+OVERCOMMIT_WARN_GIB = 0.25  # less headroom than this on a GPU: warn
 
-# Calibrated against shared/calibration/vllm_memory_cases.jsonl (see docs/fit-check.md).
-NON_TORCH_GIB = 0.10  # V0 logs print 0.01-0.10 GiB of non-torch memory on one GPU (#3, #15)
-NCCL_GIB = 0.40  # extra per rank when TP > 1 (NCCL + custom all-reduce buffers; estimate)
-GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB = 0.15, 0.012  # logs: 0.46-0.50 GiB for 28-layer 7B (#27, #33)
-ACT_BYTES_PER_INTER = 6  # gate+up output (2 x I x 2 B) and the activated copy (I x 2 B) per token
-ACT_BYTES_PER_HIDDEN = 6  # residual, norm output and attention output per token (2 B each)
-LOGIT_BYTES = 4  # sampler profiling materialises fp32 logits for max_num_seqs rows
+# One process's CUDA context (GpuSpec.cuda_context_gib: 0.51 GiB measured on H100 / H200) is not
+# in vLLM's budget (the profiler's baseline is taken after the context exists), so every
+# co-located server adds one. This constant is the H100 figure, kept for callers.
+CUDA_CONTEXT_GIB = 0.51
+# Non-torch memory the profiling pass adds (cuBLAS workspace, allocator slack): 0.24-0.27 GiB in
+# 0.19 logs at TP 1 (0.67 - 0.51 GiB measured after a cuBLAS warm-up); 0.02-0.10 GiB in V0 and
+# V1 <= 0.16 logs. With TP > 1 NCCL and custom all-reduce buffers add ~1.85 GiB per rank
+# (0.19 logs 2.07-2.21 GiB; PR #10511's TP 2 log 3.58 - 1.79 GiB).
+NON_TORCH_GIB, NON_TORCH_NEW_GIB, NCCL_GIB = 0.07, 0.25, 1.85
+# CUDA graphs: 0.46-0.54 GiB logged for 28-36-layer models with 256 sequences, ~0.9 GiB for
+# 32-layer models at H100 defaults (1024 sequences, 0.19 logs).
+GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB, GRAPH_BIG_BATCH = 0.15, 0.012, 1.7
+# Forward pass of the profiling batch, bytes per token: gate/up output + activated copy (6 B x
+# MLP width / TP) and residual, norm, attention output, QKV (10 B x hidden). 16-bit; x2 for fp32.
+ACT_BYTES_PER_INTER, ACT_BYTES_PER_HIDDEN = 6, 10
+MOE_WORKSPACE_BYTES = 8  # per token x routed MLP width / TP: fused-MoE buffers kept beside the sampler
+# Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
+VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
 
 Severity = Literal["error", "warning", "info"]
 
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 _DTYPE_ALIASES = {"half": "float16", "fp16": "float16", "float16": "float16", "bf16": "bfloat16",
                   "bfloat16": "bfloat16", "float": "float32", "float32": "float32", "fp32": "float32"}
+_FP16_UNSTABLE = ("gemma2", "gemma3", "gemma3_text")  # vLLM keeps these out of float16
 # Which --quantization values a checkpoint quantised one way accepts.
 _COMPATIBLE = {
     "awq": {"awq", "awq_marlin"},
     "gptq": {"gptq", "gptq_marlin", "marlin", "gptq_marlin_24"},
     "fp8": {"fp8"},
+    "fbgemm_fp8": {"fbgemm_fp8", "fp8"},
     "compressed-tensors": {"compressed-tensors"},
     "bitsandbytes": {"bitsandbytes"},
     "mxfp4": {"mxfp4"},
     "gguf": {"gguf"},
 }
-_WEIGHT_QUANT_GROUPED = {"awq", "gptq"}  # fp16 scale + packed zero per group of 128
+_WEIGHT_QUANT_GROUPED = {"awq", "gptq", "compressed-tensors"}  # a 16-bit scale (+ packed zero) per group
 _ONLINE_QUANT_BITS = {"fp8": 8.0, "bitsandbytes": 4.13}  # quantised at load time from 16-bit weights
 _MARLIN = {"awq_marlin", "gptq_marlin", "marlin", "gptq_marlin_24"}
 _FA_BACKENDS = {"FLASH_ATTN", "FLASH_ATTN_VLLM_V1", "FLASHINFER", "FLASHINFER_VLLM_V1"}
@@ -82,16 +119,23 @@ class ServerInput(_Frozen):
     model: ModelSpec
     kind: Literal["generate", "embed"] = "generate"
     engine: Literal["vllm", "mock"] = "vllm"
+    vllm_version: str = DEFAULT_VLLM_VERSION  # the build the server runs: picks the memory rules
     dtype: str = "auto"  # auto | float16 | half | bfloat16 | float32
     quantization: str | None = None  # the --quantization flag requested
-    max_model_len: int | None = Field(None, gt=0)  # None: the model's context length
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(default=None, gt=0)  # None: the model's context length
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)  # None: that vLLM version's default
+    tensor_parallel_size: int = Field(default=1, ge=1)
     kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
     enforce_eager: bool = False
-    max_num_seqs: int | None = Field(None, gt=0)
-    max_num_batched_tokens: int | None = Field(None, gt=0)
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    gpu_free_gib: float | None = Field(default=None, ge=0)  # free memory on its GPU(s) before it starts (shared GPUs)
     env: Mapping[str, str] = Field(default_factory=dict)
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return check_vllm_version(v)
 
     @field_validator("dtype")
     @classmethod
@@ -106,7 +150,8 @@ class ServerInput(_Frozen):
     def _quant(cls, v: str | None) -> str | None:
         if v is None or v.strip().lower() in ("", "none", "null"):
             return None
-        return v.strip().lower().replace("-", "_") if v.strip().lower() != "compressed-tensors" else "compressed-tensors"
+        v = v.strip().lower()
+        return v if v == "compressed-tensors" else v.replace("-", "_")
 
     @field_validator("kv_cache_dtype")
     @classmethod
@@ -122,7 +167,7 @@ class NodeInput(_Frozen):
 
     label: str
     gpu: GpuSpec
-    gpu_count: int = Field(1, ge=1)
+    gpu_count: int = Field(default=1, ge=1)
     servers: tuple[tuple[ServerInput, tuple[int, ...]], ...] = ()
 
 
@@ -138,6 +183,10 @@ class Finding(_Frozen):
         return {"severity": self.severity, "code": self.code, "message": self.message, "fix": self.fix}
 
 
+def _r2(x: float) -> float:
+    return round(x, 2)
+
+
 class ServerFit(_Frozen):
     name: str
     node: str
@@ -148,31 +197,35 @@ class ServerFit(_Frozen):
     dtype: str  # effective dtype
     quantization: str | None  # effective weight quantisation (checkpoint or requested)
     weights_gib: float
-    overhead_gib: float  # activation + non-torch + CUDA graphs
+    overhead_gib: float  # activation + non-torch + CUDA graphs counted in the budget
     activation_gib: float
     non_torch_gib: float
-    cuda_graph_gib: float
+    cuda_graph_gib: float  # estimated size, whether or not it is in the budget
+    graphs_in_budget: bool
     budget_gib: float
+    utilization: float
     kv_cache_gib: float  # may be negative: the deficit
     kv_bytes_per_token: int
     kv_cache_tokens: int
-    max_concurrency: float | None  # tokens / max_model_len; None without a KV cache
+    max_concurrency: float | None  # full-length requests at once; None without a KV cache
     max_model_len: int
     max_num_batched_tokens: int
+    inputs: Mapping[str, Any] = Field(default_factory=dict)  # what was resolved / assumed, for the user
     findings: tuple[Finding, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
-        r2 = lambda x: round(x, 2)  # noqa: E731
         return {
             "name": self.name, "node": self.node, "gpus": list(self.gpus), "ok": self.ok, "model": self.model,
             "engine": self.engine, "dtype": self.dtype, "quantization": self.quantization,
-            "budget_gib": r2(self.budget_gib), "weights_gib": r2(self.weights_gib),
-            "overhead_gib": r2(self.overhead_gib), "activation_gib": r2(self.activation_gib),
-            "non_torch_gib": r2(self.non_torch_gib), "cuda_graph_gib": r2(self.cuda_graph_gib),
-            "kv_cache_gib": r2(self.kv_cache_gib), "kv_bytes_per_token": self.kv_bytes_per_token,
+            "budget_gib": _r2(self.budget_gib), "weights_gib": _r2(self.weights_gib),
+            "overhead_gib": _r2(self.overhead_gib), "activation_gib": _r2(self.activation_gib),
+            "non_torch_gib": _r2(self.non_torch_gib), "cuda_graph_gib": _r2(self.cuda_graph_gib),
+            "graphs_in_budget": self.graphs_in_budget,
+            "kv_cache_gib": _r2(self.kv_cache_gib), "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_cache_tokens": self.kv_cache_tokens,
-            "max_concurrency": None if self.max_concurrency is None else r2(self.max_concurrency),
+            "max_concurrency": None if self.max_concurrency is None else _r2(self.max_concurrency),
             "max_model_len": self.max_model_len, "max_num_batched_tokens": self.max_num_batched_tokens,
+            "inputs": dict(self.inputs),
             "findings": [f.to_json_dict() for f in self.findings],
         }
 
@@ -184,13 +237,13 @@ class GpuFit(_Frozen):
     visible_gib: float
     util_sum: float
     servers: tuple[str, ...]
-    used_gib: float  # sum of the budgets of the vLLM servers on it
+    used_gib: float  # budgets + CUDA contexts + graphs outside the budgets of its vLLM servers
     findings: tuple[Finding, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "index": self.index, "gpu": self.gpu, "visible_gib": round(self.visible_gib, 2),
+        return {"node": self.node, "index": self.index, "gpu": self.gpu, "visible_gib": _r2(self.visible_gib),
                 "util_sum": round(self.util_sum, 3), "servers": list(self.servers),
-                "used_gib": round(self.used_gib, 2), "findings": [f.to_json_dict() for f in self.findings]}
+                "used_gib": _r2(self.used_gib), "findings": [f.to_json_dict() for f in self.findings]}
 
 
 class FitReport(_Frozen):
@@ -217,19 +270,92 @@ class FitReport(_Frozen):
                 "gpus": [g.to_json_dict() for g in self.gpus], "findings": [f.to_json_dict() for f in self.findings]}
 
 
-# --------------------------------------------------------------------------- physics
+# --------------------------------------------------------------------------- resolution
 
-def effective_dtype(server: ServerInput) -> str:
-    """The dtype vLLM runs with: ``auto`` takes config.json's torch_dtype, except that float32
-    checkpoints are cast down (to bfloat16 for Gemma-2/3, which vLLM keeps out of float16,
-    otherwise to float16)."""
+@dataclass(frozen=True)
+class Resolved:
+    """A server's settings as vLLM would resolve them on this GPU (defaults filled in)."""
+
+    rules: VllmRules
+    dtype: str
+    dtype_reason: str
+    utilization: float
+    max_model_len: int
+    batched_tokens: int
+    max_num_seqs: int
+    big_gpu: bool
+
+
+def _big_gpu(gpu: GpuSpec) -> bool:
+    # vLLM raises its scheduler defaults on cards with >= 70 GiB whose device name does not
+    # contain "A100" (EngineArgs usage-context defaults), so the name matters, not only the size.
+    return gpu.visible_gib >= 70 and "A100" not in gpu.name.upper()
+
+
+def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
+    return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0))
+
+
+def effective_dtype(server: ServerInput, gpu: GpuSpec | None = None) -> str:
+    """The dtype vLLM serves with (see :func:`_resolve_dtype`)."""
+    return _resolve_dtype(server, gpu, _rules(server, gpu))[0]
+
+
+def _resolve_dtype(server: ServerInput, gpu: GpuSpec | None, rules: VllmRules) -> tuple[str, str]:
+    """(dtype, why) following vLLM's ``_get_and_verify_dtype`` for this version.
+
+    ``auto`` takes config.json's torch_dtype; a config without one counts as float32, and
+    float32 models are served in 16 bits: float16 in older builds (bfloat16 for Gemma-2/3),
+    from 0.9 the GPU's preferred 16-bit type (bfloat16 on CC >= 8.0, float16 below; pooling
+    models prefer float16; Gemma-2/3 never float16). From 0.9 a config dtype the GPU cannot
+    run falls back to that preferred type instead of failing."""
+    m = server.model
     if server.dtype != "auto":
-        return _DTYPE_ALIASES[server.dtype]
-    native = _DTYPE_ALIASES.get(server.model.native_dtype, "bfloat16")
+        return _DTYPE_ALIASES[server.dtype], "as requested"
+    native = _DTYPE_ALIASES.get(m.native_dtype, "bfloat16")
+    why = "config.json has no torch_dtype (read as float32)" if m.torch_dtype_missing else \
+        f"config.json torch_dtype {native}"
+    bf16_ok = gpu is None or gpu.supports_bf16
+    if rules.auto_dtype_fallback:
+        supported = ["bfloat16", "float16", "float32"] if bf16_ok else ["float16", "float32"]
+        if m.model_type in _FP16_UNSTABLE:
+            supported.remove("float16")
+        pooling = server.kind == "embed" or m.encoder_only
+        preferred = "float16" if pooling and "float16" in supported else supported[0]
+        if native == "float32":
+            return preferred, f"{why}; float32 checkpoints are served in {preferred}"
+        if native in supported:
+            return native, why
+        return preferred, f"{why}, which this GPU cannot run: vLLM falls back to {preferred}"
     if native == "float32":
-        return "bfloat16" if server.model.model_type in ("gemma2", "gemma3") else "float16"
-    return native
+        served = "bfloat16" if m.model_type in _FP16_UNSTABLE else "float16"
+        return served, f"{why}; float32 checkpoints are served in {served}"
+    return native, why
 
+
+def resolve(server: ServerInput, gpu: GpuSpec) -> Resolved:
+    """Fill in the defaults of the server's vLLM version on this GPU."""
+    rules = _rules(server, gpu)
+    dtype, why = _resolve_dtype(server, gpu, rules)
+    max_len = server.max_model_len or server.model.context_length
+    big = _big_gpu(gpu)
+    tokens = server.max_num_batched_tokens or rules.default_max_num_batched_tokens(big, max_len)
+    if server.model.encoder_only and not server.max_num_batched_tokens:
+        tokens = max(tokens, max_len)  # encoder-only pooling models run whole sequences, never chunked
+    return Resolved(rules=rules, dtype=dtype, dtype_reason=why,
+                    utilization=server.gpu_memory_utilization or rules.default_utilization,
+                    max_model_len=max_len, batched_tokens=tokens,
+                    max_num_seqs=server.max_num_seqs or rules.default_max_num_seqs(big), big_gpu=big)
+
+
+def default_max_num_batched_tokens(gpu: GpuSpec, vllm_version: str = DEFAULT_VLLM_VERSION,
+                                   max_model_len: int = 8192) -> int:
+    """The profiling batch vLLM uses when ``--max-num-batched-tokens`` is not given."""
+    return rules_for(vllm_version, gpu.compute_capability).default_max_num_batched_tokens(_big_gpu(gpu),
+                                                                                           max_model_len)
+
+
+# --------------------------------------------------------------------------- physics
 
 def _weight_method(server: ServerInput) -> str | None:
     """How the weights are stored in memory: the checkpoint's quantisation, else an online one."""
@@ -240,93 +366,161 @@ def _weight_method(server: ServerInput) -> str | None:
     return None
 
 
-def weights_gib(server: ServerInput) -> float:
-    """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size."""
+def _weights_source(server: ServerInput) -> str:
+    ck = server.model.checkpoint
+    if ck is not None and not (server.model.quantization is None and server.quantization in _ONLINE_QUANT_BITS):
+        return f"checkpoint: {ck.source}"
+    return "parameters x bytes per parameter"
+
+
+def weights_gib(server: ServerInput, dtype: str | None = None) -> float:
+    """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size.
+
+    The checkpoint's own size wins when it is known (local directory or ``--online``): its
+    floating-point tensors scaled to the served dtype, packed / FP8 tensors as stored."""
     m = server.model
-    dbytes = _DTYPE_BYTES[effective_dtype(server)]
+    dbytes = _DTYPE_BYTES[dtype or effective_dtype(server)]
     method = _weight_method(server)
+    ck = m.checkpoint
+    online = m.quantization is None and server.quantization in _ONLINE_QUANT_BITS
+    if ck is not None and not online:
+        if ck.float_bytes is not None and ck.float_dtype in _DTYPE_BYTES:
+            total = ck.other_bytes * m.quant_storage_factor + ck.float_bytes * dbytes / _DTYPE_BYTES[ck.float_dtype]
+        elif m.quantization:
+            total = float(ck.total_bytes)
+        else:
+            total = ck.total_bytes * dbytes / _DTYPE_BYTES.get(_DTYPE_ALIASES.get(m.native_dtype, "bfloat16"), 2)
+        return total / server.tensor_parallel_size / GiB
     params = m.params_b * 1e9
-    if method is None or m.encoder_only:
-        total = params * dbytes
+    if method is None or m.encoder_only or (m.quantization and m.quant_bits is None):
+        total = params * dbytes  # unknown quantisation methods: counted unquantised (a warning says so)
     else:
         if m.quantization:  # checkpoint stores the quantised layers
-            bits = float(m.quant_bits or 4)
+            bits = float(m.quant_bits or 16)
             if m.quantization in _WEIGHT_QUANT_GROUPED and m.quant_group_size:
-                bits += (16 + bits) / m.quant_group_size  # fp16 scale + packed zero per group
+                zero = bits if m.quantization in ("awq", "gptq") else 0.0  # packed zero points (asymmetric)
+                bits += (16 + zero) / m.quant_group_size
         else:
             bits = _ONLINE_QUANT_BITS[method]
+        vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
         if m.quantized_params_b:  # e.g. gpt-oss: only the experts are quantised
             rest = max(params - m.quantized_params_b * 1e9, 0.0)
             quantized = m.quantized_params_b * 1e9 * m.quant_storage_factor
         else:  # embeddings and lm_head stay 16-bit
-            rest = min(m.embedding_params_b * 1e9, params)
+            rest = min(m.embedding_params_b * 1e9 + vision, params)
             quantized = params - rest
         total = quantized * bits / 8 + rest * 2  # the unquantised rest stays 16-bit
     return total / server.tensor_parallel_size / GiB
 
 
-def kv_bytes_per_token(server: ServerInput) -> int:
-    """KV-cache bytes per token on one TP rank (0 for encoder-only models)."""
+def _kv_element_bytes(server: ServerInput, dtype: str) -> int:
+    return 1 if server.kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES[dtype]
+
+
+def _layer_token_bytes(server: ServerInput, dtype: str) -> int:
+    """KV bytes per token of ONE attention layer on one TP rank."""
     m = server.model
-    if m.encoder_only:
-        return 0
-    el = 1 if server.kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES[effective_dtype(server)]
+    el = _kv_element_bytes(server, dtype)
     if m.kv_latent_dim:  # MLA: one latent vector per layer, replicated on every rank
-        return m.num_layers * m.kv_latent_dim * el
+        return m.kv_latent_dim * el
+    assert m.num_kv_heads is not None and m.head_dim is not None
     kv_rank = max(1, m.num_kv_heads // server.tensor_parallel_size)
-    return 2 * m.num_layers * kv_rank * m.head_dim * el
+    return 2 * kv_rank * m.head_dim * el
 
 
-def _big_gpu(gpu: GpuSpec) -> bool:
-    # vLLM raises its scheduler defaults on >= 70 GiB cards other than A100 (EngineArgs defaults).
-    return gpu.visible_gib >= 70 and not gpu.name.upper().startswith("A100")
+def _kv_layers(m: ModelSpec) -> tuple[int, int]:
+    """(layers with a KV cache, of which sliding-window layers)."""
+    layers = m.kv_layers or m.num_layers
+    if not m.sliding_window:
+        return layers, 0
+    return layers, min(layers, m.sliding_layers if m.sliding_layers is not None else layers)
 
 
-def default_max_num_batched_tokens(gpu: GpuSpec) -> int:
-    """V1 (chunked prefill) default for the OpenAI server: 8192 on H100-class, else 2048."""
-    return 8192 if _big_gpu(gpu) else 2048
+def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
+    """KV-cache bytes per token on one TP rank over all layers (0 for encoder-only models)."""
+    if server.model.encoder_only:
+        return 0
+    layers, _ = _kv_layers(server.model)
+    return layers * _layer_token_bytes(server, dtype or effective_dtype(server))
 
 
-def _default_max_num_seqs(gpu: GpuSpec) -> int:
-    return 1024 if _big_gpu(gpu) else 256
+def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
+    """KV bytes one ``max_model_len`` request occupies (what vLLM checks at start-up).
+
+    V1 from 0.10 keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens (plus one
+    block) in a sliding-window layer (``SlidingWindowSpec.max_memory_usage_bytes``); older
+    builds give every layer the full length."""
+    per_layer = _layer_token_bytes(server, res.dtype)
+    layers, sliding = _kv_layers(server.model)
+    full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
+    if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
+        return layers * full_blocks * BLOCK_SIZE * per_layer
+    kept = min(server.model.sliding_window - 1 + res.batched_tokens, res.max_model_len)
+    slide_blocks = math.ceil(kept / BLOCK_SIZE) + 1
+    return ((layers - sliding) * full_blocks + sliding * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
 
 
 def activation_gib(server: ServerInput, gpu: GpuSpec, max_model_len: int | None = None) -> float:
-    """Peak activation memory of vLLM's profiling pass, per rank (GiB).
+    """Peak activation memory of vLLM's profiling pass, per rank (GiB)."""
+    res = resolve(server, gpu)
+    if max_model_len is not None and max_model_len != res.max_model_len:
+        res = resolve(server.model_copy(update={"max_model_len": max_model_len}), gpu)
+    return _activation(server, res)
 
-    tokens x (6 B x MLP width / TP + 6 B x hidden) for 16-bit models, plus fp32 logits for
-    max_num_seqs rows (the sampler warm-up). Calibrated on cases #15 and #27."""
+
+def _activation(server: ServerInput, res: Resolved) -> float:
+    """The larger of: the forward pass over the profiling batch; the sampler warm-up (logits of
+    ``min(max_num_seqs, batch)`` rows over the vocabulary, at the era's bytes per logit) plus
+    fused-MoE buffers that stay allocated beside it; the vision encoder on the largest images
+    the encoder budget holds (V1). Fitted on the logged activation peaks (docs/fit-check.md)."""
     m = server.model
     tp = server.tensor_parallel_size
-    tokens = _batched_tokens(server, gpu, max_model_len)
-    scale = _DTYPE_BYTES[effective_dtype(server)] / 2
-    per_token = ACT_BYTES_PER_INTER * (m.intermediate_size or 4 * m.hidden_size) / tp \
-        + ACT_BYTES_PER_HIDDEN * m.hidden_size
-    act = tokens * per_token * scale
+    tokens = res.batched_tokens
+    scale = _DTYPE_BYTES[res.dtype] / 2
+    inter = m.intermediate_size or 4 * m.hidden_size
+    forward = tokens * (ACT_BYTES_PER_INTER * inter / tp + ACT_BYTES_PER_HIDDEN * m.hidden_size) * scale
+    peak = forward
     if not m.encoder_only and server.kind == "generate":
-        seqs = min(server.max_num_seqs or _default_max_num_seqs(gpu), tokens)
-        act += seqs * m.vocab_size * LOGIT_BYTES
-    return act / GiB
+        rows = min(res.max_num_seqs, tokens)
+        sampler = rows * m.vocab_size * res.rules.sampler_bytes_per_logit
+        if m.num_experts and res.rules.engine == "V1":
+            sampler += MOE_WORKSPACE_BYTES * tokens * inter / tp
+        peak = max(peak, sampler)
+    return (max(peak, _encoder_bytes(server, res)) if m.vision else peak) / GiB
 
 
-def _batched_tokens(server: ServerInput, gpu: GpuSpec, max_model_len: int | None = None) -> int:
-    if server.max_num_batched_tokens:
-        return server.max_num_batched_tokens
-    t = default_max_num_batched_tokens(gpu)
-    if server.model.encoder_only or server.kind == "embed":
-        # pooling models run without chunked prefill: a whole sequence per step
-        t = max(t, max_model_len or server.model.context_length)
-    return t
+def _encoder_items(server: ServerInput, res: Resolved) -> int:
+    v = server.model.vision
+    if v is None or not v.modelled or v.tokens_per_item <= 0 or res.rules.engine != "V1":
+        return 0
+    budget = max(res.batched_tokens, v.tokens_per_item)  # V1 encoder compute budget
+    return max(1, min(budget // v.tokens_per_item, res.max_num_seqs))
 
 
-def non_torch_gib(server: ServerInput) -> float:
-    return NON_TORCH_GIB + (NCCL_GIB if server.tensor_parallel_size > 1 else 0.0)
+def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
+    v = server.model.vision
+    items = _encoder_items(server, res)
+    if v is None or not items:
+        return 0.0
+    per_patch = VISION_BYTES_PER_INTER * v.intermediate_size + VISION_BYTES_PER_HIDDEN * v.hidden_size
+    return items * v.patches_per_item * per_patch * _DTYPE_BYTES[res.dtype] / 2
 
 
-def cuda_graph_gib(server: ServerInput) -> float:
+def non_torch_gib(server: ServerInput, rules: VllmRules | None = None) -> float:
+    """Memory outside torch's allocator that the profiler counts, per rank."""
+    rules = rules or _rules(server, None)
+    if not rules.non_torch_counted:
+        return 0.0  # before 0.2.5 only torch.cuda.max_memory_allocated was read
+    base = NON_TORCH_NEW_GIB if rules.engine == "V1" and rules.version >= (0, 17, 0) else NON_TORCH_GIB
+    return base + (NCCL_GIB if server.tensor_parallel_size > 1 else 0.0)
+
+
+def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:
+    """Estimated CUDA-graph pool of one rank (0 with enforce_eager)."""
     if server.enforce_eager:
         return 0.0
-    return GRAPH_BASE_GIB + GRAPH_PER_LAYER_GIB * server.model.num_layers
+    size = GRAPH_BASE_GIB + GRAPH_PER_LAYER_GIB * server.model.num_layers
+    return size * (GRAPH_BIG_BATCH if max_num_seqs >= 512 else 1.0)
 
 
 # --------------------------------------------------------------------------- checks
@@ -335,22 +529,30 @@ def _f(severity: Severity, code: str, message: str, fix: str = "") -> Finding:
     return Finding(severity=severity, code=code, message=message, fix=fix)
 
 
-def _capability(server: ServerInput, gpu: GpuSpec) -> list[Finding]:
+def _capability(server: ServerInput, gpu: GpuSpec, res: Resolved) -> list[Finding]:
     m, out = server.model, []
     cc = gpu.cc_str
+    dtype = res.dtype
     if not gpu.vllm_supported:
         out.append(_f("error", "gpu-unsupported",
                       f"{gpu.name} has compute capability {cc}; vLLM needs >= 7.0 (Pascal and older are refused)",
                       "use a GPU with compute capability >= 7.0 (V100, T4 or newer), or serve this model with "
                       "an engine that supports Pascal (e.g. llama.cpp)"))
-    dtype = effective_dtype(server)
     if dtype == "bfloat16" and not gpu.supports_bf16:
-        why = f"dtype auto picks {m.native_dtype} from config.json" if server.dtype == "auto" else "dtype bfloat16"
-        fix = ("use dtype float32 (Gemma-2 is numerically unstable in float16) or a GPU with compute "
-               "capability >= 8.0" if m.model_type in ("gemma2", "gemma3") else "use dtype float16")
+        why = f"dtype auto picks {m.native_dtype} from config.json (vLLM {res.rules.label} does not fall back)" \
+            if server.dtype == "auto" else "dtype bfloat16"
+        fix = ("use dtype float32 (Gemma-2/3 are numerically unstable in float16) or a GPU with compute "
+               "capability >= 8.0" if m.model_type in _FP16_UNSTABLE else "use dtype float16")
         out.append(_f("error", "bf16-unsupported",
                       f"{why}, but bfloat16 needs compute capability >= 8.0 and {gpu.name} has {cc}", fix))
-    if dtype == "float16" and m.model_type in ("gemma2", "gemma3"):
+    elif server.dtype == "auto" and "falls back" in res.dtype_reason:
+        out.append(_f("info", "dtype-fallback", f"dtype auto: {res.dtype_reason} (vLLM {res.rules.label})",
+                      f"set dtype {dtype} to make it explicit"))
+    if m.torch_dtype_missing and server.dtype == "auto":
+        out.append(_f("info", "torch-dtype-missing",
+                      f"{m.id}: config.json has no torch_dtype; vLLM reads it as float32 and serves {dtype}",
+                      "set dtype explicitly if the checkpoint is stored in another type"))
+    if dtype == "float16" and m.model_type in _FP16_UNSTABLE:
         out.append(_f("warning", "fp16-unstable",
                       f"{m.id} is numerically unstable in float16; several vLLM versions refuse it",
                       "use dtype bfloat16 (CC >= 8.0) or float32"))
@@ -383,6 +585,13 @@ def _capability(server: ServerInput, gpu: GpuSpec) -> list[Finding]:
 def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Finding]:
     m, req, ck, out = server.model, server.quantization, server.model.quantization, []
     cc = gpu.cc_str
+    if ck and m.quant_bits is None:
+        assumed = "its checkpoint size" if m.checkpoint else "16 bits per parameter (an upper bound)"
+        out.append(_f("warning", "quant-method-unknown",
+                      f"{m.id} is quantised with {ck!r}, a method the fit-check does not model; its weights are "
+                      f"counted from {assumed}",
+                      "" if m.checkpoint else "point --model at the checkpoint directory, or use --online, so "
+                      "the weights come from the safetensors; or describe quant_bits under models:"))
     if req and ck is None and req in ("awq", "awq_marlin", "gptq", "gptq_marlin", "marlin", "gptq_marlin_24"):
         method = "awq" if req.startswith("awq") else "gptq"
         variant = quantized_variant(m, method)
@@ -390,8 +599,8 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
                f"drop quantization {req} (the checkpoint is not {method.upper()}), or point model at "
                f"{_an(method)} {method.upper()} checkpoint of {m.id} and describe it under models:")
         out.append(_f("error", f"{method}-checkpoint-mismatch",
-                      f"quantization {req} needs {_an(method)} {method.upper()}-quantised checkpoint; {m.id} is not quantised",
-                      fix))
+                      f"quantization {req} needs {_an(method)} {method.upper()}-quantised checkpoint; "
+                      f"{m.id} is not quantised", fix))
     elif req and ck and req not in _COMPATIBLE.get(ck, {ck}):
         out.append(_f("error", "quant-checkpoint-mismatch",
                       f"quantization {req} requested, but {m.id} is a {ck} checkpoint",
@@ -423,7 +632,7 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
         out.append(_f("error", "quant-unsupported-on-gpu",
                       f"{kernel} (Marlin kernels) needs compute capability >= 8.0 on most vLLM builds; "
                       f"{gpu.name} has {cc}", f"use quantization {plain}"))
-    if kernel == "fp8":
+    if kernel in ("fp8", "fbgemm_fp8"):
         if gpu.compute_capability < (8, 0):
             out.append(_f("error", "fp8-unsupported",
                           f"FP8 weights need compute capability >= 8.9 (native) or >= 8.0 (weight-only Marlin); "
@@ -446,13 +655,35 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
     return out
 
 
+def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
+    """Warnings for the parts of a model the fit-check does not count."""
+    m, out = server.model, []
+    v = m.vision
+    if v is not None and (not v.modelled or res.rules.engine == "V0"):
+        why = "vLLM V0 profiles images inside each dummy sequence" if v.modelled else \
+            f"the {m.model_type or 'unknown'} vision encoder's profiling pass is not modelled"
+        out.append(_f("warning", "vision-not-modelled",
+                      f"{m.id}: vision tower weights are counted ({v.params_b:g}B parameters) but its activation "
+                      f"peak is not ({why}); the KV cache may be smaller than shown",
+                      "keep headroom, or limit images with --limit-mm-per-prompt"))
+    if m.multimodal_unmodelled:
+        out.append(_f("warning", "modality-not-counted",
+                      f"{m.id} has a {m.multimodal_unmodelled} tower that is neither counted in the weights nor "
+                      "in the activation peak", "keep headroom for it"))
+    if m.kv_layers and m.kv_layers < m.num_layers:
+        out.append(_f("warning", "linear-attention-state",
+                      f"{m.id}: {m.num_layers - m.kv_layers} of {m.num_layers} layers use linear attention; "
+                      "their per-sequence recurrent state is not counted", "keep headroom for it"))
+    return out
+
+
 def _plan_findings(server: ServerInput, gpus_on_node: int) -> list[Finding]:
     m, tp, out = server.model, server.tensor_parallel_size, []
     if m.num_attention_heads % tp:
         out.append(_f("error", "tp-not-divisible",
                       f"tensor_parallel_size {tp} does not divide {m.id}'s {m.num_attention_heads} attention heads",
                       f"use tensor_parallel_size {_divisors_hint(m, gpus_on_node)}"))
-    elif not m.kv_latent_dim and m.num_kv_heads % tp and tp % m.num_kv_heads:
+    elif not m.kv_latent_dim and m.num_kv_heads and m.num_kv_heads % tp and tp % m.num_kv_heads:
         out.append(_f("error", "tp-not-divisible",
                       f"tensor_parallel_size {tp} neither divides nor is a multiple of {m.id}'s "
                       f"{m.num_kv_heads} KV heads", f"use tensor_parallel_size {_divisors_hint(m, gpus_on_node)}"))
@@ -470,8 +701,9 @@ def _plan_findings(server: ServerInput, gpus_on_node: int) -> list[Finding]:
 
 
 def _divisors_hint(m: ModelSpec, gpus_on_node: int) -> str:
+    kv = m.num_kv_heads or m.num_attention_heads
     ok = [t for t in range(1, max(gpus_on_node, 1) + 1) if m.num_attention_heads % t == 0
-          and (m.kv_latent_dim or m.num_kv_heads % t == 0 or t % m.num_kv_heads == 0)]
+          and (m.kv_latent_dim or kv % t == 0 or t % kv == 0)]
     ok = ok or [1]
     return " or ".join(str(t) for t in ok[-3:])
 
@@ -484,60 +716,93 @@ def _ceil2(x: float) -> float:
     return math.ceil(x * 100 - 1e-9) / 100
 
 
+def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> dict[str, Any]:
+    m, r = server.model, res.rules
+    return {
+        "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0 on this GPU)" if r.v1_fallback else ""),
+        "gpu": gpu.name, "gpu_visible_gib": _r2(gpu.visible_gib), "gpu_visible_source": gpu.note,
+        "compute_capability": gpu.cc_str, "gpu_memory_utilization": res.utilization,
+        "dtype": res.dtype, "dtype_reason": res.dtype_reason,
+        "quantization": _weight_method(server), "quant_bits": m.quant_bits,
+        "weights_source": _weights_source(server), "tensor_parallel_size": server.tensor_parallel_size,
+        "max_model_len": res.max_model_len, "max_num_batched_tokens": res.batched_tokens,
+        "max_num_seqs": res.max_num_seqs, "kv_cache_dtype": server.kv_cache_dtype,
+        "enforce_eager": server.enforce_eager, "cuda_graphs": ("none (enforce_eager)" if server.enforce_eager else
+                                                               "inside the budget" if r.graphs_in_budget else
+                                                               f"outside the budget (~{graphs:.2f} GiB)"),
+        "sampler_bytes_per_logit": r.sampler_bytes_per_logit,
+        "sliding_window_kv": ("per-layer (hybrid KV manager)" if r.hybrid_kv else "full length in every layer")
+        if m.sliding_window else None,
+        "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
+        "gpu_free_gib": server.gpu_free_gib,
+    }
+
+
 def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, ...], gpus_on_node: int,
                 extra: Sequence[Finding] = ()) -> ServerFit:
     m = server.model
-    max_len = server.max_model_len or m.context_length
+    res = resolve(server, gpu)
+    max_len = res.max_model_len
     findings: list[Finding] = list(extra) + _plan_findings(server, gpus_on_node)
-    dtype = effective_dtype(server)
+    dtype = res.dtype
     method = _weight_method(server)
     if server.engine == "mock":
         return ServerFit(name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings),
                          model=m.id, engine="mock", dtype=dtype, quantization=method, weights_gib=0.0,
                          overhead_gib=0.0, activation_gib=0.0, non_torch_gib=0.0, cuda_graph_gib=0.0,
-                         budget_gib=0.0, kv_cache_gib=0.0, kv_bytes_per_token=0, kv_cache_tokens=0,
-                         max_concurrency=None, max_model_len=max_len, max_num_batched_tokens=0,
-                         findings=tuple(findings))
-    findings += _capability(server, gpu)
-    util = server.gpu_memory_utilization
-    budget = util * gpu.visible_gib
-    w = weights_gib(server)
-    act = activation_gib(server, gpu, max_len)
-    nt = non_torch_gib(server)
-    graphs = cuda_graph_gib(server)
-    overhead = act + nt + graphs
+                         graphs_in_budget=True, budget_gib=0.0, utilization=0.0, kv_cache_gib=0.0,
+                         kv_bytes_per_token=0, kv_cache_tokens=0, max_concurrency=None, max_model_len=max_len,
+                         max_num_batched_tokens=0, findings=tuple(findings))
+    findings += _capability(server, gpu, res)
+    findings += _model_coverage(server, res)
+    if res.rules.v1_fallback:
+        findings.append(_f("info", "v1-falls-back-to-v0",
+                           f"vLLM {res.rules.label} runs the V0 engine on compute capability {gpu.cc_str} (V1 needs "
+                           ">= 8.0 before 0.10.2): whole-sequence profiling, CUDA graphs outside the budget"))
+    budget = res.utilization * gpu.visible_gib
+    w = weights_gib(server, dtype)
+    act = _activation(server, res)
+    nt = non_torch_gib(server, res.rules)
+    graphs = cuda_graph_gib(server, res.max_num_seqs)
+    overhead = act + nt + (graphs if res.rules.graphs_in_budget else 0.0)
     kv = budget - w - overhead
-    per_tok = kv_bytes_per_token(server)
+    per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
         tokens = max(0, int(kv * GiB // per_tok) // BLOCK_SIZE * BLOCK_SIZE)
-        conc = tokens / max_len
-        one_seq = math.ceil(max_len / BLOCK_SIZE) * BLOCK_SIZE * per_tok / GiB
+        one_seq = _request_kv_bytes(server, res) / GiB
+        conc: float | None = max(kv, 0.0) / one_seq if one_seq else None
     else:
         tokens, conc, one_seq = 0, None, 0.0
-    findings += _memory_findings(server, gpu, w, overhead, kv, one_seq, tokens, max_len, per_tok, budget)
+    findings += _memory_findings(server, gpu, res, w, overhead, kv, one_seq, tokens, per_tok, budget)
     return ServerFit(
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,
-        activation_gib=act, non_torch_gib=nt, cuda_graph_gib=graphs, budget_gib=budget,
+        activation_gib=act, non_torch_gib=nt, cuda_graph_gib=graphs, graphs_in_budget=res.rules.graphs_in_budget,
+        budget_gib=budget, utilization=res.utilization,
         kv_cache_gib=kv if per_tok else min(kv, 0.0),  # encoder-only: no KV cache, only a possible deficit
         kv_bytes_per_token=per_tok, kv_cache_tokens=tokens, max_concurrency=conc, max_model_len=max_len,
-        max_num_batched_tokens=_batched_tokens(server, gpu, max_len), findings=tuple(findings),
+        max_num_batched_tokens=res.batched_tokens, inputs=_inputs(server, gpu, res, graphs),
+        findings=tuple(findings),
     )
 
 
-def _memory_findings(server: ServerInput, gpu: GpuSpec, w: float, overhead: float, kv: float, one_seq: float,
-                     tokens: int, max_len: int, per_tok: int, budget: float) -> list[Finding]:
-    m, util, out = server.model, server.gpu_memory_utilization, []
+def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float, overhead: float, kv: float,
+                     one_seq: float, tokens: int, per_tok: int, budget: float) -> list[Finding]:
+    m, util, out = server.model, res.utilization, []
+    max_len = res.max_model_len
     need_util = _ceil2((w + overhead + one_seq) / gpu.visible_gib)
     where = f"{util:.2f} x {gpu.visible_gib:.2f} GiB = {budget:.2f} GiB"
+    max_util = (gpu.visible_gib - gpu.cuda_context_gib) / gpu.visible_gib
 
     def fixes(allow_len_cut: bool) -> str:
         opts = []
-        if need_util <= UTIL_SUM_WARN:
+        if need_util <= max_util:
             opts.append(f"raise gpu_memory_utilization to {need_util:.2f}")
-        fit_len = (int(kv * GiB // per_tok) // BLOCK_SIZE * BLOCK_SIZE) if per_tok and kv > 0 else 0
+        fit_len = 0
+        if per_tok and kv > 0 and one_seq > 0:
+            fit_len = int(max_len * kv / one_seq) // BLOCK_SIZE * BLOCK_SIZE
         if allow_len_cut and fit_len >= 256:
-            opts.append(f"cut max_model_len to {fit_len}")
+            opts.append(f"cut max_model_len to {min(fit_len, max_len)}")
         if not m.quantization and _weight_method(server) is None:
             for method in ("awq", "gptq"):
                 v = quantized_variant(m, method)
@@ -545,11 +810,11 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, w: float, overhead: floa
                     opts.append(f"use {v.id} with quantization {method}")
                     break
             else:
-                if need_util > UTIL_SUM_WARN:
+                if need_util > max_util:
                     opts.append(f"a 4-bit AWQ/GPTQ checkpoint of {m.id} (describe it under models:)")
         if per_tok and server.kv_cache_dtype == "auto" and allow_len_cut and gpu.supports_fp8:
             opts.append("use kv_cache_dtype fp8 (halves the KV cache)")
-        if not opts or need_util > UTIL_SUM_WARN:
+        if not opts or need_util > max_util:
             opts.append("a GPU with more memory or tensor_parallel_size > 1")
         return " or ".join(opts)
 
@@ -567,31 +832,82 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, w: float, overhead: floa
         out.append(_f("error", "no-kv-memory",
                       f"weights {w:.2f} GiB + activations/graphs/context {overhead:.2f} GiB leave {kv:.2f} GiB of "
                       f"the budget {where} for the KV cache", fixes(False)))
-    elif tokens < max_len:
+    elif kv < one_seq:
         out.append(_f("error", "kv-cache-too-small",
-                      f"KV cache of {kv:.2f} GiB holds {tokens} tokens; one max_model_len {max_len} sequence needs "
+                      f"KV cache of {kv:.2f} GiB holds {tokens} tokens; one max_model_len {max_len} request needs "
                       f"{one_seq:.2f} GiB", fixes(True)))
-    elif tokens / max_len < LOW_CONCURRENCY:
+    elif kv / one_seq < LOW_CONCURRENCY:
         out.append(_f("warning", "low-concurrency",
-                      f"KV cache of {kv:.2f} GiB holds {tokens} tokens: only {tokens / max_len:.2f} sequences of "
+                      f"KV cache of {kv:.2f} GiB holds {tokens} tokens: only {kv / one_seq:.2f} requests of "
                       f"{max_len} tokens at once", fixes(True)))
     return out
 
 
-def check_server_on_gpu(server: ServerInput, gpu: GpuSpec, gpus_on_node: int = 1) -> FitReport:
-    """One server on ``tensor_parallel_size`` GPUs of a node of ``gpus_on_node`` identical GPUs."""
-    idx = tuple(range(min(server.tensor_parallel_size, max(gpus_on_node, 1))))
-    node = NodeInput(label=f"{gpu.name}-node", gpu=gpu, gpu_count=max(gpus_on_node, 1), servers=((server, idx),))
+def check_server_on_gpu(server: ServerInput, gpu: GpuSpec, gpus_on_node: int | None = None) -> FitReport:
+    """One server on ``tensor_parallel_size`` GPUs of a node of ``gpus_on_node`` identical GPUs
+    (default: as many as the server's tensor parallelism needs)."""
+    count = max(gpus_on_node if gpus_on_node is not None else server.tensor_parallel_size, 1)
+    idx = tuple(range(min(server.tensor_parallel_size, count)))
+    node = NodeInput(label=f"{gpu.name}-node", gpu=gpu, gpu_count=count, servers=((server, idx),))
     return check([node])
 
 
+def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[ServerInput, ServerFit]]
+                  ) -> tuple[float, list[Finding]]:
+    """Everything on one GPU must fit in its visible memory: each vLLM server's budget, one CUDA
+    context per process, the CUDA graphs captured outside the budget (before 0.21), and what
+    other processes already hold. V1 (>= 0.9.1) checks free >= budget at start-up and refuses."""
+    real = [(s, f) for s, f in fits if s.engine == "vllm"]
+    if not real:
+        return 0.0, []
+    visible = gpu.visible_gib
+    outside = sum(f.cuda_graph_gib for _, f in real if not f.graphs_in_budget)
+    ctx = gpu.cuda_context_gib
+    used = sum(f.budget_gib for _, f in real) + ctx * len(real) + outside
+    free = min((s.gpu_free_gib for s, _ in real if s.gpu_free_gib is not None), default=None)
+    held = visible - free if free is not None else 0.0
+    names = " + ".join(f"{s.name} {f.utilization:.2f}" for s, f in real)
+    out: list[Finding] = []
+    refuses = all(_rules(s, gpu).free_memory_check for s, _ in real)
+    how = "vLLM refuses to start when the free memory is below its budget" if refuses else \
+        "the last server runs out of memory while it allocates its KV cache or captures CUDA graphs"
+    parts = f"budgets {sum(f.budget_gib for _, f in real):.2f} GiB + {len(real)} CUDA context(s) " \
+            f"{ctx * len(real):.2f} GiB" + (f" + CUDA graphs outside the budgets {outside:.2f} GiB"
+                                                          if outside else "")
+    if free is not None and held > 0:
+        parts += f" + {held:.2f} GiB held by other processes (free {free:.2f} GiB)"
+    total = used + held
+    if total > visible:
+        over = total - visible
+        lower = max(0.0, min(f.utilization for _, f in real) - over / visible)
+        if len(real) > 1:
+            out.append(_f("error", "util-sum-too-high",
+                          f"{label} GPU {index}: utilisations {names} need {parts} = {total:.2f} GiB of "
+                          f"{visible:.2f} GiB; {how}",
+                          f"lower the utilisations by {math.ceil(over / visible * 100) / 100:.2f} in total, or "
+                          "move a server to another GPU"))
+        elif free is not None and held > 0:
+            out.append(_f("error", "gpu-free-memory-too-low",
+                          f"{label} GPU {index}: {names} needs {parts} = {total:.2f} GiB of {visible:.2f} GiB; {how}",
+                          f"lower gpu_memory_utilization to {lower:.2f} or free the GPU"))
+        else:
+            out.append(_f("error", "util-too-high",
+                          f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
+                          f"{visible:.2f} GiB; {how}", f"lower gpu_memory_utilization to {lower:.2f}"))
+    elif visible - total < OVERCOMMIT_WARN_GIB:
+        out.append(_f("warning", "util-sum-high",
+                      f"{label} GPU {index}: {names} leave {visible - total:.2f} GiB of {visible:.2f} GiB "
+                      f"({parts})", "keep a few hundred MiB free for the driver and allocator"))
+    return total, out
+
+
 def check(nodes: Sequence[NodeInput]) -> FitReport:
-    """Fit-check every server on every node, then every GPU's combined utilisation."""
+    """Fit-check every server on every node, then every GPU's combined memory."""
     servers: list[ServerFit] = []
     gpus: list[GpuFit] = []
     top: list[Finding] = []
     for node in nodes:
-        per_gpu: dict[int, list[ServerInput]] = {i: [] for i in range(node.gpu_count)}
+        per_gpu: dict[int, list[tuple[ServerInput, ServerFit]]] = {i: [] for i in range(node.gpu_count)}
         for server, idx in node.servers:
             extra: list[Finding] = []
             tp = server.tensor_parallel_size
@@ -611,30 +927,17 @@ def check(nodes: Sequence[NodeInput]) -> FitReport:
                 extra.append(_f("error", "tp-gpu-count-mismatch",
                                 f"tensor_parallel_size {tp} but the server is placed on {len(idx)} GPU(s) {list(idx)}",
                                 f"place it on {tp} GPUs or set tensor_parallel_size {len(idx)}"))
-            servers.append(_fit_server(server, node.gpu, node.label, tuple(idx), node.gpu_count, extra))
+            fit = _fit_server(server, node.gpu, node.label, tuple(idx), node.gpu_count, extra)
+            servers.append(fit)
             for i in idx:
                 if i in per_gpu:
-                    per_gpu[i].append(server)
+                    per_gpu[i].append((server, fit))
         for i, on in per_gpu.items():
-            real = [s for s in on if s.engine == "vllm"]
-            util = sum(s.gpu_memory_utilization for s in real)
-            found: list[Finding] = []
-            if len(real) > 1 or util >= 1.0:
-                names = " + ".join(f"{s.name} {s.gpu_memory_utilization:.2f}" for s in real)
-                if util >= 1.0 and len(real) > 1:
-                    found.append(_f("error", "util-sum-too-high",
-                                    f"{node.label} GPU {i}: utilisations sum to {util:.2f} ({names}); each vLLM "
-                                    "instance claims its fraction of the GPU's total memory, so the later ones "
-                                    "cannot start", f"lower them to sum <= {UTIL_SUM_WARN:.2f}, or move a server to "
-                                    "another GPU"))
-                elif util > UTIL_SUM_WARN:
-                    found.append(_f("warning", "util-sum-high",
-                                    f"{node.label} GPU {i}: utilisations sum to {util:.2f} ({names}); CUDA contexts "
-                                    "outside the budgets need the last few percent",
-                                    f"keep the sum <= {UTIL_SUM_WARN:.2f}"))
+            used, found = _gpu_findings(node.label, i, node.gpu, on)
+            util = sum(f.utilization for s, f in on if s.engine == "vllm")
             gpus.append(GpuFit(node=node.label, index=i, gpu=node.gpu.name, visible_gib=node.gpu.visible_gib,
-                               util_sum=util, servers=tuple(s.name for s in on),
-                               used_gib=util * node.gpu.visible_gib, findings=tuple(found)))
+                               util_sum=util, servers=tuple(s.name for s, _ in on), used_gib=used,
+                               findings=tuple(found)))
     if not nodes:
         top.append(_f("info", "nothing-to-check", "no GPU node in the plan"))
     ok = not any(f.severity == "error" for f in top) and all(s.ok for s in servers) and \

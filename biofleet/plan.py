@@ -10,6 +10,8 @@ from biofleet.profile import Instance, JobSpec, Profile
 
 if TYPE_CHECKING:
     from biofleet.catalog.gpus import GpuSpec
+    from biofleet.catalog.models import ModelSpec
+    from biofleet.fitcheck import NodeInput, ServerInput
 
 HOURS_PER_MONTH = 730
 
@@ -29,14 +31,15 @@ def gpu_of(job: JobSpec) -> GpuSpec | None:
     return custom_gpu(job.gpu.memory_gib, job.gpu.compute_capability, name=job.gpu.name)
 
 
-def fit_inputs(profile: Profile, *, allow_network: bool = False):
+def fit_inputs(profile: Profile, *, allow_network: bool = False) -> list[NodeInput]:
     """One ``NodeInput`` per node of every job, models resolved through the catalogue."""
     from biofleet.catalog.models import UnknownModelError, get_model
     from biofleet.fitcheck import NodeInput
+
     insts = profile.instances()
     gpu_jobs = {job.name for job in profile.jobs if job.gpu is not None}
-    models = {}
-    issues = []
+    models: dict[str, ModelSpec] = {}
+    issues: list[ProfileIssue] = []
     for inst in insts:
         ref = inst.spec.model
         if inst.job not in gpu_jobs or ref in models:
@@ -44,29 +47,32 @@ def fit_inputs(profile: Profile, *, allow_network: bool = False):
         try:
             models[ref] = get_model(ref, extra=profile.models, allow_network=allow_network)
         except UnknownModelError as exc:
-            issues.append(ProfileIssue(None, None, f"servers.{inst.server}.model", str(exc.args[0] if exc.args else exc)))
+            message = str(exc.args[0] if exc.args else exc)
+            issues.append(ProfileIssue(None, None, f"servers.{inst.server}.model", message))
     if issues:
         raise ProfileError(issues)
-    nodes = []
+    nodes: list[NodeInput] = []
     for job in profile.jobs:
         gpu = gpu_of(job)
         if gpu is None:  # CPU-only job: nothing to fit into GPU memory
             continue
         for t in range(len(job.nodes)):
-            servers = []
+            servers: list[tuple[ServerInput, tuple[int, ...]]] = []
             for inst in (i for i in insts if i.job == job.name and i.task == t):
-                servers.append((server_input(inst, models[inst.spec.model]), inst.gpus))
+                servers.append((server_input(inst, models[inst.spec.model], profile.vllm_version), inst.gpus))
             nodes.append(NodeInput(label=node_label(job, t), gpu=gpu, gpu_count=job.gpus_per_node,
                                    servers=tuple(servers)))
     return nodes
 
 
-def server_input(inst: Instance, model):
+def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = None) -> ServerInput:
+    from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION
     from biofleet.fitcheck import ServerInput
 
     s = inst.spec
     return ServerInput(
-        name=inst.name, model=model, kind=s.kind, engine=s.engine, dtype=s.dtype,
+        name=inst.name, model=model, kind=s.kind, engine=s.engine, vllm_version=vllm_version or DEFAULT_VLLM_VERSION,
+        dtype=s.dtype,
         quantization=s.quantization, max_model_len=s.max_model_len,
         gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
         kv_cache_dtype=s.kv_cache_dtype, enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,

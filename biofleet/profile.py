@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from biofleet.catalog.models import ModelSpec
+from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, check_vllm_version
 from biofleet.errors import ProfileError, ProfileIssue
 from biofleet.proxy.config import RoutingConfig
 from biofleet.resources import profiles_dir
@@ -299,6 +300,8 @@ class Profile(_Frozen):
     jobs: tuple[JobSpec, ...] = Field(min_length=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    # The vLLM release the jobs run; the fit-check applies that release's memory rules.
+    vllm_version: Annotated[str, AfterValidator(check_vllm_version)] = DEFAULT_VLLM_VERSION
     # Walltime: status announces servers whose job ends within renew_margin; with renew: true,
     # `up --renew` starts a replacement task first and cancels the old one once it is READY.
     renew: bool = False

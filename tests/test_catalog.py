@@ -9,6 +9,7 @@ import pytest
 from biofleet.catalog.gpus import GPUS, UnknownGpuError, custom_gpu, get_gpu
 from biofleet.catalog.models import (
     MODELS,
+    ModelSpec,
     UnknownModelError,
     estimate_params_b,
     get_model,
@@ -34,9 +35,9 @@ def test_gpu_flags():
 
 def test_unknown_gpu_lists_known():
     with pytest.raises(UnknownGpuError) as ei:
-        get_gpu("B200")
+        get_gpu("MI300X")
     assert isinstance(ei.value, KeyError)
-    assert "unknown GPU 'B200'" in str(ei.value) and "T4" in str(ei.value) and "H100-80GB" in str(ei.value)
+    assert "unknown GPU 'MI300X'" in str(ei.value) and "T4" in str(ei.value) and "H100-80GB" in str(ei.value)
 
 
 def test_custom_gpu():
@@ -81,17 +82,19 @@ def test_known_shapes_match_published_sizes():
     for mid in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mistral-7B-Instruct-v0.2",
                 "google/gemma-2-9b-it", "microsoft/Phi-3.5-mini-instruct", "codellama/CodeLlama-34b-Instruct-hf"):
         m = MODELS[mid]
-        cfg = dict(hidden_size=m.hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
-                   num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim, vocab_size=m.vocab_size,
-                   intermediate_size=m.intermediate_size, model_type=m.model_type,
-                   tie_word_embeddings=m.tie_word_embeddings)
+        cfg = {"hidden_size": m.hidden_size, "num_hidden_layers": m.num_layers,
+               "num_attention_heads": m.num_attention_heads,
+                   "num_key_value_heads": m.num_kv_heads, "head_dim": m.head_dim, "vocab_size": m.vocab_size,
+                   "intermediate_size": m.intermediate_size, "model_type": m.model_type,
+                   "tie_word_embeddings": m.tie_word_embeddings}
         assert estimate_params_b(cfg) == pytest.approx(m.params_b, rel=0.02), mid
 
 
 def test_kv_shapes_from_calibration_notes():
     # per-token KV (fp16) quoted in vllm_memory_rules.md section 2
-    def kib(mid):
+    def kib(mid: str) -> float:
         m = get_model(mid)
+        assert m.num_kv_heads is not None and m.head_dim is not None
         return 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2 / 1024
     assert kib("meta-llama/Llama-3.2-1B-Instruct") == 32
     assert kib("Qwen/Qwen2.5-32B-Instruct") == 256
@@ -101,12 +104,18 @@ def test_kv_shapes_from_calibration_notes():
     assert kib("google/gemma-2-9b-it") == 336
 
 
+def _vid(m: ModelSpec | None) -> str:
+    assert m is not None
+    return m.id
+
+
 def test_quantized_variant():
     coder = get_model("Qwen/Qwen2.5-Coder-7B-Instruct")
-    assert quantized_variant(coder, "awq").id == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
-    assert quantized_variant(coder, "awq_marlin").id == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
-    assert quantized_variant(coder, "gptq").id == "Qwen/Qwen2.5-Coder-7B-Instruct-GPTQ-Int4"
-    assert quantized_variant(get_model("BioMistral/BioMistral-7B"), "awq").id.startswith("BioMistral/BioMistral-7B-AWQ")
+    assert _vid(quantized_variant(coder, "awq")) == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
+    assert _vid(quantized_variant(coder, "awq_marlin")) == "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
+    assert _vid(quantized_variant(coder, "gptq")) == "Qwen/Qwen2.5-Coder-7B-Instruct-GPTQ-Int4"
+    bio = quantized_variant(get_model("BioMistral/BioMistral-7B"), "awq")
+    assert _vid(bio).startswith("BioMistral/BioMistral-7B-AWQ")
     assert quantized_variant(get_model("Qwen/Qwen2.5-Math-7B-Instruct"), "awq") is None
     awq = get_model("Qwen/Qwen2.5-Coder-7B-Instruct-AWQ")
     assert awq.quantization == "awq" and awq.quant_bits == 4 and awq.native_dtype == "float16"

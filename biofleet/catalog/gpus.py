@@ -18,16 +18,18 @@ Sources (facts only):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["GpuSpec", "UnknownGpuError", "GPUS", "get_gpu", "custom_gpu", "parse_compute_capability"]
+__all__ = ["GPUS", "GpuSpec", "UnknownGpuError", "custom_gpu", "get_gpu", "parse_compute_capability"]
 
 # Without a log we estimate what CUDA reports from the marketing size: the driver and
 # ECC reservation take ~7% of a 16 GB card (T4: 16 GB marketing -> 14.57 GiB visible).
 CUSTOM_VISIBLE_FRACTION = 0.93
+_H100_LOCAL_GIB = 1024 * 2048 * 132 / 1024 ** 3  # 0.258 GiB of thread-local memory on an H100
+_CONTEXT_FIXED_GIB = 0.51 - _H100_LOCAL_GIB  # the measured 0.51 GiB minus that
 
 
 class GpuSpec(BaseModel):
@@ -41,6 +43,7 @@ class GpuSpec(BaseModel):
     price_per_hour: float = Field(ge=0)  # USD, on-demand, one GPU
     gres_type: str  # SLURM GRES type, lower case (gpu:<type>:N)
     note: str = ""  # where the figures came from
+    sm_count: int | None = Field(default=None, gt=0)  # streaming multiprocessors (None: unknown)
 
     @field_validator("compute_capability", mode="before")
     @classmethod
@@ -76,6 +79,23 @@ class GpuSpec(BaseModel):
     def supports_marlin(self) -> bool:  # awq_marlin / gptq_marlin on most builds
         return self.compute_capability >= (8, 0)
 
+    @property
+    def cuda_context_gib(self) -> float:
+        """Memory one process's CUDA context takes before it allocates anything.
+
+        Measured 0.51 GiB on an H100 and an H200 (torch 2.11 / CUDA 13). Most of what grows with
+        the card is local memory the driver reserves for every resident thread (1 KiB default
+        stack x max threads per SM x SMs = 0.26 GiB on 132 SMs x 2048 threads); the rest, ~0.25
+        GiB, is fixed. Cards of unknown SM count scale the per-thread part by memory size."""
+        threads = {(7, 5): 1024, (8, 6): 1536, (8, 7): 1536, (8, 9): 1536}.get(self.compute_capability, 2048)
+        if self.compute_capability >= (12, 0):
+            threads = 1536
+        if self.sm_count:
+            local = 1024 * threads * self.sm_count / 1024 ** 3
+        else:
+            local = _H100_LOCAL_GIB * min(self.visible_gib / 79.18, 1.0)
+        return _CONTEXT_FIXED_GIB + local
+
 
 def parse_compute_capability(v: object) -> tuple[int, int]:
     """'7.5', '75', 7.5 or (7, 5) -> (7, 5)."""
@@ -88,8 +108,16 @@ def parse_compute_capability(v: object) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2)))
 
 
-def _g(name, aliases, memory, visible, cc, price, gres, note) -> GpuSpec:
-    return GpuSpec(name=name, aliases=aliases, memory_gib=memory, visible_gib=visible,
+# Streaming multiprocessors per card (NVIDIA data sheets); the CUDA context reserves local
+# memory for every thread slot of every SM, so it grows with them (see cuda_context_gib).
+_SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, "A100-40GB": 108,
+        "A100-80GB": 108, "H100-80GB": 132, "H200": 132, "B200": 148, "L40S": 142, "RTX-3090": 82,
+        "RTX-4090": 128, "RTX-A5000": 64, "RTX-A6000": 84, "GB10": 48, "RTX-2080Ti": 68, "P40": 30, "P100": 56}
+
+
+def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: tuple[int, int], price: float,
+       gres: str, note: str) -> GpuSpec:
+    return GpuSpec(name=name, aliases=aliases, memory_gib=memory, visible_gib=visible, sm_count=_SMS.get(name),
                    compute_capability=cc, price_per_hour=price, gres_type=gres, note=note)
 
 
@@ -112,14 +140,27 @@ _CATALOG = (
     _g("A100-80GB", ("a100-80", "a100-sxm4-80gb", "a100-pcie-80gb", "a100_80gb"), 80, 79.15, (8, 0), 3.70, "a100",
        "visible: estimate (OOM messages commonly print 79.15 GiB; case #27's +0.25 util -> +19.82 GiB "
        "gives ~79.3); price: estimate"),
-    _g("H100-80GB", ("h100", "h100-80", "h100-sxm", "h100-pcie", "h100-sxm5-80gb"), 80, 79.1, (9, 0), 4.50, "h100",
-       "visible: estimate (nvidia-smi 81559 MiB; torch reports ~79.1 GiB); price: estimate"),
+    _g("H100-80GB", ("h100", "h100-80", "h100-sxm", "h100-pcie", "h100-sxm5-80gb", "h100-80gb-hbm3"), 80, 79.18,
+       (9, 0), 4.50, "h100",
+       "visible: measured with torch (CUDA 13) 79.18 GiB, nvidia-smi 81559 MiB; vLLM logs 79.18-79.22; "
+       "price: estimate"),
     _g("H200", ("h200-141gb", "h200-sxm"), 141, 139.8, (9, 0), 6.00, "h200",
-       "visible: estimate (nvidia-smi 143771 MiB minus reservation); price: estimate"),
+       "visible: measured with torch (CUDA 13) 139.80 GiB, nvidia-smi 143771 MiB; price: estimate"),
+    _g("B200", ("b200-180gb",), 180, 178.35, (10, 0), 8.00, "b200",
+       "visible: estimate (nvidia-smi 183359 MiB minus ~0.7 GiB); price: estimate"),
     _g("L40S", ("l40s-48gb",), 48, 44.4, (8, 9), 1.80, "l40s",
        "visible: estimate (nvidia-smi 46068 MiB); price: estimate"),
     _g("RTX-3090", ("3090", "rtx3090", "geforce-rtx-3090"), 24, 23.58, (8, 6), 0.30, "rtx3090",
        "visible: vLLM log 23.58 GiB; price: estimate (community cloud)"),
+    _g("RTX-4090", ("4090", "rtx4090", "geforce-rtx-4090"), 24, 23.65, (8, 9), 0.40, "rtx4090",
+       "visible: vLLM log 23.65 GiB (24 GB-class card on an AutoDL host); price: estimate (community cloud)"),
+    _g("RTX-A5000", ("a5000", "rtxa5000", "rtx-a5000"), 24, 23.57, (8, 6), 0.25, "rtxa5000",
+       "visible: estimate (nvidia-smi 24564 MiB minus ~0.42 GiB); price: estimate"),
+    _g("RTX-A6000", ("a6000", "rtxa6000", "rtx-a6000"), 48, 47.53, (8, 6), 0.50, "rtxa6000",
+       "visible: estimate (nvidia-smi 49140 MiB minus ~0.46 GiB); price: estimate"),
+    _g("GB10", ("dgx-spark", "nvidia-gb10"), 128, 119.2, (12, 1), 0.0, "gb10",
+       "DGX Spark: 128 GB of memory shared by CPU and GPU; visible: estimate (128e9 B); what the OS "
+       "and other programs hold is not available to vLLM; price: n/a (owned)"),
     _g("RTX-2080Ti", ("2080ti", "rtx2080ti", "rtx-2080-ti", "geforce-rtx-2080-ti"), 11, 10.73, (7, 5), 0.15,
        "rtx2080ti", "visible: vLLM log 10.73 GiB; price: estimate (community cloud)"),
     _g("P40", ("tesla-p40", "p40-24gb"), 24, 23.87, (6, 1), 0.20, "p40",
@@ -162,13 +203,26 @@ def get_gpu(name: str) -> GpuSpec:
     )
 
 
-def custom_gpu(memory_gib: float, compute_capability: str | tuple[int, int] | float,
-               name: str = "custom", *, price_per_hour: float = 0.0, gres_type: str | None = None) -> GpuSpec:
-    """A GPU the catalogue lacks. Visible memory is estimated as memory x 0.93 (see module doc)."""
+def custom_gpu(memory_gib: float | None, compute_capability: str | tuple[int, int] | float,
+               name: str = "custom", *, visible_gib: float | None = None, price_per_hour: float = 0.0,
+               gres_type: str | None = None) -> GpuSpec:
+    """A GPU the catalogue lacks.
+
+    ``visible_gib`` is what CUDA reports (``torch.cuda.mem_get_info()[1]``, the figure vLLM
+    multiplies by the utilisation); give it when you have it. Otherwise the visible memory is
+    estimated from the marketing size as memory x 0.93 (see module doc), which is right for
+    ECC GDDR cards (T4, L4, A10) and ~6 % low for HBM cards (A100, H100)."""
     cc = parse_compute_capability(compute_capability)
+    if visible_gib is None and memory_gib is None:
+        raise ValueError("a custom GPU needs its memory: visible_gib (as CUDA reports it) or memory_gib")
+    if visible_gib is not None:
+        visible, note = float(visible_gib), f"custom: {visible_gib} GiB visible as given"
+    else:
+        assert memory_gib is not None
+        visible = round(memory_gib * CUSTOM_VISIBLE_FRACTION, 2)
+        note = f"custom: visible estimated as {CUSTOM_VISIBLE_FRACTION} x {memory_gib} GiB"
     return GpuSpec(
-        name=name, memory_gib=memory_gib, visible_gib=round(memory_gib * CUSTOM_VISIBLE_FRACTION, 2),
+        name=name, memory_gib=memory_gib if memory_gib is not None else visible, visible_gib=visible,
         compute_capability=cc, price_per_hour=price_per_hour,
-        gres_type=gres_type or re.sub(r"[^a-z0-9]+", "", name.lower()) or "gpu",
-        note=f"custom: visible estimated as {CUSTOM_VISIBLE_FRACTION} x {memory_gib} GiB",
+        gres_type=gres_type or re.sub(r"[^a-z0-9]+", "", name.lower()) or "gpu", note=note,
     )

@@ -16,24 +16,54 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from biofleet.catalog.checkpoint import CheckpointSize, checkpoint_from_dir, checkpoint_from_hub
+
 __all__ = [
-    "ModelSpec", "UnknownModelError", "MODELS", "get_model", "model_from_config",
-    "quantized_variant", "estimate_params_b", "HUB_CACHE_DIR",
+    "HUB_CACHE_DIR",
+    "MODELS",
+    "QUANT_BITS",
+    "ModelSpec",
+    "UnknownModelError",
+    "VisionSpec",
+    "estimate_params_b",
+    "get_model",
+    "model_from_config",
+    "quantized_variant",
 ]
 
 HUB_CACHE_DIR = Path("~/.cache/biofleet/hub-configs")
 HUB_TIMEOUT_S = 10.0
 
-# How checkpoints are quantised (``quantization_config.quant_method``) and the weight-only
-# bits they store when the config does not say.
-_DEFAULT_BITS = {"awq": 4, "gptq": 4, "bitsandbytes": 4, "fp8": 8, "mxfp4": 4.25,
-                 "compressed-tensors": 8, "gguf": 4, "marlin": 4, "squeezellm": 4, "aqlm": 2}
+# Quantisation methods biofleet models (``quantization_config.quant_method``) and the
+# weight bits they store when the config does not say. Any other method is *not* guessed:
+# the model carries ``quant_bits=None`` and the fit-check warns and counts 16-bit weights.
+QUANT_BITS: Mapping[str, float] = MappingProxyType({
+    "awq": 4, "awq_marlin": 4, "gptq": 4, "gptq_marlin": 4, "marlin": 4, "bitsandbytes": 4, "fp8": 8,
+    "fbgemm_fp8": 8, "mxfp4": 4.25, "compressed-tensors": 8, "experts_int8": 8, "squeezellm": 4, "aqlm": 2,
+})
+
+
+class VisionSpec(BaseModel):
+    """The vision tower of a vision-language model: its weights and what vLLM's profiling pass
+    feeds it (the largest image the processor makes, as many as the encoder budget holds)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str  # qwen2_vl, llava, gemma3, phi3_v, ... ("other": weights only)
+    params_b: float = Field(ge=0)  # vision encoder + projector parameters, billions (part of params_b)
+    num_layers: int = Field(default=0, ge=0)
+    hidden_size: int = Field(default=0, ge=0)
+    intermediate_size: int = Field(default=0, ge=0)
+    patches_per_item: int = Field(default=0, ge=0)  # encoder positions of the largest image
+    tokens_per_item: int = Field(default=0, ge=0)  # language-model tokens that image becomes
+    modelled: bool = True  # False: encoder profiling is not estimated (a warning says so)
 
 
 class ModelSpec(BaseModel):
@@ -47,13 +77,13 @@ class ModelSpec(BaseModel):
     num_layers: int = Field(gt=0)
     hidden_size: int = Field(gt=0)
     num_attention_heads: int = Field(gt=0)
-    num_kv_heads: int | None = Field(None, gt=0)  # None: no GQA (= attention heads)
-    head_dim: int | None = Field(None, gt=0)  # None: hidden_size / heads
+    num_kv_heads: int | None = Field(default=None, gt=0)  # None: no GQA (= attention heads)
+    head_dim: int | None = Field(default=None, gt=0)  # None: hidden_size / heads
     # Per-token MLP width the forward pass materialises: intermediate_size for dense
     # models, top_k x expert width (+ shared experts) for MoE. None: 4 x hidden.
-    intermediate_size: int | None = Field(None, gt=0)
-    max_position_embeddings: int = Field(4096, gt=0)
-    vocab_size: int = Field(32000, gt=0)
+    intermediate_size: int | None = Field(default=None, gt=0)
+    max_position_embeddings: int = Field(default=4096, gt=0)
+    vocab_size: int = Field(default=32000, gt=0)
     tie_word_embeddings: bool = False
     native_dtype: str = "bfloat16"  # config torch_dtype: bfloat16 / float16 / float32
     architecture: str = ""
@@ -64,11 +94,23 @@ class ModelSpec(BaseModel):
     quant_group_size: int | None = None
     # Parameters stored at quant_bits (None: all but embeddings / lm_head). MoE checkpoints
     # such as gpt-oss quantise only the experts.
-    quantized_params_b: float | None = Field(None, gt=0)
+    quantized_params_b: float | None = Field(default=None, gt=0)
     # In-memory / checkpoint size of the quantised tensors (vLLM pads some layouts).
-    quant_storage_factor: float = Field(1.0, ge=1.0)
+    quant_storage_factor: float = Field(default=1.0, ge=1.0)
     encoder_only: bool = False  # BERT / XLM-R embedders: no KV cache
     sliding_window: int | None = None
+    # Layers that use ``sliding_window`` (None: all of them when a window is set). Gemma-2
+    # alternates (half), Gemma-3 keeps one full layer in six, Mistral-7B-v0.1 slides everywhere.
+    sliding_layers: int | None = Field(default=None, ge=0)
+    # Layers with a KV cache at all in linear-attention hybrids (Qwen3-Next, Kimi-Linear, Jamba):
+    # the others keep a fixed-size recurrent state per sequence instead. None: every layer.
+    kv_layers: int | None = Field(default=None, gt=0)
+    num_experts: int | None = Field(default=None, gt=0)  # MoE: routed experts (all resident in memory)
+    experts_per_token: int | None = Field(default=None, gt=0)
+    vision: VisionSpec | None = None  # vision-language models
+    multimodal_unmodelled: str | None = None  # a non-vision modality vLLM loads that is not counted
+    torch_dtype_missing: bool = False  # config.json has no torch_dtype: vLLM reads float32
+    checkpoint: CheckpointSize | None = None  # the safetensors at hand (local dir or --online)
     attn_softcapping: bool = False  # Gemma-2 attention logit soft-capping
     kv_latent_dim: int | None = None  # MLA (DeepSeek-V2): cached latent per token per layer
     base_model: str | None = None  # the unquantised model this checkpoint derives from
@@ -84,8 +126,8 @@ class ModelSpec(BaseModel):
             object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
         if self.quantization:
             object.__setattr__(self, "quantization", self.quantization.lower())
-            if self.quant_bits is None:
-                object.__setattr__(self, "quant_bits", _DEFAULT_BITS.get(self.quantization, 4))
+            if self.quant_bits is None and self.quantization in QUANT_BITS:
+                object.__setattr__(self, "quant_bits", QUANT_BITS[self.quantization])
         if self.native_dtype in ("half", "fp16"):
             object.__setattr__(self, "native_dtype", "float16")
         if self.native_dtype in ("bf16",):
@@ -137,11 +179,198 @@ def _quant(base: ModelSpec, id: str, method: str, bits: float, *, group: int | N
     return ModelSpec(**data)
 
 
-_Q2 = dict(architecture="Qwen2ForCausalLM", model_type="qwen2", head_dim=128)
-_LLAMA = dict(architecture="LlamaForCausalLM", model_type="llama")
-_MISTRAL = dict(architecture="MistralForCausalLM", model_type="mistral")
-_PHI3 = dict(architecture="Phi3ForCausalLM", model_type="phi3")
+_Q2 = {"architecture": "Qwen2ForCausalLM", "model_type": "qwen2", "head_dim": 128}
+_LLAMA = {"architecture": "LlamaForCausalLM", "model_type": "llama"}
+_MISTRAL = {"architecture": "MistralForCausalLM", "model_type": "mistral"}
+_PHI3 = {"architecture": "Phi3ForCausalLM", "model_type": "phi3"}
 _CFG = "config.json on the Hugging Face hub"
+_QWEN3 = {"architecture": "Qwen3ForCausalLM", "model_type": "qwen3", "head_dim": 128}
+_QWEN3_MOE = {"architecture": "Qwen3MoeForCausalLM", "model_type": "qwen3_moe", "head_dim": 128, "experts_per_token": 8}
+_GEMMA3 = {"architecture": "Gemma3ForConditionalGeneration", "model_type": "gemma3", "tie_word_embeddings": True,
+               "sliding_window": 1024}
+# Vision towers (vision_config of each family; parameter counts of the encoder + projector):
+# CLIP ViT-L/14-336 (LLaVA-1.5/1.6, Phi-3-vision): 24 layers x 1024, MLP 4096, 577 positions per view.
+# SigLIP-So400m (Gemma-3 896 px, 4096 patches -> 256 tokens; granite-vision 384 px tiles of 729).
+# Qwen2-VL / Qwen2.5-VL ViT: 32 layers x 1280; the largest image (max_pixels 12845056) is 65536
+# patches merged 2x2 into 16384 language-model tokens.
+_PHI3_VISION = VisionSpec(family="phi3_v", params_b=0.30, num_layers=24, hidden_size=1024, intermediate_size=4096,
+                          patches_per_item=17 * 577, tokens_per_item=17 * 144 + 16)
+_GEMMA3_VISION = VisionSpec(family="gemma3", params_b=0.42, num_layers=27, hidden_size=1152, intermediate_size=4304,
+                            patches_per_item=4096, tokens_per_item=256)
+_QWEN2_VL_VISION = VisionSpec(family="qwen2_vl", params_b=0.675, num_layers=32, hidden_size=1280,
+                              intermediate_size=5120, patches_per_item=65536, tokens_per_item=16384)
+_QWEN25_VL_VISION = VisionSpec(family="qwen2_vl", params_b=0.67, num_layers=32, hidden_size=1280,
+                               intermediate_size=3420, patches_per_item=65536, tokens_per_item=16384)
+
+
+def _build_v2() -> list[ModelSpec]:
+    """Families added for fit-check v2: MoE, MLA, very large and vision-language models, and the
+    models of the calibration cases. Numbers are the published config.json values; ``params_b``
+    the model card / safetensors total (vision tower included)."""
+    out: list[ModelSpec] = []
+    add = out.append
+
+    # ---- Mixtral (MoE: every expert resident; activation width = top-2 x expert width)
+    add(_m("mistralai/Mixtral-8x7B-Instruct-v0.1", 46.70, 32, 4096, 32, 8, 2 * 14336, 32000, 32768,
+           architecture="MixtralForCausalLM", model_type="mixtral", num_experts=8, experts_per_token=2,
+           aliases=("mixtral-8x7b", "mixtral-8x7b-instruct", "mistralai/Mixtral-8x7B-v0.1"),
+           source=_CFG + " (8 experts of 14336, top-2)"))
+    add(_m("mistralai/Mixtral-8x22B-Instruct-v0.1", 140.62, 56, 6144, 48, 8, 2 * 16384, 32768, 65536,
+           architecture="MixtralForCausalLM", model_type="mixtral", num_experts=8, experts_per_token=2,
+           aliases=("mixtral-8x22b",), source=_CFG + " (8 experts of 16384, top-2)"))
+
+    # ---- Qwen3 dense, embedding and MoE
+    q3_4 = _m("Qwen/Qwen3-4B", 4.02, 36, 2560, 32, 8, 9728, 151936, 40960, tie_word_embeddings=True, **_QWEN3,
+              aliases=("qwen3-4b",), source=_CFG)
+    q3_8 = _m("Qwen/Qwen3-8B", 8.19, 36, 4096, 32, 8, 12288, 151936, 40960, **_QWEN3, aliases=("qwen3-8b",),
+              source=_CFG)
+    q3_14 = _m("Qwen/Qwen3-14B", 14.77, 40, 5120, 40, 8, 17408, 151936, 40960, **_QWEN3, aliases=("qwen3-14b",),
+               source=_CFG)
+    q3_32 = _m("Qwen/Qwen3-32B", 32.76, 64, 5120, 64, 8, 25600, 151936, 40960, **_QWEN3, aliases=("qwen3-32b",),
+               source=_CFG)
+    for spec in (q3_4, q3_8, q3_14, q3_32):
+        add(spec)
+        add(_quant(spec, spec.id + "-AWQ", "awq", 4, aliases=(spec.name.lower() + "-awq",)))
+        add(_quant(spec, spec.id + "-FP8", "fp8", 8, group=None, dtype="bfloat16",
+                   source=_CFG + " (block-wise FP8, 128x128 scales)"))
+    add(_m("Qwen/Qwen3-Embedding-4B", 4.02, 36, 2560, 32, 8, 9728, 151665, 40960, tie_word_embeddings=True,
+           **_QWEN3, aliases=("qwen3-embedding-4b",), source=_CFG + " (decoder embedder: keeps a KV cache)"))
+    add(_m("Qwen/Qwen3-Embedding-8B", 7.57, 36, 4096, 32, 8, 12288, 151665, 40960, tie_word_embeddings=True,
+           **_QWEN3, aliases=("qwen3-embedding-8b",), source=_CFG))
+    q3_30 = _m("Qwen/Qwen3-30B-A3B", 30.53, 48, 2048, 32, 4, 8 * 768, 151936, 40960, num_experts=128,
+               **_QWEN3_MOE, aliases=("qwen3-30b-a3b",), source=_CFG + " (128 experts of 768, top-8)")
+    q3_30_2507 = q3_30.model_copy(update={
+        "id": "Qwen/Qwen3-30B-A3B-Instruct-2507", "max_position_embeddings": 262144,
+        "aliases": ("qwen3-30b-a3b-instruct-2507", "Qwen/Qwen3-30B-A3B-Thinking-2507"),
+        "source": _CFG + " (Qwen3-30B-A3B shape, 262144 context)"})
+    for spec in (q3_30, q3_30_2507):
+        add(spec)
+        add(_quant(spec, spec.id + "-FP8", "fp8", 8, group=None, dtype="bfloat16",
+                   source=_CFG + " (block-wise FP8; router and embeddings 16-bit)"))
+    add(_quant(q3_30_2507, "cpatonn/Qwen3-30B-A3B-Thinking-2507-AWQ-4bit", "compressed-tensors", 4,
+               aliases=("cpatonn/Qwen3-30B-A3B-Instruct-2507-AWQ-4bit",),
+               source=_CFG + " (compressed-tensors W4A16, group 128)"))
+    q3_235 = _m("Qwen/Qwen3-235B-A22B", 235.09, 94, 4096, 64, 4, 8 * 1536, 151936, 40960, num_experts=128,
+                **_QWEN3_MOE, aliases=("qwen3-235b-a22b",), source=_CFG + " (128 experts of 1536, top-8)")
+    add(q3_235)
+    add(_quant(q3_235, "Qwen/Qwen3-235B-A22B-FP8", "fp8", 8, group=None, dtype="bfloat16",
+               source=_CFG + " (block-wise FP8)"))
+
+    # ---- Qwen2.5 sizes the seeds did not name
+    q25_3 = _m("Qwen/Qwen2.5-3B-Instruct", 3.09, 36, 2048, 16, 2, 11008, 151936, 32768, tie_word_embeddings=True,
+               **_Q2, aliases=("qwen2.5-3b", "Qwen/Qwen2.5-3B"), source=_CFG)
+    q25_72 = _m("Qwen/Qwen2.5-72B-Instruct", 72.71, 80, 8192, 64, 8, 29568, 152064, 32768, **_Q2,
+                aliases=("qwen2.5-72b",), source=_CFG)
+    add(q25_3)
+    add(q25_72)
+    add(_quant(q25_72, "Qwen/Qwen2.5-72B-Instruct-AWQ", "awq", 4))
+    r1_32 = _m("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", 32.76, 64, 5120, 40, 8, 27648, 152064, 131072, **_Q2,
+               aliases=("deepseek-r1-distill-qwen-32b",), source=_CFG + " (Qwen2.5-32B shape)")
+    add(r1_32)
+    add(_quant(r1_32, "RedHatAI/DeepSeek-R1-Distill-Qwen-32B-FP8-dynamic", "compressed-tensors", 8, group=None,
+               dtype="bfloat16", aliases=("DeepSeek-R1-Distill-Qwen-32B-FP8",),
+               source=_CFG + " (compressed-tensors FP8 W8A8; lm_head 16-bit)"))
+
+    # ---- Llama: 405B, FP8 / W4A16 releases, CodeLlama base models
+    l405 = _m("meta-llama/Llama-3.1-405B-Instruct", 405.85, 126, 16384, 128, 8, 53248, 128256, 131072, **_LLAMA,
+              aliases=("meta-llama/Meta-Llama-3.1-405B-Instruct", "llama-3.1-405b"), source=_CFG)
+    add(l405)
+    # Meta's FP8 release quantises only the MLPs of layers 1-124 (fbgemm_fp8 modules_to_not_convert keeps
+    # attention and the first / last MLP in bf16): 124 x 3 x 16384 x 53248 = 324.5e9 parameters at 8 bits.
+    add(_quant(l405, "meta-llama/Llama-3.1-405B-Instruct-FP8", "fbgemm_fp8", 8, group=None, dtype="bfloat16",
+               quantized_params_b=324.5, aliases=("meta-llama/Meta-Llama-3.1-405B-Instruct-FP8",),
+               source=_CFG + " (fbgemm_fp8: MLPs of layers 1-124 at 8 bits, attention bf16)"))
+    # bases of the quantised releases below (the 16-bit entries themselves are in _build)
+    l33_70 = _m("meta-llama/Llama-3.3-70B-Instruct", 70.55, 80, 8192, 64, 8, 28672, 128256, 131072,
+                **_LLAMA)
+    add(_quant(l33_70, "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic", "compressed-tensors", 8, group=None,
+               dtype="bfloat16", source=_CFG + " (compressed-tensors FP8 W8A8 dynamic; lm_head 16-bit)"))
+    l31_8 = _m("meta-llama/Llama-3.1-8B-Instruct", 8.03, 32, 4096, 32, 8, 14336, 128256, 131072, **_LLAMA)
+    add(_quant(l31_8, "RedHatAI/Meta-Llama-3.1-8B-Instruct-quantized.w4a16", "compressed-tensors", 4,
+               source=_CFG + " (compressed-tensors W4A16, group 128; lm_head 16-bit)"))
+    add(_quant(l31_8, "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", "compressed-tensors", 8, group=None,
+               dtype="bfloat16", source=_CFG + " (compressed-tensors FP8 W8A8)"))
+    cl13 = _m("codellama/CodeLlama-13b-Instruct-hf", 13.02, 40, 5120, 40, 40, 13824, 32016, 16384, **_LLAMA,
+              native_dtype="float16", aliases=("TheBloke/CodeLlama-13B-Instruct-fp16", "codellama-13b"),
+              source=_CFG)
+    add(cl13)
+    add(_m("codellama/CodeLlama-34b-hf", 33.74, 48, 8192, 64, 8, 22016, 32000, 16384, **_LLAMA,
+           source=_CFG + " (base model of CodeLlama-34b-Instruct)"))
+
+    # ---- DeepSeek MoE + MLA (one 512 + 64 latent cached per layer, replicated on every TP rank)
+    add(_m("deepseek-ai/DeepSeek-V2-Lite-Chat", 15.71, 27, 2048, 16, 16, 8 * 1408, 102400, 163840,
+           architecture="DeepseekV2ForCausalLM", model_type="deepseek_v2", head_dim=192, kv_latent_dim=576,
+           num_experts=64, experts_per_token=6, aliases=("deepseek-ai/DeepSeek-V2-Lite", "deepseek-v2-lite"),
+           source=_CFG + " (64 experts of 1408, top-6 + 2 shared; MLA)"))
+    add(_m("deepseek-ai/DeepSeek-V3", 671.03, 61, 7168, 128, 128, 9 * 2048, 129280, 163840,
+           architecture="DeepseekV3ForCausalLM", model_type="deepseek_v3", head_dim=192, kv_latent_dim=576,
+           num_experts=256, experts_per_token=8, quantization="fp8", quant_bits=8, native_dtype="bfloat16",
+           aliases=("deepseek-v3", "deepseek-ai/DeepSeek-R1", "deepseek-ai/DeepSeek-V3-0324", "deepseek-r1"),
+           source=_CFG + " (256 experts of 2048, top-8 + 1 shared; MLA; block-wise FP8 checkpoint; the "
+                         "14B multi-token-prediction layer is not loaded for serving)"))
+
+    # ---- Gemma (7B base, Gemma-2 27B, Gemma-3 with its SigLIP tower; one global layer in six)
+    add(_m("google/gemma-7b-it", 8.54, 28, 3072, 16, 16, 24576, 256000, 8192, architecture="GemmaForCausalLM",
+           model_type="gemma", head_dim=256, tie_word_embeddings=True, aliases=("google/gemma-7b", "gemma-7b"),
+           source=_CFG))
+    add(_m("google/gemma-2-27b-it", 27.23, 46, 4608, 32, 16, 36864, 256000, 8192, architecture="Gemma2ForCausalLM",
+           model_type="gemma2", head_dim=128, tie_word_embeddings=True, sliding_window=4096, sliding_layers=23,
+           attn_softcapping=True, aliases=("gemma-2-27b",), source=_CFG))
+    add(_m("google/gemma-3-1b-it", 1.0, 26, 1152, 4, 1, 6912, 262144, 32768, architecture="Gemma3ForCausalLM",
+           model_type="gemma3_text", head_dim=256, tie_word_embeddings=True, sliding_window=512, sliding_layers=22,
+           aliases=("gemma-3-1b",), source=_CFG + " (text only)"))
+    add(_m("google/gemma-3-4b-it", 4.30, 34, 2560, 8, 4, 10240, 262208, 131072, head_dim=256, sliding_layers=29,
+           vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-4b",), source=_CFG + " (SigLIP tower included)"))
+    add(_m("google/gemma-3-12b-it", 12.19, 48, 3840, 16, 8, 15360, 262208, 131072, head_dim=256, sliding_layers=40,
+           vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-12b",), source=_CFG + " (SigLIP tower included)"))
+    add(_m("google/gemma-3-27b-it", 27.43, 62, 5376, 32, 16, 21504, 262208, 131072, head_dim=128, sliding_layers=52,
+           vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-27b",), source=_CFG + " (SigLIP tower included)"))
+
+    # ---- Vision-language models (tower parameters included in params_b)
+    qvl = {"architecture": "Qwen2VLForConditionalGeneration", "model_type": "qwen2_vl", "head_dim": 128}
+    q25vl = {"architecture": "Qwen2_5_VLForConditionalGeneration", "model_type": "qwen2_5_vl", "head_dim": 128}
+    add(_m("Qwen/Qwen2-VL-2B-Instruct", 2.21, 28, 1536, 12, 2, 8960, 151936, 32768, tie_word_embeddings=True,
+           vision=_QWEN2_VL_VISION, **qvl, aliases=("qwen2-vl-2b",), source=_CFG))
+    add(_m("Qwen/Qwen2-VL-7B-Instruct", 8.29, 28, 3584, 28, 4, 18944, 152064, 32768, vision=_QWEN2_VL_VISION,
+           **qvl, aliases=("qwen2-vl-7b",), source=_CFG))
+    add(_m("Qwen/Qwen2.5-VL-3B-Instruct", 3.75, 36, 2048, 16, 2, 11008, 151936, 128000, tie_word_embeddings=True,
+           vision=_QWEN25_VL_VISION, **q25vl, aliases=("qwen2.5-vl-3b",), source=_CFG))
+    add(_m("Qwen/Qwen2.5-VL-7B-Instruct", 8.29, 28, 3584, 28, 4, 18944, 152064, 128000, vision=_QWEN25_VL_VISION,
+           **q25vl, aliases=("qwen2.5-vl-7b",), source=_CFG))
+    add(_m("Qwen/Qwen2.5-VL-32B-Instruct", 33.45, 64, 5120, 40, 8, 27648, 152064, 128000, vision=_QWEN25_VL_VISION,
+           **q25vl, aliases=("qwen2.5-vl-32b",), source=_CFG))
+    add(_m("Qwen/Qwen2.5-VL-72B-Instruct", 73.41, 80, 8192, 64, 8, 29568, 152064, 128000, vision=_QWEN25_VL_VISION,
+           **q25vl, aliases=("qwen2.5-vl-72b",), source=_CFG))
+    add(_m("Qwen/Qwen3-VL-Embedding-2B", 2.13, 28, 2048, 16, 8, 6144, 151936, 262144, tie_word_embeddings=True,
+           architecture="Qwen3VLForConditionalGeneration", model_type="qwen3_vl", head_dim=128,
+           vision=VisionSpec(family="qwen2_vl", params_b=0.41, num_layers=24, hidden_size=1024,
+                             intermediate_size=4096, patches_per_item=65536, tokens_per_item=16384),
+           aliases=("Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl-2b"),
+           source=_CFG + " (Qwen3-VL-2B shape; parameters estimated from the shapes)"))
+    clip336 = VisionSpec(family="llava", params_b=0.32, num_layers=24, hidden_size=1024, intermediate_size=4096,
+                         patches_per_item=577, tokens_per_item=576)
+    add(_m("llava-hf/llava-1.5-7b-hf", 7.06, 32, 4096, 32, 32, 11008, 32064, 4096, **_LLAMA, native_dtype="float16",
+           vision=clip336, aliases=("llava-1.5-7b",), source=_CFG + " (Vicuna-7B + CLIP ViT-L/14-336)"))
+    add(_m("llava-hf/llava-v1.6-mistral-7b-hf", 7.57, 32, 4096, 32, 8, 14336, 32064, 32768, **_MISTRAL,
+           vision=clip336.model_copy(update={"patches_per_item": 5 * 577, "tokens_per_item": 5 * 576 + 48}),
+           aliases=("llava-1.6-mistral-7b",), source=_CFG + " (anyres: base view + 4 tiles)"))
+    add(_m("microsoft/Phi-3.5-vision-instruct", 4.15, 32, 3072, 32, 32, 8192, 32064, 131072,
+           architecture="Phi3VForCausalLM", model_type="phi3_v",
+           vision=_PHI3_VISION.model_copy(update={"patches_per_item": 5 * 577, "tokens_per_item": 5 * 144 + 4}),
+           aliases=("phi-3.5-vision",), source=_CFG + " (num_crops 4 by default)"))
+    add(_m("ibm-granite/granite-vision-3.3-2b", 2.97, 40, 2048, 32, 8, 8192, 49156, 131072, head_dim=64,
+           architecture="LlavaNextForConditionalGeneration", model_type="llava_next", tie_word_embeddings=True,
+           vision=VisionSpec(family="llava", params_b=0.44, num_layers=27, hidden_size=1152, intermediate_size=4304,
+                             patches_per_item=11 * 729, tokens_per_item=11 * 729),
+           aliases=("granite-vision-3.3-2b",),
+           source=_CFG + " (granite-3.1-2b text model + SigLIP-384 tiles; parameters from the parts)"))
+    add(_m("moonshotai/Kimi-VL-A3B-Instruct", 16.41, 27, 2048, 16, 16, 8 * 1408, 163840, 131072,
+           architecture="KimiVLForConditionalGeneration", model_type="kimi_vl", head_dim=192, kv_latent_dim=576,
+           num_experts=64, experts_per_token=6,
+           vision=VisionSpec(family="other", params_b=0.41, num_layers=27, hidden_size=1152, intermediate_size=4304,
+                             modelled=False),
+           aliases=("kimi-vl-a3b",), source=_CFG + " (DeepSeek-V3-style MoE + MLA text model, MoonViT tower)"))
+    return out
 
 
 def _build() -> tuple[ModelSpec, ...]:
@@ -190,7 +419,8 @@ def _build() -> tuple[ModelSpec, ...]:
 
     # ---- Llama family (seeds 000, 001, 003; calibration #3, #9, #18, #24, #39, #45)
     l31_8 = _m("meta-llama/Llama-3.1-8B-Instruct", 8.03, 32, 4096, 32, 8, 14336, 128256, 131072, **_LLAMA,
-               aliases=("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b", "llama3.1-8b", "llama-3.1-8b-instruct"),
+               aliases=("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b", "llama3.1-8b",
+                        "llama-3.1-8b-instruct"),
                source=_CFG + "; calibration #9, #24 (14.96 GiB in 16-bit)")
     add(l31_8)
     add(_m("meta-llama/Meta-Llama-3-8B-Instruct", 8.03, 32, 4096, 32, 8, 14336, 128256, 8192, **_LLAMA,
@@ -264,11 +494,12 @@ def _build() -> tuple[ModelSpec, ...]:
     # MLA caches one latent of kv_lora_rank 512 + rope dim 64 per token per layer (vLLM MLA backend).
     add(_m("deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct", 15.71, 27, 2048, 16, 16, 11264, 102400, 163840,
            architecture="DeepseekV2ForCausalLM", model_type="deepseek_v2", head_dim=192, kv_latent_dim=576,
-           aliases=("deepseek-coder-v2-lite",),
+           num_experts=64, experts_per_token=6, aliases=("deepseek-coder-v2-lite",),
            source=_CFG + " (MoE 64 experts top-6 + 2 shared, width 1408; MLA)"))
     add(_m("deepseek-ai/DeepSeek-Coder-V2-Instruct", 235.74, 60, 5120, 128, 128, 12288, 102400, 163840,
            architecture="DeepseekV2ForCausalLM", model_type="deepseek_v2", head_dim=192, kv_latent_dim=576,
-           aliases=("deepseek-coder-v2",), source=_CFG + " (MoE 160 experts top-6 + 2 shared, width 1536; MLA)"))
+           num_experts=160, experts_per_token=6, aliases=("deepseek-coder-v2",),
+           source=_CFG + " (MoE 160 experts top-6 + 2 shared, width 1536; MLA)"))
 
     # ---- Mistral family (seeds 000, 001, 003; calibration #6, #12, #36)
     m01 = _m("mistralai/Mistral-7B-Instruct-v0.1", 7.24, 32, 4096, 32, 8, 14336, 32000, 32768, **_MISTRAL,
@@ -310,7 +541,7 @@ def _build() -> tuple[ModelSpec, ...]:
     add(_m("microsoft/Phi-3-mini-128k-instruct", 3.821, 32, 3072, 32, 32, 8192, 32064, 131072, **_PHI3,
            aliases=("phi-3-mini-128k",), source=_CFG))
     add(_m("microsoft/Phi-3-vision-128k-instruct", 4.15, 32, 3072, 32, 32, 8192, 32064, 131072,
-           architecture="Phi3VForCausalLM", model_type="phi3_v", aliases=("phi-3-vision",),
+           architecture="Phi3VForCausalLM", model_type="phi3_v", aliases=("phi-3-vision",), vision=_PHI3_VISION,
            source=_CFG + " (phi-3-mini text stack + CLIP ViT-L); calibration #51"))
 
     # ---- Gemma (seeds 001, 004; calibration #63)
@@ -321,10 +552,10 @@ def _build() -> tuple[ModelSpec, ...]:
            model_type="gemma", head_dim=256, tie_word_embeddings=True, aliases=("codegemma-7b",), source=_CFG))
     g2_2 = _m("google/gemma-2-2b-it", 2.61, 26, 2304, 8, 4, 9216, 256000, 8192, architecture="Gemma2ForCausalLM",
               model_type="gemma2", head_dim=256, tie_word_embeddings=True, native_dtype="float32",
-              sliding_window=4096, attn_softcapping=True, aliases=("gemma-2-2b", "gemma-2-2b-it"),
+              sliding_window=4096, sliding_layers=13, attn_softcapping=True, aliases=("gemma-2-2b", "gemma-2-2b-it"),
               source=_CFG + " (torch_dtype float32); calibration #63")
     g2_9 = _m("google/gemma-2-9b-it", 9.24, 42, 3584, 16, 8, 14336, 256000, 8192, architecture="Gemma2ForCausalLM",
-              model_type="gemma2", head_dim=256, tie_word_embeddings=True, sliding_window=4096,
+              model_type="gemma2", head_dim=256, tie_word_embeddings=True, sliding_window=4096, sliding_layers=21,
               attn_softcapping=True, aliases=("gemma-2-9b", "gemma-2-9b-it"), source=_CFG)
     add(g2_2)
     add(g2_9)
@@ -355,13 +586,16 @@ def _build() -> tuple[ModelSpec, ...]:
     # both dims for its MXFP4 kernels: storage factor (3072/2880)^2 = 1.138 (this padding
     # reproduces the logged 13.72 / 17.22 GiB within 3%). intermediate_size = top-4 x 2880.
     add(_m("openai/gpt-oss-20b", 20.91, 24, 2880, 64, 8, 11520, 201088, 131072, architecture="GptOssForCausalLM",
-           model_type="gpt_oss", head_dim=64, sliding_window=128, quantization="mxfp4", quant_bits=4.25,
-           quantized_params_b=19.11, quant_storage_factor=1.1378, aliases=("gpt-oss-20b",),
+           model_type="gpt_oss", head_dim=64, sliding_window=128, sliding_layers=12, num_experts=32,
+           experts_per_token=4, quantization="mxfp4", quant_bits=4.25, quantized_params_b=19.11,
+           quant_storage_factor=1.1378, aliases=("gpt-oss-20b",),
            source=_CFG + " (MoE 32 experts top-4, alternating 128-token sliding window); calibration #42"))
     add(_m("openai/gpt-oss-120b", 116.83, 36, 2880, 64, 8, 11520, 201088, 131072, architecture="GptOssForCausalLM",
-           model_type="gpt_oss", head_dim=64, sliding_window=128, quantization="mxfp4", quant_bits=4.25,
-           quantized_params_b=114.66, quant_storage_factor=1.1378, aliases=("gpt-oss-120b",),
+           model_type="gpt_oss", head_dim=64, sliding_window=128, sliding_layers=18, num_experts=128,
+           experts_per_token=4, quantization="mxfp4", quant_bits=4.25, quantized_params_b=114.66,
+           quant_storage_factor=1.1378, aliases=("gpt-oss-120b",),
            source=_CFG + " (MoE 128 experts top-4); calibration #30"))
+    out += _build_v2()
     return tuple(out)
 
 
@@ -404,39 +638,151 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     inter = int(cfg.get("intermediate_size") or 4 * h)
     mtype = str(cfg.get("model_type", ""))
     encoder = mtype in _ENCODER_TYPES
-    tied = bool(cfg.get("tie_word_embeddings", True if encoder else False))
+    tied = bool(cfg.get("tie_word_embeddings", bool(encoder)))
     emb = vocab * h * (1 if tied else 2)
     if encoder:
         emb += int(cfg.get("max_position_embeddings", 512)) * h
     attn = h * heads * hd * 2 + 2 * h * kv * hd
     if "kv_lora_rank" in cfg:  # DeepSeek MLA: compressed KV projections
         r, rope = int(cfg["kv_lora_rank"]), int(cfg.get("qk_rope_head_dim", 64))
-        attn = h * heads * hd + h * (r + rope) + r * heads * (hd - rope + int(cfg.get("v_head_dim", 128))) \
-            + heads * int(cfg.get("v_head_dim", 128)) * h
+        nope = int(cfg.get("qk_nope_head_dim") or hd - rope)
+        v = int(cfg.get("v_head_dim", 128))
+        q_rank = int(cfg.get("q_lora_rank") or 0)
+        q = h * q_rank + q_rank * heads * (nope + rope) if q_rank else h * heads * (nope + rope)
+        attn = q + h * (r + rope) + r * heads * (nope + v) + heads * v * h
     gated = mtype not in _ENCODER_TYPES and mtype not in ("gpt2", "biogpt", "starcoder2", "gpt_bigcode", "opt")
     n_mat = 3 if gated else 2
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
+    dense_mlp = n_mat * h * inter
     if experts:
         moe_inter = int(cfg.get("moe_intermediate_size") or inter)
-        shared = int(cfg.get("n_shared_experts") or 0)
-        mlp = n_mat * h * moe_inter * (experts + shared)
+        shared = int(cfg.get("shared_expert_intermediate_size") or 0) \
+            or moe_inter * int(cfg.get("n_shared_experts") or 0)
+        moe_mlp = n_mat * h * (moe_inter * experts + shared) + h * experts  # experts + shared + router
+        dense_layers = min(int(cfg.get("first_k_dense_replace") or 0), layers)  # DeepSeek: first k layers dense
+        mlp_total = dense_layers * dense_mlp + (layers - dense_layers) * moe_mlp
     else:
-        mlp = n_mat * h * inter
-    return round((emb + layers * (attn + mlp)) / 1e9, 6)
+        mlp_total = layers * dense_mlp
+    return round((emb + layers * attn + mlp_total) / 1e9, 6)
 
 
 _ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "distilbert", "electra", "mpnet", "nomic_bert", "deberta-v2"}
 
 
-def _dtype_of(cfg: Mapping[str, Any]) -> str:
-    d = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
+def _dtype_of(cfg: Mapping[str, Any]) -> str | None:
+    """config.json's torch_dtype (newer transformers write ``dtype``); None when absent."""
+    d = cfg.get("torch_dtype") or cfg.get("dtype")
+    if not d:
+        return None
+    d = str(d).replace("torch.", "")
     return {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "float": "float32"}.get(d, d)
+
+
+def _find_dtype(config: Mapping[str, Any], text: Mapping[str, Any] | None) -> str | None:
+    # Like vLLM: the root config, then the text config, then the vision config of a multimodal model.
+    found = _dtype_of(config)
+    if found is None and text is not None:
+        found = _dtype_of(text)
+    vision = config.get("vision_config")
+    if found is None and isinstance(vision, Mapping):
+        found = _dtype_of(vision)
+    return found
+
+
+def _quant_of(qc: Mapping[str, Any]) -> tuple[str | None, float | None, int | None]:
+    """(method, bits, group size) of a quantization_config; bits None when not modelled."""
+    method = qc.get("quant_method") or qc.get("quantization_method")
+    if not method:
+        return None, None, None
+    method = str(method).lower()
+    bits = qc.get("bits") or qc.get("w_bit") or qc.get("num_bits") or qc.get("weight_bits")
+    group = qc.get("group_size") or qc.get("q_group_size")
+    if method == "bitsandbytes":
+        bits = 4 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits
+    elif method == "compressed-tensors":
+        for g in (qc.get("config_groups") or {}).values():
+            w = (g or {}).get("weights") or {}
+            bits = w.get("num_bits") or bits
+            group = w.get("group_size") or group
+    elif method == "modelopt":
+        algo = str(qc.get("quant_algo") or (qc.get("quantization") or {}).get("quant_algo") or "").upper()
+        bits = 8 if "FP8" in algo else 4.5 if "FP4" in algo else bits  # NVFP4: 4 bits + an FP8 scale per 16
+    elif method in ("fp8", "fbgemm_fp8"):
+        bits = 8
+    if bits is None and method in QUANT_BITS:
+        bits = QUANT_BITS[method]
+    return method, float(bits) if bits else None, int(group) if group and int(group) > 0 else None
+
+
+def _layer_counts(cfg: Mapping[str, Any], layers: int) -> tuple[int | None, int | None]:
+    """(sliding-window layers, layers with a KV cache) from ``layer_types`` or the known patterns."""
+    types = cfg.get("layer_types")
+    sliding = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window") is False:  # Qwen2 configs carry a window they do not use
+        sliding = None
+    if isinstance(types, list) and types:
+        names = [str(t) for t in types[:layers]]
+        attn = [t for t in names if "attention" in t and "linear" not in t]
+        slide = sum(1 for t in attn if "sliding" in t or "local" in t)
+        kv_layers = len(attn) if len(attn) < len(names) else None
+        return (slide if sliding else None), kv_layers
+    if not sliding:
+        return None, None
+    mtype = str(cfg.get("model_type", ""))
+    pattern = cfg.get("sliding_window_pattern")
+    if mtype.startswith("gemma3") or pattern:
+        p = int(pattern or 6)  # Gemma-3: five local layers, then a global one
+        return layers - layers // p, None
+    if mtype in ("gemma2", "gpt_oss", "cohere2"):
+        return layers - layers // 2, None
+    return None, None  # every layer slides (Mistral-7B-v0.1, Phi-3-mini-4k, Starcoder2)
+
+
+def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
+    """The vision tower of a multimodal config, estimated from its ``vision_config``."""
+    vc = cfg.get("vision_config")
+    if not isinstance(vc, Mapping):
+        return None
+    mtype = str(cfg.get("model_type", ""))
+    h = int(vc.get("hidden_size") or vc.get("embed_dim") or vc.get("width") or 1024)
+    layers = int(vc.get("depth") or vc.get("num_hidden_layers") or vc.get("layers") or 24)
+    inter = int(vc.get("intermediate_size") or h * float(vc.get("mlp_ratio") or 4))
+    patch = int(vc.get("patch_size") or 14)
+    gated = mtype in ("qwen2_5_vl",)
+    params = layers * (4 * h * h + (3 if gated else 2) * h * inter) + 3 * patch * patch * h
+    merge = int(vc.get("spatial_merge_size") or 1)
+    out_h = int(vc.get("out_hidden_size") or text_hidden)
+    params += (h * merge * merge) ** 2 // max(h, 1) + h * merge * merge * out_h  # merger / projector
+    family = "other"
+    tokens = patches = 0
+    if mtype in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
+        family, tokens = "qwen2_vl", 16384  # max_pixels 12845056 -> 16384 merged tokens per image
+        patches = tokens * merge * merge
+    elif mtype.startswith("gemma3"):
+        family, tokens = "gemma3", int(cfg.get("mm_tokens_per_image") or 256)
+        patches = (int(vc.get("image_size") or 896) // patch) ** 2
+    elif mtype in ("llava", "llava_next", "llava_onevision"):
+        side = int(vc.get("image_size") or 336) // patch
+        tiles = 1
+        pins = cfg.get("image_grid_pinpoints")
+        if mtype != "llava" and isinstance(pins, list) and pins:
+            size = int(vc.get("image_size") or 336)
+            tiles = 1 + max(int(p[0]) // size * (int(p[1]) // size) for p in pins if isinstance(p, list))
+        family, tokens, patches = "llava", side * side * tiles, side * side * tiles
+    elif mtype == "phi3_v":
+        family, tokens, patches = "phi3_v", 17 * 144 + 16, 17 * 577  # 16 crops + the global view
+    return VisionSpec(family=family, params_b=round(params / 1e9, 4), num_layers=layers, hidden_size=h,
+                      intermediate_size=inter, patches_per_item=patches, tokens_per_item=tokens,
+                      modelled=family != "other")
+
+
+_NON_VISION_TOWERS = ("audio_config", "speech_config", "whisper_config")
 
 
 def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     """A :class:`ModelSpec` from a Hugging Face ``config.json`` mapping (pure; no I/O)."""
     cfg: dict[str, Any] = dict(config)
-    text = cfg.get("text_config")
+    text = cfg.get("text_config") or cfg.get("language_config")
     if isinstance(text, Mapping):  # multimodal wrappers keep the language model here
         cfg = {**cfg, **{k: v for k, v in text.items() if v is not None}}
     for src, dst in (("n_layer", "num_hidden_layers"), ("n_embd", "hidden_size"), ("n_head", "num_attention_heads"),
@@ -447,45 +793,42 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
     if missing:
         raise ValueError(f"{id}: config.json lacks {', '.join(missing)}; describe the model under `models:`")
+    root_type = str(config.get("model_type", ""))
     mtype = str(cfg.get("model_type", ""))
     heads = int(cfg["num_attention_heads"])
     h = int(cfg["hidden_size"])
-    arch = (cfg.get("architectures") or [""])[0]
-    qc = cfg.get("quantization_config") or {}
-    method = qc.get("quant_method") or qc.get("quantization_method")
-    bits = qc.get("bits") or qc.get("w_bit") or qc.get("num_bits")
-    if method == "bitsandbytes":
-        bits = 4 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits
-    if method == "compressed-tensors" and bits is None:
-        groups = qc.get("config_groups") or {}
-        for g in groups.values():
-            w = (g or {}).get("weights") or {}
-            bits = w.get("num_bits") or bits
-    group = qc.get("group_size") or qc.get("q_group_size")
+    layers = int(cfg["num_hidden_layers"])
+    arch = (config.get("architectures") or cfg.get("architectures") or [""])[0]
+    method, bits, group = _quant_of(cfg.get("quantization_config") or config.get("quantization_config") or {})
     sliding = cfg.get("sliding_window")
-    if cfg.get("use_sliding_window") is False:  # Qwen2 configs carry a window they do not use
+    if cfg.get("use_sliding_window") is False:
         sliding = None
+    sliding_layers, kv_layers = _layer_counts(cfg, layers)
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
     inter = cfg.get("intermediate_size")
+    top_k = None
     if experts:
-        top_k = int(cfg.get("num_experts_per_tok") or cfg.get("num_experts_per_token") or 2)
+        top_k = int(cfg.get("num_experts_per_tok") or cfg.get("num_experts_per_token") or cfg.get("moe_topk") or 2)
         width = int(cfg.get("moe_intermediate_size") or inter or 4 * h)
         inter = width * (top_k + int(cfg.get("n_shared_experts") or 0))
     encoder = mtype in _ENCODER_TYPES
+    vision = _vision_of(config, h)
     params = cfg.get("num_parameters") or cfg.get("n_params")
-    params_b = float(params) / 1e9 if params else estimate_params_b(cfg)
+    params_b = float(params) / 1e9 if params else estimate_params_b(cfg) + (vision.params_b if vision else 0.0)
     latent = None
     if "kv_lora_rank" in cfg:
         latent = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim", 64))
     head_dim = cfg.get("head_dim")
     if latent and not head_dim:
         head_dim = int(cfg.get("qk_nope_head_dim", 128)) + int(cfg.get("qk_rope_head_dim", 64))
+    dtype = _find_dtype(config, text if isinstance(text, Mapping) else None)
+    other = next((k.split("_")[0] for k in _NON_VISION_TOWERS if isinstance(config.get(k), Mapping)), None)
     return ModelSpec(
         id=id,
         architecture=arch,
-        model_type=mtype,
+        model_type=root_type if vision else mtype,
         params_b=params_b,
-        num_layers=int(cfg["num_hidden_layers"]),
+        num_layers=layers,
         hidden_size=h,
         num_attention_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or cfg.get("multi_query_group_num") or heads),
@@ -494,12 +837,19 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         max_position_embeddings=int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 2048),
         vocab_size=int(cfg.get("vocab_size", 32000)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", encoder)),
-        native_dtype=_dtype_of(cfg),
-        quantization=str(method).lower() if method else None,
-        quant_bits=float(bits) if bits else None,
-        quant_group_size=int(group) if group and int(group) > 0 else None,
+        native_dtype=dtype or "float32",
+        torch_dtype_missing=dtype is None,
+        quantization=method,
+        quant_bits=bits,
+        quant_group_size=group,
         encoder_only=encoder,
         sliding_window=int(sliding) if sliding else None,
+        sliding_layers=sliding_layers,
+        kv_layers=kv_layers,
+        num_experts=experts or None,
+        experts_per_token=top_k,
+        vision=vision,
+        multimodal_unmodelled=other,
         attn_softcapping=bool(cfg.get("attn_logit_softcapping")),
         kv_latent_dim=latent,
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
@@ -515,7 +865,9 @@ def _read_local(path: Path, id: str) -> ModelSpec:
                 q.setdefault("quant_method", "gptq" if name == "quantize_config.json" else "awq")
                 cfg["quantization_config"] = q
                 break
-    return model_from_config(cfg, id)
+    spec = model_from_config(cfg, id)
+    ck = checkpoint_from_dir(path)
+    return spec.model_copy(update={"checkpoint": ck}) if ck else spec
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -526,6 +878,24 @@ def _cache_file(model_id: str, cache_dir: str | os.PathLike[str] | None) -> Path
     return base / (model_id.replace("/", "--") + ".json")
 
 
+def hub_endpoint() -> str:
+    """The hub's base URL: ``HF_ENDPOINT`` as huggingface_hub reads it, else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _with_hub_checkpoint(spec: ModelSpec, model_id: str, cache: Path, allow_network: bool) -> ModelSpec:
+    """Attach the hub checkpoint's size: from the cache, or (online) from its safetensors headers.
+    Failing to read it is not an error: the weights then come from the parameter count."""
+    ck_cache = cache.with_name(cache.stem + ".checkpoint.json")
+    if not ck_cache.is_file() and not allow_network:
+        return spec
+    try:
+        ck = checkpoint_from_hub(model_id, ck_cache, endpoint=hub_endpoint())
+    except Exception:
+        ck = None
+    return spec.model_copy(update={"checkpoint": ck}) if ck else spec
+
+
 def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
     import httpx
 
@@ -533,7 +903,7 @@ def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
     token = os.environ.get("HF_TOKEN")  # gated repos (meta-llama) need the user's token
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    url = f"https://huggingface.co/{model_id}/resolve/main/config.json"
+    url = f"{hub_endpoint()}/{model_id}/resolve/main/config.json"
     resp = httpx.get(url, timeout=HUB_TIMEOUT_S, follow_redirects=True, headers=headers)
     resp.raise_for_status()
     cfg = resp.json()
@@ -577,14 +947,16 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
     if _HUB_ID.match(ref):
         cache = _cache_file(ref, cache_dir)
         if cache.is_file():
-            return model_from_config(json.loads(cache.read_text()), ref)
+            spec = model_from_config(json.loads(cache.read_text()), ref)
+            return _with_hub_checkpoint(spec, ref, cache, allow_network)
         if allow_network:
             try:
-                return model_from_config(_fetch_hub(ref, cache), ref)
-            except Exception as exc:  # noqa: BLE001 - any network/HTTP/JSON failure becomes one message
+                spec = model_from_config(_fetch_hub(ref, cache), ref)
+            except Exception as exc:
                 raise UnknownModelError(
                     f"model {ref!r}: could not fetch its config.json from the hub ({type(exc).__name__}: {exc}). "
                     + _HOW_TO_FIX) from None
+            return _with_hub_checkpoint(spec, ref, cache, allow_network)
     close = suggest(ref)
     did = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     where = "not in the catalogue"

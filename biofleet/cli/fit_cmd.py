@@ -2,35 +2,94 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
 from biofleet.cli.output import console, print_json
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from biofleet.catalog.gpus import GpuSpec
+    from biofleet.fitcheck import Finding, FitReport
+
 EXIT_FITS, EXIT_WOULD_FAIL = 0, 1
 
 
 def fit_check(
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Shipped profile name or YAML path.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="One server, no profile: catalogue name, hub id or a directory with config.json.")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="GPU from the catalogue (T4, L4, A100-80GB, H100, ...).")] = None,
-    gpu_memory_gib: Annotated[Optional[float], typer.Option(help="A GPU the catalogue lacks: its memory in GiB.")] = None,
-    compute_capability: Annotated[Optional[str], typer.Option(help="A GPU the catalogue lacks: compute capability, e.g. 8.6.")] = None,
-    gpus_on_node: Annotated[int, typer.Option(help="GPUs on the node (for tensor parallelism).")] = 1,
-    max_model_len: Annotated[Optional[int], typer.Option(help="Context length to plan for (default: the model's).")] = None,
-    gpu_memory_utilization: Annotated[float, typer.Option(help="Fraction of GPU memory this server may use.")] = 0.9,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Shipped profile name or YAML path.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help=(
+            "One server, no profile: catalogue name, hub id or a directory with config.json (and "
+            "safetensors)."
+        ))] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU from the catalogue (T4, L4, A100-80GB, H100, ...).")] = None,
+    gpu_visible_gib: Annotated[float | None, typer.Option(
+        help=(
+            "GPU memory as CUDA reports it (torch.cuda.mem_get_info()[1], vLLM's 'total_gpu_memory'): "
+            "overrides the catalogue's figure, or describes a card it lacks."
+        ))] = None,
+    gpu_memory_gib: Annotated[float | None, typer.Option(
+        help=(
+            "A card the catalogue lacks, by its marketing size (visible memory estimated as x 0.93; "
+            "prefer --gpu-visible-gib)."
+        ))] = None,
+    compute_capability: Annotated[str | None, typer.Option(
+        help=(
+            "A card the catalogue lacks: compute capability, e.g. 8.6."
+        ))] = None,
+    gpu_name: Annotated[str | None, typer.Option(
+        help=(
+            "A card the catalogue lacks: its device name (vLLM picks scheduler defaults by it, e.g. "
+            "'A100' cards keep the small ones)."
+        ))] = None,
+    gpu_free_gib: Annotated[float | None, typer.Option(
+        help=(
+            "Free memory on the GPU before the server starts, when other processes use it "
+            "(nvidia-smi)."
+        ))] = None,
+    gpus_on_node: Annotated[int | None, typer.Option(
+        help=(
+            "GPUs on the node (default: --tensor-parallel-size)."
+        ))] = None,
+    vllm_version: Annotated[str | None, typer.Option(
+        help=(
+            "vLLM version the server runs, e.g. 0.6.3 or 0.19 (default: the version the templates "
+            "target); picks that release's memory rules."
+        ))] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        help=(
+            "Context length to plan for (default: the model's)."
+        ))] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        help=(
+            "Fraction of GPU memory this server may use (default: that vLLM version's, 0.9 or 0.92)."
+        ))] = None,
     dtype: Annotated[str, typer.Option(help="auto, float16, bfloat16 or float32.")] = "auto",
-    quantization: Annotated[Optional[str], typer.Option(help="awq, gptq, fp8, bitsandbytes, ...")] = None,
+    quantization: Annotated[str | None, typer.Option(help="awq, gptq, fp8, bitsandbytes, ...")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs one server is split across.")] = 1,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8 (halves KV memory).")] = "auto",
     enforce_eager: Annotated[bool, typer.Option(help="No CUDA graphs (saves their memory).")] = False,
-    max_num_seqs: Annotated[Optional[int], typer.Option(help="Concurrent sequences vLLM schedules.")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(
+        help=(
+            "Concurrent sequences vLLM schedules (default: vLLM's)."
+        ))] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        help=(
+            "Tokens per scheduler step, the profiling batch (default: vLLM's)."
+        ))] = None,
     kind: Annotated[str, typer.Option(help="generate or embed.")] = "generate",
-    online: Annotated[bool, typer.Option(help="Fetch unknown models' config.json from the hub (cached).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output only.")] = False,
+    online: Annotated[bool, typer.Option(
+        help=(
+            "Fetch unknown models' config.json and safetensors headers from the hub (cached)."
+        ))] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help=(
+            "Machine-readable output only (with the resolved inputs)."
+        ))] = False,
 ) -> None:
-    """Check every GPU's memory plan and vLLM's rules before anything is submitted.
+    r"""Check every GPU's memory plan and vLLM's rules before anything is submitted.
 
     Exit code: 0 fits, 1 something would fail on the node, 2 the profile itself is invalid.
 
@@ -38,7 +97,11 @@ def fit_check(
 
       biofleet fit-check --profile t4x10
 
-      biofleet fit-check --model Qwen/Qwen2.5-Coder-7B-Instruct --gpu T4 --max-model-len 8192 --gpu-memory-utilization 0.85 --dtype float16 --json
+      biofleet fit-check --model Qwen/Qwen2.5-Coder-7B-Instruct --gpu T4 --max-model-len 8192 \
+        --gpu-memory-utilization 0.85 --dtype float16 --json
+
+      biofleet fit-check --model meta-llama/Llama-3.1-8B-Instruct --vllm-version 0.10.2 \
+        --gpu-visible-gib 23.65 --compute-capability 8.9 --max-model-len 16384
     """
     from biofleet.errors import ProfileError, ProfileIssue
 
@@ -53,9 +116,15 @@ def fit_check(
         report = check(fit_inputs(p, allow_network=online))
         title = f"fit-check {p.name}"
     elif model:
-        report = _single(model, gpu, gpu_memory_gib, compute_capability, gpus_on_node, max_model_len,
-                         gpu_memory_utilization, dtype, quantization, tensor_parallel_size, kv_cache_dtype,
-                         enforce_eager, max_num_seqs, kind, online)
+        settings = {
+            "vllm_version": vllm_version, "max_model_len": max_model_len,
+            "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "quantization": quantization,
+            "tensor_parallel_size": tensor_parallel_size, "kv_cache_dtype": kv_cache_dtype,
+            "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
+        }
+        gpu_args = _GpuArgs(gpu_visible_gib, gpu_memory_gib, compute_capability, gpu_name)
+        report = _single(model, gpu, gpu_args, gpus_on_node, settings, online)
         title = f"fit-check {model}"
     else:
         raise ProfileError([ProfileIssue(None, None, "", "give --profile NAME|FILE, or --model M with --gpu G "
@@ -67,34 +136,62 @@ def fit_check(
     raise typer.Exit(EXIT_FITS if report.ok else EXIT_WOULD_FAIL)
 
 
-def _single(model, gpu, mem, cc, gpus_on_node, max_len, util, dtype, quant, tp, kv_dtype, eager, seqs, kind, online):
+class _GpuArgs(NamedTuple):
+    visible_gib: float | None
+    memory_gib: float | None
+    compute_capability: str | None
+    name: str | None
+
+
+def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
+    """The GPU the options describe: a catalogue card (its visible memory overridable), or a custom one."""
+    from biofleet.catalog.gpus import custom_gpu, get_gpu
+    from biofleet.errors import ProfileError, ProfileIssue
+
+    if gpu:
+        g = get_gpu(gpu)
+        update: dict[str, object] = {}
+        if a.visible_gib:
+            update.update(visible_gib=a.visible_gib, note=f"{g.name}: {a.visible_gib} GiB visible as given")
+        if a.compute_capability:
+            update["compute_capability"] = a.compute_capability
+        return g.model_validate({**g.model_dump(), **update}) if update else g
+    if (a.visible_gib or a.memory_gib) and a.compute_capability:
+        return custom_gpu(a.memory_gib, a.compute_capability, name=a.name or "custom", visible_gib=a.visible_gib)
+    raise ProfileError([ProfileIssue(None, None, "--gpu", "give --gpu NAME, or --gpu-visible-gib X (or "
+                                     "--gpu-memory-gib X) with --compute-capability M.N")])
+
+
+def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int | None, settings: dict[str, Any],
+            online: bool) -> FitReport:
     from pydantic import ValidationError
 
-    from biofleet.catalog.gpus import UnknownGpuError, custom_gpu, get_gpu
+    from biofleet.catalog.gpus import UnknownGpuError
     from biofleet.catalog.models import UnknownModelError, get_model
     from biofleet.errors import ProfileError, ProfileIssue
-    from biofleet.fitcheck import ServerInput, check_server_on_gpu
+    from biofleet.fitcheck import Finding, ServerInput, check_server_on_gpu
 
     try:
-        if gpu:
-            g = get_gpu(gpu)
-        elif mem and cc:
-            g = custom_gpu(mem, cc)
-        else:
-            raise ProfileError([ProfileIssue(None, None, "--gpu", "give --gpu NAME, or --gpu-memory-gib X with --compute-capability M.N")])
+        g = _gpu_of(gpu, gpu_args)
         spec = get_model(model, allow_network=online)
-        server = ServerInput(
-            name=model.rstrip("/").split("/")[-1], model=spec, kind=kind, dtype=dtype, quantization=quant,
-            max_model_len=max_len, gpu_memory_utilization=util, tensor_parallel_size=tp,
-            kv_cache_dtype=kv_dtype, enforce_eager=eager, max_num_seqs=seqs,
-        )
+        settings = {k: v for k, v in settings.items() if v is not None}
+        server = ServerInput(name=model.rstrip("/").split("/")[-1], model=spec, **settings)
     except (UnknownGpuError, UnknownModelError) as exc:
         raise ProfileError([ProfileIssue(None, None, "--gpu" if isinstance(exc, UnknownGpuError) else "--model",
                                          str(exc.args[0] if exc.args else exc))]) from None
     except ValidationError as exc:
         raise ProfileError([ProfileIssue(None, None, f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}", e["msg"])
                             for e in exc.errors()]) from None
-    return check_server_on_gpu(server, g, gpus_on_node=gpus_on_node)
+    except ValueError as exc:  # a custom GPU without memory, a bad compute capability
+        raise ProfileError([ProfileIssue(None, None, "--gpu", str(exc))]) from None
+    report = check_server_on_gpu(server, g, gpus_on_node=gpus_on_node)
+    if not gpu and not gpu_args.name and g.visible_gib >= 70:
+        note = Finding(severity="info", code="scheduler-defaults-assumed",
+                       message="vLLM picks its batch defaults by device name: an unnamed card with >= 70 GiB is "
+                               "treated like an H100 (8192 tokens, 1024 sequences); A100s keep 2048 / 256",
+                       fix="give --gpu-name, or --max-num-batched-tokens and --max-num-seqs")
+        report = report.model_copy(update={"findings": (*report.findings, note)})
+    return report
 
 
 _SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
@@ -111,7 +208,7 @@ def _bar(parts: list[tuple[float, str]], total: float, width: int = 14) -> str:
     return "".join(out)
 
 
-def show_report(report, title: str) -> None:
+def show_report(report: FitReport, title: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -121,7 +218,8 @@ def show_report(report, title: str) -> None:
     by_name = {s.name: s for s in report.servers}
     for g in report.gpus:
         out.print()
-        head = f"[bold]{escape(g.node)}[/bold] GPU {g.index} ({g.gpu}, {g.visible_gib:.1f} GiB visible), util sum {g.util_sum:.2f}"
+        head = (f"[bold]{escape(g.node)}[/bold] GPU {g.index} ({g.gpu}, {g.visible_gib:.1f} GiB visible), "
+                f"util sum {g.util_sum:.2f}")
         out.print(head)
         table = Table(box=None, pad_edge=False, show_header=True)
         # GiB columns; "seqs" = full max_model_len sequences the KV cache holds at once.
@@ -149,12 +247,13 @@ def show_report(report, title: str) -> None:
     for f in report.findings:
         _finding(out, f)
     out.print()
-    out.print("[dim]GiB as CUDA reports them. budget = util x visible; other = activations + CUDA graphs + context;\n"
+    out.print("[dim]GiB as CUDA reports them. budget = util x visible; other = activations + non-torch memory + "
+              "CUDA graphs when they count in the budget;\n"
               "seqs = full-length sequences the KV cache holds. memory: [blue]█[/blue] weights "
               "[magenta]█[/magenta] other [green]█[/green] KV · free[/dim]")
 
 
-def _finding(out, f, prefix: str = "") -> None:
+def _finding(out: Console, f: Finding, prefix: str = "") -> None:
     from rich.markup import escape
 
     style = _SEV_STYLE.get(f.severity, "")

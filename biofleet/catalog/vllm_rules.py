@@ -1,0 +1,128 @@
+"""How each vLLM release line sizes its memory at start-up.
+
+vLLM decides the KV-cache size once, when the server starts: it loads the weights, runs one
+profiling forward pass with dummy inputs, measures the peak, and gives what is left of
+``gpu_memory_utilization x total`` to the KV cache. *How* it does that changed several times.
+This module turns a version number into the rules of its era; the fit-check applies them.
+Every rule names where it comes from and the versions it holds for; docs/fit-check.md
+repeats them in a table. Facts only: nothing here is code from vLLM.
+
+Eras (``version`` = the vLLM release the server runs):
+
+- **Engine.** V0 up to 0.7; V1 the default from 0.8.0 (release notes), the only engine from
+  0.11. V1 refused compute capability < 8.0 and fell back to V0 until PR #23614 (0.10.2).
+- **Profiling batch.** V0 without chunked prefill profiles ``max(max_model_len, 2048)``
+  tokens in one pass (``SchedulerConfig``); its OpenAI server turns chunked prefill on by
+  itself when ``max_model_len > 32768`` (PR #6666, merged the day 0.5.3 was tagged, so from
+  0.5.4; log line "Chunked prefill is enabled by default for models with max_model_len > 32K")
+  and then profiles 512 tokens. V1 always chunks:
+  2048 tokens and 256 sequences, or 8192 / 1024 on cards with >= 70 GiB whose name does not
+  contain "A100" (``EngineArgs`` usage-context defaults; logs of 0.10-0.25 agree).
+- **Sampler warm-up.** The profiling pass also samples one token for every sequence
+  (``min(max_num_seqs, batched tokens)`` rows of ``vocab_size`` logits). Its cost per logit
+  depends on the top-k/top-p implementation: the PyTorch sort path of V0 and of V1 up to 0.16
+  keeps ~40 B per logit alive (fp32 logits, probabilities, sort values and int64 indices);
+  the kernel-based path of 0.17 and later ~15 B. Fitted on logged activation peaks:
+  V0 cases 1024 / 1041 / #15, V1 0.10-0.13 cases 1050 / 1034 / 1033 / 1051, V1 0.19 llm-d sweep.
+- **CUDA graphs.** Captured *after* the KV cache is allocated, so outside the budget, until
+  0.21.0 ("CUDA graph memory profiling is enabled (default since v0.21.0)", PR #30515 made
+  it opt-in in Dec 2025); from 0.21 an estimate is subtracted inside the budget.
+- **Non-torch memory.** Before 0.2.5 the profiler read ``torch.cuda.max_memory_allocated``
+  only, so NCCL buffers were not counted (PR #2031, vllm#2136). Later builds count what the
+  profiling pass adds outside torch; with TP > 1 that is ~2 GiB per rank (NCCL + custom
+  all-reduce; 0.19 logs 2.07-2.21 GiB, PR #10511's TP2 log 3.58 GiB).
+- **Start-up refusal.** V1 from 0.9.1 raises "Free memory on device (F/T GiB) on startup is
+  less than desired GPU memory utilization (u, u x T GiB)" (PR #18974 era; logs of 0.11,
+  0.19, 0.23). Earlier builds start and fail later, or give the instance less KV.
+- **Hybrid KV.** V1 from 0.10.0 sizes sliding-window layers separately (hybrid KV-cache
+  manager): a sliding layer keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens
+  per request. V0 and earlier V1 give every layer full-length KV.
+- **dtype ``auto``.** A config without ``torch_dtype`` counts as float32, and float32 models
+  are served in float16 (``_get_and_verify_dtype``). From 0.9 a dtype the GPU cannot run
+  (bfloat16 below compute capability 8.0) falls back to float16 with a warning
+  ("doesn't support torch.bfloat16. Falling back to torch.float16"); before, the worker
+  raised "Bfloat16 is only supported on GPUs with compute capability of at least 8.0".
+- **Default utilisation.** 0.9 until 0.20; 0.92 from 0.21 (case 1031's error line shows 0.92
+  at 0.23 with the flag unset; the first release with it is not pinned down).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "parse_vllm_version", "rules_for"]
+
+DEFAULT_VLLM_VERSION = "0.32"  # the version biofleet's templates target (README, scripts/install-vllm.sh)
+
+_VERSION = re.compile(r"^v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,4}))?(?:[.+-][A-Za-z0-9.+-]*)?$")
+
+Version = tuple[int, int, int]
+
+
+def parse_vllm_version(text: str) -> Version:
+    """'0.19', '0.10.1.1', 'v0.6.4.post1', '0.11.0+cu118' -> (major, minor, patch)."""
+    m = _VERSION.match(str(text).strip())
+    if not m:
+        raise ValueError(f"vLLM version must look like 0.19 or 0.10.2 (got {text!r})")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def check_vllm_version(text: str) -> str:
+    """Pydantic validator: the text if it parses, else ValueError."""
+    parse_vllm_version(text)
+    return str(text).strip()
+
+
+@dataclass(frozen=True)
+class VllmRules:
+    """The memory rules of one vLLM release on one kind of GPU."""
+
+    version: Version
+    engine: Literal["V0", "V1"]
+    v1_fallback: bool  # a V1-era build that runs V0 because the GPU is too old
+    sampler_bytes_per_logit: float
+    graphs_in_budget: bool
+    non_torch_counted: bool
+    free_memory_check: bool
+    hybrid_kv: bool
+    auto_dtype_fallback: bool
+    default_utilization: float
+
+    @property
+    def label(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def chunked_prefill(self, max_model_len: int) -> bool:
+        if self.engine == "V1":
+            return True
+        return self.version >= (0, 5, 4) and max_model_len > 32768
+
+    def default_max_num_batched_tokens(self, big_gpu: bool, max_model_len: int) -> int:
+        if self.engine == "V1":
+            return 8192 if big_gpu else 2048
+        if self.chunked_prefill(max_model_len):
+            return 512
+        return max(max_model_len, 2048)
+
+    def default_max_num_seqs(self, big_gpu: bool) -> int:
+        return 1024 if self.engine == "V1" and big_gpu else 256
+
+
+def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0)) -> VllmRules:
+    """The rules of ``version`` on a GPU of ``compute_capability``."""
+    v = parse_vllm_version(version) if isinstance(version, str) else version
+    v1 = v >= (0, 8, 0)
+    fallback = v1 and v < (0, 10, 2) and compute_capability < (8, 0)
+    engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"
+    sampler = 15.0 if engine == "V1" and v >= (0, 17, 0) else 40.0
+    return VllmRules(
+        version=v, engine=engine, v1_fallback=fallback, sampler_bytes_per_logit=sampler,
+        graphs_in_budget=engine == "V1" and v >= (0, 21, 0),
+        non_torch_counted=v >= (0, 2, 5),
+        free_memory_check=engine == "V1" and v >= (0, 9, 1),
+        hybrid_kv=engine == "V1" and v >= (0, 10, 0),
+        auto_dtype_fallback=v >= (0, 9, 0),
+        default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
+    )

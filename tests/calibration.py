@@ -1,0 +1,337 @@
+"""Run real vLLM start-up cases through ``biofleet fit-check`` the way a user would.
+
+Each case (tests/data/*.jsonl) is turned into a command line by ONE mechanical rule set,
+the same for every case (no per-case settings):
+
+- ``--model``: the case's model id without the parenthetical note. If the catalogue does not
+  know it, ``tests/data/model_configs/<org>--<name>.json`` is written into a temporary
+  directory as its config.json; a model with neither is not run.
+- the GPU: the catalogue card its name matches (``--gpu``); ``--gpu-visible-gib`` when the
+  log printed the total; an unnamed "N GB-class" card becomes ``--gpu-visible-gib`` (logged,
+  else the size) with ``--compute-capability 8.6`` (assumed; it only matters for dtype).
+  No GPU at all: an H100 stands in and only the weights are scored.
+- ``--vllm-version``: the first version number in the case's version (or engine) field; a
+  V0 log without one runs as 0.6; none at all runs as the default.
+- ``--max-model-len``, ``--gpu-memory-utilization``, ``--tensor-parallel-size``,
+  ``--kv-cache-dtype``, ``--enforce-eager``: the case's fields (values vLLM printed or used).
+- ``--dtype``: the case's dtype when it names one and does not say "auto".
+- ``--quantization``, ``--max-num-batched-tokens``, ``--max-num-seqs``: only when the quoted
+  command line / non-default args show the user set them (vLLM's own defaults are predicted).
+- ``--kind embed`` for models whose id says "embedding"; ``--gpu-free-gib`` when the error
+  line states the free memory at start-up (those cases test the start-up rule itself).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calculators import Facts
+from typer.testing import CliRunner
+
+from biofleet.catalog.gpus import UnknownGpuError, get_gpu
+from biofleet.catalog.models import ModelSpec, UnknownModelError, get_model
+from biofleet.cli.main import app
+
+DATA = Path(__file__).resolve().parent / "data"
+CONFIGS = DATA / "model_configs"
+V0_UNKNOWN_VERSION = "0.6"
+ASSUMED_CC = "8.6"
+
+# (pattern in the case's gpu text, catalogue name); first match wins.
+_GPU_NAMES: tuple[tuple[str, str], ...] = (
+    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100", "H100-80GB"), (r"B200", "B200"),
+    (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),
+    (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"A10G", "A10G"), (r"\bA10\b", "A10"), (r"RTX 3090|RTX_3090", "RTX-3090"),
+    (r"RTX 4090", "RTX-4090"), (r"A5000", "RTX-A5000"), (r"A6000", "RTX-A6000"), (r"2080 Ti", "RTX-2080Ti"),
+    (r"V100", "V100"), (r"P40", "P40"), (r"P100", "P100"),
+)
+_UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
+
+
+def _flag_in_quote(quote: str, key: str) -> str | None:
+    """A value the user set, from a non-default-args dict or a command line in the quote."""
+    k = re.escape(key)
+    m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
+        re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\]+)", quote)
+    return m.group(1).strip("'\"") if m else None
+
+
+def _version(case: dict[str, Any]) -> str | None:
+    for key in ("vllm_version", "engine"):
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)", str(case.get(key) or ""))
+        if m:
+            return m.group(1)
+    if str(case.get("engine") or "").startswith("V0"):
+        return V0_UNKNOWN_VERSION
+    return None
+
+
+def _model_name(case: dict[str, Any]) -> str | None:
+    raw = case.get("model")
+    if not raw:
+        return None
+    return re.split(r"\(|\s+\+", str(raw))[0].strip()
+
+
+@dataclass
+class Run:
+    case: dict[str, Any]
+    argv: list[str] = field(default_factory=list)
+    skip: str = ""  # why the case could not be run
+    gpu_known: bool = True
+    unified: bool = False
+    result: dict[str, Any] | None = None
+    exit_code: int | None = None
+    spec: ModelSpec | None = None  # the model the command line resolved to
+
+
+def _shared_models(case: dict[str, Any]) -> list[str]:
+    """Models of a case that ran several servers on the same GPUs ("A + B (two servers ...)")."""
+    raw = re.sub(r"\([^)]*\)", "", str(case.get("model") or ""))  # "+" inside a note is not a second server
+    if " + " not in raw:
+        return []
+    return [re.split(r"\(", part)[0].strip() for part in raw.split(" + ")]
+
+
+def _profile_for(case: dict[str, Any], models: list[str], gpu: str, workdir: Path) -> Path:
+    """A profile that puts every server of the case on the same GPUs: the form users run for
+    co-located servers (``biofleet fit-check --profile FILE``)."""
+    tp = int(case.get("tensor_parallel_size") or 1)
+    servers = {f"s{i}": {"model": m, **({"max_model_len": case["max_model_len"]} if case.get("max_model_len") else {}),
+                         **({"gpu_memory_utilization": case["gpu_memory_utilization"]}
+                            if case.get("gpu_memory_utilization") else {}),
+                         "tensor_parallel_size": tp} for i, m in enumerate(models)}
+    slots = [list(servers)] + [[] for _ in range(tp - 1)]
+    version = _version(case)
+    doc = {"name": f"case{case['id']}", "servers": servers, **({"vllm_version": version} if version else {}),
+           "jobs": [{"name": "shared", "gpu": gpu, "gpus_per_node": tp, "nodes": [{"gpus": slots}]}]}
+    path = workdir / f"case{case['id']}.yaml"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+
+
+def build(case: dict[str, Any], workdir: Path) -> Run:
+    run = Run(case)
+    model = _model_name(case)
+    if not model:
+        run.skip = "model not stated"
+        return run
+    shared = _shared_models(case)
+    if shared:
+        gpu_text = str(case.get("gpu") or "")
+        name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
+        if name is None:
+            run.skip = "co-located servers on an unnamed GPU"
+            return run
+        run.argv = ["fit-check", "--profile", str(_profile_for(case, shared, name, workdir)), "--json"]
+        return run
+    try:
+        run.spec = get_model(model)
+        ref = model
+    except UnknownModelError:
+        cfg = CONFIGS / (model.replace("/", "--") + ".json")
+        if not cfg.is_file():
+            run.skip = f"model {model} not in the catalogue and no config in tests/data/model_configs"
+            return run
+        d = workdir / model.replace("/", "--")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(cfg.read_text())
+        ref = str(d)
+        run.spec = get_model(ref)
+    argv = ["fit-check", "--model", ref, "--json"]
+    gpu_text = str(case.get("gpu") or "")
+    logged = case.get("gpu_total_gib_logged")
+    name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
+    if name:
+        argv += ["--gpu", name]
+        if logged:
+            argv += ["--gpu-visible-gib", str(logged)]
+        run.unified = name in _UNIFIED_MEMORY
+    elif re.search(r"\d+\s*GB-class", gpu_text):
+        size = logged or float(re.search(r"(\d+)\s*GB-class", gpu_text).group(1))  # type: ignore[union-attr]
+        argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
+    else:
+        run.gpu_known = False
+        argv += ["--gpu", "H100-80GB"]  # stand-in: weights only
+    version = _version(case)
+    if version:
+        argv += ["--vllm-version", version]
+    quote = str(case.get("quote") or "")
+    for key, flag in (("max_model_len", "--max-model-len"), ("gpu_memory_utilization", "--gpu-memory-utilization")):
+        if case.get(key):
+            argv += [flag, str(case[key])]
+    if (case.get("tensor_parallel_size") or 1) > 1:
+        argv += ["--tensor-parallel-size", str(case["tensor_parallel_size"])]
+    if str(case.get("kv_cache_dtype") or "").startswith("fp8"):
+        argv += ["--kv-cache-dtype", str(case["kv_cache_dtype"])]
+    if case.get("enforce_eager") is True:
+        argv += ["--enforce-eager"]
+    dtype = str(case.get("dtype") or "").split(" ")[0].strip(",;")
+    if dtype in ("float16", "half", "bfloat16", "float32") and "auto" not in str(case.get("dtype")):
+        argv += ["--dtype", dtype]
+    for key in ("quantization", "max_num_batched_tokens", "max_num_seqs"):
+        v = _flag_in_quote(quote, key)
+        if v:
+            argv += ["--" + key.replace("_", "-"), v]
+    if "embedding" in model.lower():
+        argv += ["--kind", "embed"]
+    free = re.search(r"Free memory on device[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)", str(case.get("error") or ""))
+    if free:
+        argv += ["--gpu-free-gib", free.group(1)]
+    run.argv = argv
+    return run
+
+
+def execute(run: Run) -> Run:
+    if run.skip:
+        return run
+    res = CliRunner().invoke(app, run.argv)
+    run.exit_code = res.exit_code
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        # the command refused its inputs (the console script prints this and exits 2)
+        run.skip = f"fit-check refused the command line: {str(res.exception).strip()[:200]}"
+    elif res.exit_code in (0, 1):
+        run.result = json.loads(res.stdout)
+    else:
+        run.skip = f"fit-check exited {res.exit_code}: {res.output.strip()[:200]}"
+    return run
+
+
+def _arg(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def facts(run: Run) -> Facts | None:
+    """The facts of a run as the public calculators take them (for tests/calculators.py)."""
+    if run.result is None or not run.result["servers"] or "--model" not in run.argv:
+        return None
+    s = run.result["servers"][0]
+    inputs = s["inputs"]
+    model = run.spec
+    if model is None:
+        return None
+    name = _arg(run.argv, "--gpu")
+    size = re.search(r"(\d+)\s*GB", str(run.case.get("gpu_memory") or ""))
+    gpu = get_gpu(name) if name else None
+    marketing = gpu.memory_gib if gpu else float(size.group(1)) if size else float(inputs["gpu_visible_gib"])
+    card = (gpu or get_gpu("H100-80GB")).model_copy(update={"name": inputs["gpu"], "memory_gib": marketing})
+    bits = model.quant_bits if model.quantization else 8.0 if inputs["quantization"] == "fp8" else None
+    weight_bytes = 2.0 if bits is None else (1.0 if bits >= 8 else 0.5)
+    return Facts(model=model, gpu=card, max_model_len=int(inputs["max_model_len"]),
+                 utilization=float(inputs["gpu_memory_utilization"]), tp=int(inputs["tensor_parallel_size"]),
+                 weight_bytes=weight_bytes, kv_bytes=1 if str(inputs["kv_cache_dtype"]).startswith("fp8") else 2,
+                 quantized=bits is not None)
+
+
+def _rel(pred: float, logged: float) -> float:
+    return (pred - logged) / abs(logged)
+
+
+def score(run: Run) -> dict[str, Any]:
+    """Verdict, weights and KV errors of one run (keys absent where the case has no figure)."""
+    c = run.case
+    out: dict[str, Any] = {"id": c["id"], "model": (_model_name(c) or "-").split("/")[-1][:32],
+                           "gpu": str(c.get("gpu") or "-")[:24], "version": _version(c) or "default",
+                           "logged": "started" if str(c["outcome"]).startswith("started") else "failed",
+                           "skip": run.skip, "argv": " ".join(run.argv[1:])}
+    if run.skip or run.result is None:
+        return out
+    s = run.result["servers"][0]
+    codes = sorted({f["code"] for f in [*run.result["findings"], *run.result["gpus"][0]["findings"], *s["findings"]]
+                    if f["severity"] == "error"})
+    out["predicted"] = "started" if run.result["ok"] else "failed"
+    out["codes"] = codes
+    out["verdict_scored"] = run.gpu_known
+    if c.get("weights_loaded_gib"):
+        out["w_log"], out["w_pred"] = c["weights_loaded_gib"], s["weights_gib"]
+        out["w_err"] = _rel(s["weights_gib"], c["weights_loaded_gib"])
+    if run.gpu_known and not run.unified and out["logged"] == "started":
+        if c.get("kv_cache_tokens"):
+            out["t_log"], out["t_pred"] = c["kv_cache_tokens"], s["kv_cache_tokens"]
+            out["kv_err"] = _rel(s["kv_cache_tokens"], c["kv_cache_tokens"])
+        elif c.get("kv_cache_gib"):
+            out["g_log"], out["g_pred"] = c["kv_cache_gib"], s["kv_cache_gib"]
+            out["kv_err"] = _rel(s["kv_cache_gib"], c["kv_cache_gib"])
+        elif c.get("gpu_blocks"):
+            out["t_log"], out["t_pred"] = c["gpu_blocks"] * 16, s["kv_cache_tokens"]
+            out["kv_err"] = _rel(s["kv_cache_tokens"], c["gpu_blocks"] * 16)
+    return out
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
+def run_file(name: str) -> list[Run]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return [execute(build(c, Path(tmp))) for c in load(name)]
+
+
+@dataclass(frozen=True)
+class Summary:
+    verdicts: int
+    verdicts_right: int
+    weights_n: int
+    weights_median: float
+    kv_n: int
+    kv_median: float
+
+    @property
+    def verdict_rate(self) -> float:
+        return self.verdicts_right / self.verdicts if self.verdicts else 0.0
+
+
+def summarize(rows: list[dict[str, Any]]) -> Summary:
+    v = [r for r in rows if r.get("verdict_scored")]
+    w = [abs(r["w_err"]) for r in rows if "w_err" in r]
+    k = [abs(r["kv_err"]) for r in rows if "kv_err" in r]
+    return Summary(len(v), sum(r["logged"] == r["predicted"] for r in v), len(w),
+                   statistics.median(w) if w else 0.0, len(k), statistics.median(k) if k else 0.0)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:+.1f}%"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| # | model | GPU | vLLM | logged | predicted | weights log/pred GiB | err | KV log/pred | err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["skip"]:
+            lines.append(f"| {r['id']} | {r['model']} | {r['gpu']} | {r['version']} | {r['logged']} | "
+                         f"not run: {r['skip']} | | | | |")
+            continue
+        pred = r["predicted"] + (f" ({', '.join(r['codes'])})" if r["codes"] else "")
+        if not r.get("verdict_scored"):
+            pred = "(GPU not stated) " + pred
+        w = f"{r['w_log']:.2f} / {r['w_pred']:.2f}" if "w_log" in r else ""
+        if "t_log" in r:
+            kv = f"{r['t_log']:,} / {r['t_pred']:,} tok"
+        elif "g_log" in r:
+            kv = f"{r['g_log']:.2f} / {r['g_pred']:.2f} GiB"
+        else:
+            kv = ""
+        lines.append(f"| {r['id']} | {r['model']} | {r['gpu']} | {r['version']} | {r['logged']} | {pred} | {w} | "
+                     f"{_pct(r.get('w_err'))} | {kv} | {_pct(r.get('kv_err'))} |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Run",
+    "Summary",
+    "UnknownGpuError",
+    "build",
+    "execute",
+    "get_gpu",
+    "load",
+    "run_file",
+    "score",
+    "summarize",
+    "table",
+]

@@ -1,0 +1,328 @@
+"""Fit-check v2: version-aware memory rules, inputs as users have them, dtype resolution,
+checkpoint sizes, vision-language and sliding-window models (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_hub import FakeHub
+from typer.testing import CliRunner
+
+from biofleet.catalog.checkpoint import checkpoint_from_dir
+from biofleet.catalog.gpus import GpuSpec, custom_gpu, get_gpu
+from biofleet.catalog.models import get_model, model_from_config
+from biofleet.catalog.vllm_rules import parse_vllm_version, rules_for
+from biofleet.cli.main import app
+from biofleet.errors import ProfileError
+from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
+
+T4, L4, A100, H100, RTX3090 = (get_gpu(n) for n in ("T4", "L4", "A100-80GB", "H100", "RTX-3090"))
+LLAMA8 = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def srv(model: str, name: str = "s", **kw: Any) -> ServerInput:
+    return ServerInput(name=name, model=get_model(model), **kw)
+
+
+def fit(model: str, gpu: GpuSpec = H100, **kw: Any) -> FitReport:
+    return check_server_on_gpu(srv(model, **kw), gpu)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    r = CliRunner().invoke(app, ["fit-check", *args], env=env)
+    assert r.exit_code in (0, 1), r.output
+    return r.exit_code, (json.loads(r.stdout) if "--json" in args else r.output)
+
+
+# ---------------------------------------------------------------- version rules
+
+def test_version_parsing_and_eras():
+    assert parse_vllm_version("v0.6.4.post1") == (0, 6, 4)
+    assert parse_vllm_version("0.11.0+cu118") == (0, 11, 0)
+    with pytest.raises(ValueError):
+        parse_vllm_version("latest")
+    assert rules_for("0.6.3").engine == "V0" and rules_for("0.19").engine == "V1"
+    assert rules_for("0.9.2", (7, 5)).engine == "V0"  # V1 refused CC < 8.0 until 0.10.2
+    assert rules_for("0.10.2", (7, 5)).engine == "V1"
+    assert not rules_for("0.20").graphs_in_budget and rules_for("0.21").graphs_in_budget
+    assert rules_for("0.19").default_utilization == 0.9 and rules_for("0.32").default_utilization == 0.92
+    with pytest.raises(ValueError):
+        srv(LLAMA8, vllm_version="next")
+
+
+def test_v0_profiles_the_whole_sequence_v1_a_chunk():
+    # V0 without chunked prefill runs max_model_len tokens through the profiling pass; V1 a chunk
+    short, long = (fit(LLAMA8, gpu=A100, vllm_version="0.6.3", max_model_len=n).servers[0] for n in (8192, 30000))
+    assert long.activation_gib > 2 * short.activation_gib and long.max_num_batched_tokens == 30000
+    v1_short, v1_long = (fit(LLAMA8, gpu=A100, vllm_version="0.19", max_model_len=n).servers[0]
+                         for n in (8192, 30000))
+    assert v1_short.activation_gib == v1_long.activation_gib and v1_long.max_num_batched_tokens == 2048
+    # beyond 32K the V0 OpenAI server chunks by itself (512 tokens) from 0.5.4 on
+    assert fit(LLAMA8, gpu=A100, vllm_version="0.6.3", max_model_len=65536).servers[0].max_num_batched_tokens == 512
+    assert fit(LLAMA8, gpu=A100, vllm_version="0.5.3", max_model_len=65536).servers[0].max_num_batched_tokens == 65536
+
+
+def test_an_old_build_fails_where_a_new_one_starts():
+    # Llama-3.1-8B, 29000 tokens, 0.9 of a 3090: V0 profiles 29000 tokens at once and keeps too little KV
+    old = fit(LLAMA8, gpu=RTX3090, vllm_version="0.6.3", max_model_len=29000, gpu_memory_utilization=0.9)
+    new = fit(LLAMA8, gpu=RTX3090, vllm_version="0.19", max_model_len=29000, gpu_memory_utilization=0.9)
+    assert not old.ok and "kv-cache-too-small" in old.codes()
+    assert new.ok and new.servers[0].kv_cache_tokens > old.servers[0].kv_cache_tokens
+
+
+def test_cuda_graphs_move_into_the_budget_at_0_21():
+    a, b = (fit(LLAMA8, vllm_version=v, max_model_len=8192).servers[0] for v in ("0.20", "0.21"))
+    assert not a.graphs_in_budget and b.graphs_in_budget and a.cuda_graph_gib == b.cuda_graph_gib > 0
+    assert a.inputs["cuda_graphs"].startswith("outside") and b.inputs["cuda_graphs"] == "inside the budget"
+    budget_a = a.kv_cache_gib + a.overhead_gib + a.weights_gib
+    assert budget_a == pytest.approx(a.budget_gib) and b.overhead_gib > a.overhead_gib  # the default util differs
+
+
+# ---------------------------------------------------------------- the GPU as a whole
+
+def test_free_memory_below_the_budget_is_refused():
+    s = srv(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.9, gpu_free_gib=40.0)
+    r = check_server_on_gpu(s, H100)
+    (f,) = [f for f in r.all_findings() if f.code == "gpu-free-memory-too-low"]
+    assert not r.ok and "refuses to start" in f.message and "lower gpu_memory_utilization to" in f.fix
+    assert check_server_on_gpu(s.model_copy(update={"gpu_free_gib": 79.0}), H100).ok
+    # a V0 build does not check, but runs out of memory when it allocates the KV cache
+    old = check_server_on_gpu(s.model_copy(update={"vllm_version": "0.6.3"}), H100)
+    assert "gpu-free-memory-too-low" in old.codes() and "runs out of memory" in old.all_findings()[0].message
+
+
+def test_single_server_util_near_one_leaves_no_room_for_its_context():
+    r = fit(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.999)
+    assert "util-too-high" in r.codes() and not r.ok
+    assert fit(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.99).ok
+
+
+def test_colocated_servers_add_their_contexts_and_outside_graphs():
+    # two servers at 0.49 each on a T4: 14.28 GiB of budgets + two CUDA contexts > 14.57 GiB
+    a = srv("Qwen/Qwen2.5-0.5B-Instruct", "a", dtype="float16", gpu_memory_utilization=0.49, max_model_len=4096)
+    r = check([NodeInput(label="n", gpu=T4, servers=((a, (0,)), (a.model_copy(update={"name": "b"}), (0,))))])
+    assert "util-sum-too-high" in r.codes()
+    a2 = a.model_copy(update={"gpu_memory_utilization": 0.46})
+    r = check([NodeInput(label="n", gpu=T4, servers=((a2, (0,)), (a2.model_copy(update={"name": "b"}), (0,))))])
+    assert r.ok, r.all_findings()
+    # before 0.21 each server's CUDA graphs come on top of its budget
+    old = [x.model_copy(update={"vllm_version": "0.19"}) for x in (a2, a2.model_copy(update={"name": "b"}))]
+    r = check([NodeInput(label="n", gpu=T4, servers=tuple((x, (0,)) for x in old))])
+    assert "util-sum-too-high" in r.codes() and "CUDA graphs outside the budgets" in r.gpus[0].findings[0].message
+
+
+# ---------------------------------------------------------------- dtype resolution
+
+def test_config_without_torch_dtype_is_float32_served_in_float16():
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048,
+           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 8192,
+           "vocab_size": 128256, "max_position_embeddings": 8192}
+    m = model_from_config(cfg, "lab/no-dtype")
+    assert m.torch_dtype_missing and m.native_dtype == "float32"
+    s = ServerInput(name="s", model=m, max_model_len=4096)
+    for version in ("0.5.1", "0.32"):  # old and new builds alike run it in float16 on a T4
+        r = check_server_on_gpu(s.model_copy(update={"vllm_version": version}), T4)
+        assert r.ok and r.servers[0].dtype == "float16" and "torch-dtype-missing" in r.codes(), version
+        assert "bf16-unsupported" not in r.codes()
+    # on an Ampere card a new build prefers bfloat16 for a float32 checkpoint; the bytes are the same
+    assert check_server_on_gpu(s, L4).servers[0].dtype == "bfloat16"
+    embed = check_server_on_gpu(s.model_copy(update={"kind": "embed"}), L4).servers[0]
+    assert embed.dtype == "float16"  # pooling models prefer float16
+
+
+# ---------------------------------------------------------------- quantisation and checkpoints
+
+def _quant_cfg(method: str, **extra: Any) -> dict[str, Any]:
+    return {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16",
+            "quantization_config": {"quant_method": method, **extra}}
+
+
+def test_unknown_quantisation_is_a_warning_not_a_guess():
+    m = model_from_config(_quant_cfg("quark"), "lab/quark-fp8")
+    assert m.quantization == "quark" and m.quant_bits is None
+    r = check_server_on_gpu(ServerInput(name="s", model=m, max_model_len=4096), H100)
+    (f,) = [f for f in r.all_findings() if f.code == "quant-method-unknown"]
+    assert f.severity == "warning" and "16 bits per parameter" in f.message and "--online" in f.fix
+    assert r.servers[0].weights_gib == pytest.approx(8.03 * 1e9 * 2 / 1024 ** 3, rel=0.02)
+    # methods it knows take their bits from the config
+    assert model_from_config(_quant_cfg("fbgemm_fp8"), "lab/fp8").quant_bits == 8
+    assert model_from_config(_quant_cfg("modelopt", quant_algo="NVFP4"), "lab/nvfp4").quant_bits == 4.5
+
+
+def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A header-only safetensors file (the fit-check reads headers, never the data)."""
+    size = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4, "F8_E4M3": 1, "U8": 1}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = size[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+
+def test_weights_come_from_the_checkpoint_when_it_is_at_hand(tmp_path):
+    cfg = _quant_cfg("quark")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    # FP8 linear layers (8e9 bytes) + bf16 embeddings and lm_head (2 x 128256 x 4096 x 2 bytes)
+    _write_safetensors(tmp_path / "model-00001-of-00002.safetensors",
+                       {"model.embed_tokens.weight": ("BF16", [128256, 4096]),
+                        "lm_head.weight": ("BF16", [128256, 4096])})
+    _write_safetensors(tmp_path / "model-00002-of-00002.safetensors",
+                       {"model.layers.0.mlp.weight": ("F8_E4M3", [8000, 1000000]),
+                        "model.mtp.0.weight": ("BF16", [4096, 4096])})  # multi-token prediction: not loaded
+    ck = checkpoint_from_dir(tmp_path)
+    assert ck is not None and ck.float_dtype == "bfloat16" and ck.other_bytes == 8_000_000_000
+    _, d = cli("--model", str(tmp_path), "--gpu", "H100", "--max-model-len", "4096", "--json")
+    s = d["servers"][0]
+    expected = (8e9 + 2 * 128256 * 4096 * 2) / 1024 ** 3
+    assert s["weights_gib"] == pytest.approx(expected, abs=0.01)
+    assert s["inputs"]["weights_source"].startswith("checkpoint")
+    assert "quant-method-unknown" in {f["code"] for f in s["findings"]}  # still said, with the size it used
+    # served in float16 instead of bf16: float tensors keep their 2 bytes; a float32 run doubles them
+    _, d32 = cli("--model", str(tmp_path), "--gpu", "H100", "--max-model-len", "4096", "--dtype", "float32",
+                 "--json")
+    assert d32["servers"][0]["weights_gib"] == pytest.approx(expected + 2 * 128256 * 4096 * 2 / 1024 ** 3, abs=0.01)
+
+
+def test_index_total_size_is_used_without_shards(tmp_path):
+    cfg = _quant_cfg("awq", bits=4, group_size=128)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 5_700_000_000},
+                                                                       "weight_map": {}}))
+    spec = get_model(str(tmp_path))
+    assert spec.checkpoint is not None and spec.checkpoint.total_bytes == 5_700_000_000
+    s = check_server_on_gpu(ServerInput(name="s", model=spec, max_model_len=4096, dtype="float16"), L4).servers[0]
+    assert s.weights_gib == pytest.approx(5.7e9 / 1024 ** 3)
+
+
+def test_online_reads_safetensors_headers_from_the_hub(tmp_path):
+    cfg = {"model_type": "qwen2", "hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
+           "num_key_value_heads": 2, "intermediate_size": 4096, "vocab_size": 32000, "torch_dtype": "bfloat16"}
+    st = tmp_path / "m.safetensors"
+    _write_safetensors(st, {"w": ("BF16", [50_000, 10_000])})  # 1e9 bytes
+    with FakeHub({"lab/small": {"config.json": json.dumps(cfg).encode(), "model.safetensors": st.read_bytes()}}) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HOME": str(tmp_path)}
+        _, d = cli("--model", "lab/small", "--gpu", "L4", "--online", "--max-model-len", "2048", "--json", env=env)
+    s = d["servers"][0]
+    assert s["weights_gib"] == pytest.approx(1e9 / 1024 ** 3, abs=0.01)
+    assert "on the hub" in s["inputs"]["weights_source"]
+    # cached: the next run needs no network
+    _, d = cli("--model", "lab/small", "--gpu", "L4", "--max-model-len", "2048", "--json",
+               env={"HOME": str(tmp_path)})
+    assert d["servers"][0]["weights_gib"] == pytest.approx(1e9 / 1024 ** 3, abs=0.01)
+
+
+# ---------------------------------------------------------------- vision-language and sliding-window models
+
+def test_vision_language_model_counts_tower_and_encoder():
+    s = fit("Qwen/Qwen2.5-VL-7B-Instruct", gpu=A100, max_model_len=8192, vllm_version="0.19").servers[0]
+    text = fit("Qwen/Qwen2.5-7B-Instruct", gpu=A100, max_model_len=8192, vllm_version="0.19").servers[0]
+    assert s.weights_gib - text.weights_gib == pytest.approx(0.67e9 * 2 / 1024 ** 3, rel=0.1)  # the ViT
+    # one 16384-token image (65536 patches) through the ViT outweighs the 2048-token text profile
+    assert s.activation_gib > 2 * text.activation_gib and s.inputs["vision_encoder_items"] == 1
+    assert s.kv_cache_tokens < text.kv_cache_tokens
+
+
+def test_unmodelled_towers_say_what_is_not_counted():
+    cfg = {"model_type": "fancy_vlm", "architectures": ["FancyForConditionalGeneration"],
+           "text_config": {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
+                           "num_attention_heads": 16, "intermediate_size": 8192, "torch_dtype": "bfloat16"},
+           "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 4096},
+           "audio_config": {"d_model": 1280}}
+    m = model_from_config(cfg, "lab/fancy")
+    assert m.vision is not None and not m.vision.modelled and m.vision.params_b > 0.25
+    r = check_server_on_gpu(ServerInput(name="s", model=m, max_model_len=4096), L4)
+    assert {"vision-not-modelled", "modality-not-counted"} <= r.codes()
+
+
+def test_sliding_window_layers_keep_only_their_window():
+    # Gemma-3-12B: 40 of 48 layers slide over 1024 tokens. At 131072 tokens a request needs far less
+    # than 48 full-length layers in V1 >= 0.10; V0 gives every layer the full length.
+    new = fit("google/gemma-3-12b-it", vllm_version="0.10.0", max_model_len=131072).servers[0]
+    old = fit("google/gemma-3-12b-it", vllm_version="0.9.2", max_model_len=131072).servers[0]
+    assert new.kv_cache_tokens == pytest.approx(old.kv_cache_tokens, rel=0.05)  # tokens = bytes / full per-token
+    assert new.max_concurrency is not None and old.max_concurrency is not None
+    assert new.max_concurrency > 3 * old.max_concurrency
+    assert "hybrid" in new.inputs["sliding_window_kv"]
+
+
+def test_linear_attention_layers_have_no_kv():
+    cfg = json.loads((Path(__file__).parent / "data" / "model_configs" / "Qwen--Qwen3.5-122B-A10B.json").read_text())
+    m = model_from_config(cfg, "Qwen/Qwen3.5-122B-A10B")
+    assert m.kv_layers == 12 and m.num_layers == 48
+    r = check_server_on_gpu(ServerInput(name="s", model=m, max_model_len=8192, tensor_parallel_size=4), H100, 4)
+    assert "linear-attention-state" in r.codes()
+    assert r.servers[0].kv_bytes_per_token == 12 * 2 * 1 * 256 * 2  # 2 KV heads over TP 4: one per rank
+
+
+# ---------------------------------------------------------------- inputs as users have them
+
+def test_cli_visible_memory_and_custom_card_name():
+    _, d = cli("--model", LLAMA8, "--gpu-visible-gib", "79.25", "--compute-capability", "8.0",
+                  "--gpu-name", "A100-SXM4-80GB", "--max-model-len", "8192", "--vllm-version", "0.19", "--json")
+    s = d["servers"][0]
+    assert s["budget_gib"] == pytest.approx(0.9 * 79.25, abs=0.01) and s["max_num_batched_tokens"] == 2048
+    assert s["inputs"]["max_num_seqs"] == 256 and s["inputs"]["gpu"] == "A100-SXM4-80GB"
+    _, d = cli("--model", LLAMA8, "--gpu-visible-gib", "79.25", "--compute-capability", "9.0",
+                  "--max-model-len", "8192", "--json")
+    assert d["servers"][0]["max_num_batched_tokens"] == 8192
+    assert "scheduler-defaults-assumed" in {f["code"] for f in d["findings"]}
+    # the catalogue card with the total CUDA reported on that machine
+    _, d = cli("--model", LLAMA8, "--gpu", "H100", "--gpu-visible-gib", "79.19", "--json",
+                  "--gpu-memory-utilization", "0.95", "--max-model-len", "8192")
+    assert d["servers"][0]["budget_gib"] == pytest.approx(0.95 * 79.19, abs=0.01)
+
+
+def test_cli_tensor_parallel_implies_the_gpus_and_batched_tokens_flag():
+    code, d = cli("--model", "meta-llama/Llama-3.3-70B-Instruct", "--gpu", "H100", "--tensor-parallel-size", "2",
+                  "--max-model-len", "8192", "--max-num-batched-tokens", "4096", "--json")
+    assert code == 0 and "tp-exceeds-node" not in {f["code"] for s in d["servers"] for f in s["findings"]}
+    assert d["servers"][0]["max_num_batched_tokens"] == 4096 and len(d["gpus"]) == 2
+    code, d = cli("--model", "meta-llama/Llama-3.3-70B-Instruct", "--gpu", "H100", "--tensor-parallel-size", "2",
+                  "--gpus-on-node", "1", "--json")
+    assert code == 1 and "tp-exceeds-node" in {f["code"] for s in d["servers"] for f in s["findings"]}
+
+
+def test_cli_json_echoes_the_resolved_inputs():
+    _, d = cli("--model", "Qwen/Qwen2.5-7B-Instruct", "--gpu", "T4", "--json")
+    inputs = d["servers"][0]["inputs"]
+    for key in ("vllm_version", "engine", "gpu_visible_gib", "gpu_memory_utilization", "dtype", "dtype_reason",
+                "weights_source", "max_model_len", "max_num_batched_tokens", "max_num_seqs", "cuda_graphs"):
+        assert key in inputs, key
+    assert inputs["vllm_version"] == "0.32.0" and inputs["gpu_memory_utilization"] == 0.92
+    assert inputs["dtype"] == "float16" and "falls back" in inputs["dtype_reason"]
+
+
+def test_cli_bad_inputs_are_named():
+    r = CliRunner().invoke(app, ["fit-check", "--model", LLAMA8, "--gpu", "H100", "--vllm-version", "latest"])
+    assert isinstance(r.exception, ProfileError) and "--vllm-version" in str(r.exception)
+    r = CliRunner().invoke(app, ["fit-check", "--model", LLAMA8, "--compute-capability", "8.6"])
+    assert isinstance(r.exception, ProfileError) and "--gpu-visible-gib" in str(r.exception)
+
+
+def test_profile_vllm_version_picks_the_rules(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: v\nvllm_version: '0.6.3'\nservers:\n  s: {model: meta-llama/Llama-3.1-8B-Instruct, "
+                 "dtype: float16, max_model_len: 29000, gpu_memory_utilization: 0.9}\n"
+                 "jobs:\n  - {name: j, gpu: RTX-3090, nodes: [s]}\n")
+    code, d = cli("--profile", str(p), "--json")
+    assert code == 1 and d["servers"][0]["inputs"]["engine"] == "V0"
+    p.write_text(p.read_text().replace("'0.6.3'", "'0.19'"))
+    code, d = cli("--profile", str(p), "--json")
+    assert code == 0 and d["servers"][0]["inputs"]["engine"] == "V1"
+    p.write_text(p.read_text().replace("'0.19'", "'soon'"))
+    r = CliRunner().invoke(app, ["fit-check", "--profile", str(p)])
+    assert isinstance(r.exception, ProfileError) and "vllm_version" in str(r.exception)
+
+
+def test_custom_gpu_needs_some_memory():
+    with pytest.raises(ValueError):
+        custom_gpu(None, "8.6")
