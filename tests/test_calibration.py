@@ -19,7 +19,6 @@ from calibration import DATA, Run, facts, run_file, score, summarize, table
 
 OLD, TUNING, HELDOUT = "vllm_memory_cases.jsonl", "vllm_cases_v2_tuning.jsonl", "vllm_cases_v2_heldout.jsonl"
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
-SHARED = DATA.parents[2] / "shared" / "calibration" / "vllm_memory_cases.jsonl"
 
 
 def _run(name: str) -> tuple[list[Run], list[dict[str, Any]]]:
@@ -55,12 +54,6 @@ def test_cases_cite_their_sources():
         # the v2 cases each cite a URL; two of the older public cases name their source in words
         cited = [c for c in cases if str(c.get("source_url") or "").startswith("https://")]
         assert len(cited) == len(cases) if name != OLD else all(c.get("source") for c in cases), name
-
-
-def test_old_data_copy_matches_shared():
-    if not SHARED.is_file():
-        pytest.skip("no ../shared checkout beside the repo; tests use tests/data")
-    assert (DATA / OLD).read_text() == SHARED.read_text(), "tests/data copy is stale: copy the shared file again"
 
 
 def _assert_targets(rows: list[dict[str, Any]], kv_median: float = KV_MEDIAN) -> None:

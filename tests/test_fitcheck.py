@@ -256,7 +256,7 @@ def test_input_validation():
 # ---------------------------------------------------------------- the seeds' plans
 
 def _h100_path_a():
-    """Seed 000, Path A: four vLLM servers on one H100, bf16, utils 0.20/0.21/0.19/0.19."""
+    """The original Path A plan (profiles/h100-t4x2.yaml): four vLLM servers on one H100, bf16, utils 0.20/0.21/0.19/0.19."""
     plan = [("coder", CODER, 8192, 0.20), ("orchestrator", "nvidia/Llama-3.1-Nemotron-8B-Orchestrator", 4096, 0.21),
             ("math", "Qwen/Qwen2.5-Math-7B-Instruct", 4096, 0.19), ("bio", "BioMistral/BioMistral-7B", 4096, 0.19)]
     servers = [(srv(m, n, dtype="bfloat16", max_model_len=L, gpu_memory_utilization=u, env=FA), (0,))
@@ -285,7 +285,7 @@ def test_seed_path_a_h100_with_8192_batch_is_worse_than_2048():
 
 
 def test_seed_path_a2_t4_array():
-    """Seed 000, Path A2: ten T4 nodes, FLASH_ATTN exported, --quantization awq on base repos."""
+    """The original Path A2 plan (profiles/t4x10.yaml): ten T4 nodes, FLASH_ATTN exported, --quantization awq on base repos."""
     coder = srv(CODER, "coder", dtype="float16", quantization="awq", max_model_len=8192, gpu_memory_utilization=0.85,
                 env=FA)
     r = check_server_on_gpu(coder, T4)
@@ -300,7 +300,7 @@ def test_seed_path_a2_t4_array():
 
 
 def test_seed_path_a_t4_nodes():
-    """Seed 000, Path A T4-0 (Llama-3B at 0.45) and T4-1 (Safety-8B 'awq' at 0.55 + Phi-3.5 at 0.25)."""
+    """The original Path A plan's T4-0 (Llama-3B at 0.45) and T4-1 (Safety-8B 'awq' at 0.55 + Phi-3.5 at 0.25)."""
     r = one("meta-llama/Llama-3.2-3B-Instruct", dtype="float16", max_model_len=4096, gpu_memory_utilization=0.45)
     assert "no-kv-memory" in r.codes()
     safety = srv("nvidia/Llama-3.1-Nemotron-Safety-8B-V3", "safety", dtype="float16", quantization="awq",
@@ -313,7 +313,7 @@ def test_seed_path_a_t4_nodes():
 
 
 def test_seed_003_p40_tensor_parallel():
-    """Seed 003: 33B/34B models at TP 3 on P40s (and 70B at TP 6)."""
+    """A plan of 33B/34B models at TP 3 on P40s (and 70B at TP 6)."""
     for model, tp in (("deepseek-ai/deepseek-coder-33b-instruct", 3), ("codellama/CodeLlama-34b-Instruct-hf", 3),
                       ("meta-llama/Llama-3.1-70B-Instruct", 6)):
         s = srv(model, dtype="float16", tensor_parallel_size=tp)

@@ -2,16 +2,16 @@
 
 Sources (facts only):
 - "visible_gib" is what ``torch.cuda.get_device_properties().total_memory`` reports, which is
-  what vLLM multiplies by ``gpu_memory_utilization``. Logged figures come from
-  shared/calibration/vllm_memory_rules.md ("Visible total memory seen in logs"):
+  what vLLM multiplies by ``gpu_memory_utilization``. Logged figures come from the vLLM start-up
+  logs of the cases in tests/data (each case cites its source):
   T4 14.56/14.57/14.74, A10 22.07, A100-40GB 39.38/39.50, RTX 3090 23.58, RTX 2080 Ti 10.73,
   L4 23034 MiB in nvidia-smi (vllm#4959).
 - Where no log is at hand the figure is an estimate: nvidia-smi total MiB / 1024 minus the
   ~0.42 GiB the driver keeps (the gap seen on T4: 15360 MiB -> 14.57 GiB, and A10:
   23028 MiB -> 22.07 GiB). Each entry's comment says which.
 - Compute capabilities: NVIDIA's CUDA GPU table (developer.nvidia.com/cuda-gpus).
-- Prices: seed 001 "Available GPU Configurations" (GCP: T4 $0.35, L4 $0.50, A10G $1.00,
-  A100-40GB $3.00 per hour); others are typical public-cloud on-demand per-GPU figures
+- Prices: the GCP on-demand prices the original fleet plans were costed with (T4 $0.35, L4 $0.50,
+  A10G $1.00, A100-40GB $3.00 per hour); others are typical public-cloud on-demand per-GPU figures
   (late 2025), marked "estimate".
 """
 
@@ -123,12 +123,12 @@ def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: t
 
 _CATALOG = (
     _g("T4", ("tesla-t4", "nvidia-t4", "t4-16gb"), 16, 14.57, (7, 5), 0.35, "t4",
-       "visible: vLLM logs 14.56/14.57 GiB (Colab); price: seed 001 (GCP)"),
+       "visible: vLLM logs 14.56/14.57 GiB (Colab); price: GCP on-demand"),
     _g("L4", ("nvidia-l4", "l4-24gb"), 24, 22.06, (8, 9), 0.50, "l4",
        "visible: nvidia-smi 23034 MiB (vllm#4959) minus ~0.42 GiB, matches the 22.06 GiB 24 GB-card log; "
-       "price: seed 001 (GCP)"),
+       "price: GCP on-demand"),
     _g("A10G", ("a10g-24gb", "nvidia-a10g"), 24, 22.07, (8, 6), 1.00, "a10g",
-       "visible: same 23028 MiB board as A10 (log 22.07 GiB); price: seed 001"),
+       "visible: same 23028 MiB board as A10 (log 22.07 GiB); price: GCP on-demand"),
     _g("A10", ("nvidia-a10", "a10-24gb"), 24, 22.07, (8, 6), 1.00, "a10",
        "visible: vLLM log on OCI 22.07 GiB; price: estimate (as A10G)"),
     _g("V100", ("v100-16gb", "tesla-v100", "v100-sxm2-16gb"), 16, 15.77, (7, 0), 2.48, "v100",
@@ -136,7 +136,7 @@ _CATALOG = (
     _g("V100-32GB", ("v100-32gb", "v100s"), 32, 31.74, (7, 0), 2.48, "v100",
        "visible: estimate from nvidia-smi 32510 MiB; price: estimate"),
     _g("A100-40GB", ("a100", "a100-40", "a100-sxm4-40gb", "a100-pcie-40gb"), 40, 39.38, (8, 0), 3.00, "a100",
-       "visible: vLLM logs 39.38 and 39.50 GiB (smaller taken); price: seed 001"),
+       "visible: vLLM logs 39.38 and 39.50 GiB (smaller taken); price: GCP on-demand"),
     _g("A100-80GB", ("a100-80", "a100-sxm4-80gb", "a100-pcie-80gb", "a100_80gb"), 80, 79.15, (8, 0), 3.70, "a100",
        "visible: estimate (OOM messages commonly print 79.15 GiB; case #27's +0.25 util -> +19.82 GiB "
        "gives ~79.3); price: estimate"),

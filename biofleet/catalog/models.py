@@ -561,7 +561,7 @@ def _build() -> tuple[ModelSpec, ...]:
     add(g2_9)
     add(_quant(g2_9, "hugging-quants/gemma-2-9b-it-AWQ-INT4", "awq", 4, aliases=("gemma-2-9b-awq",)))
 
-    # ---- Other code / bio generators (seed 001)
+    # ---- Other code / bio generators
     add(_m("bigcode/starcoder2-7b", 7.17, 32, 4608, 36, 4, 18432, 49152, 16384,
            architecture="Starcoder2ForCausalLM", model_type="starcoder2", head_dim=128, native_dtype="float32",
            sliding_window=4096, tie_word_embeddings=True, aliases=("starcoder2-7b",), source=_CFG))
