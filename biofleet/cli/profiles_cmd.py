@@ -117,10 +117,10 @@ def show(
     for col in ("node", "GPU", "server", "model", "dtype", "quant", "util", "max_len", "TP", "port"):
         table.add_column(col)
     for r in rows:
+        model = r.model + ("" if r.engine == "vllm" else f" ({r.engine})") + (" [embed]" if r.kind == "embed" else "")
         table.add_row(
             r.node, "cpu" if r.gpu is None else f"{r.gpu}:{','.join(map(str, r.gpus))}", r.server,
-            # escaped: rich would take "[embed]" for a markup tag and print nothing
-            escape(r.model + ("" if r.engine == "vllm" else f" ({r.engine})") + (" [embed]" if r.kind == "embed" else "")),
+            escape(model),  # rich would take "[embed]" for a markup tag and print nothing
             r.dtype, r.quantization or "-", f"{r.gpu_memory_utilization:.2f}",
             str(r.max_model_len or "model"), str(r.tensor_parallel_size), str(r.port),
         )
