@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -93,7 +94,7 @@ class ProxyState:
     cursors: dict[str, int] = field(default_factory=dict)
     reload_event: asyncio.Event | None = None
     health: HealthChecker | None = None
-    _gauges: dict[str, Any] = field(default_factory=dict)
+    _gauges: dict[str, Gauge] = field(default_factory=dict)
 
     # -- discovery -----------------------------------------------------------
 
@@ -124,7 +125,7 @@ class ProxyState:
         if self.reload_event is not None:
             self.reload_event.set()
 
-    def gauge(self, b: Backend) -> Any:
+    def gauge(self, b: Backend) -> Gauge:
         g = self._gauges.get(b.key)
         if g is None:
             g = self._gauges[b.key] = self.metrics.inflight.labels(b.key)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+from prometheus_client import Gauge
 
 from biofleet.proxy.discovery import Backend
 from biofleet.proxy.metrics import ProxyMetrics
@@ -212,7 +213,7 @@ async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Att
 
 
 async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metrics: ProxyMetrics,
-                       inflight_gauge: Any, upstream: UpstreamPool | None = None) -> AttemptResult:
+                       inflight_gauge: Gauge, upstream: UpstreamPool | None = None) -> AttemptResult:
     b = a.backend
     b.inflight += 1
     inflight_gauge.inc()
