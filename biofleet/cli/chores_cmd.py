@@ -7,12 +7,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from biofleet.cli.fleet_cmd import BackendOpt, ProfileOpt, SshOpt, TrustOpt, _open, _profile_ref
 from biofleet.cli.output import console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -72,10 +76,10 @@ def scrape_config(
 class _DownloadProgress:
     """Download progress: a Rich bar per model on a terminal, else a line every 30 s."""
 
-    def __init__(self, out) -> None:
+    def __init__(self, out: Console) -> None:
         self.out = out
-        self.bar = None
-        self.tasks: dict[str, int] = {}
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
         self.last_line = 0.0
         self.started: dict[str, tuple[float, int]] = {}
 
@@ -95,7 +99,7 @@ class _DownloadProgress:
             self.bar.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
 

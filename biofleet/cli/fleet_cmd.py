@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +14,11 @@ import typer
 from biofleet.cli.output import console, print_json
 
 if TYPE_CHECKING:
-    from biofleet.fleet import Fleet
+    from rich.console import Console
+    from rich.table import Table
+
+    from biofleet.fleet import Fleet, FleetStatus
+    from biofleet.fleet.state import FleetState
 
 ProfileOpt = Annotated[str | None, typer.Option(
     "--profile", "-p",
@@ -126,22 +131,21 @@ def up(
             raise typer.Exit(1)
 
 
-def _progress(out, json_out: bool):
-    """A live table on a terminal; one plain line per change otherwise."""
-    if json_out or not out.is_terminal:
-        def emit(msg: str) -> None:
-            out.print(msg, highlight=False, markup=False)
+def _progress(out: Console, json_out: bool) -> tuple[
+        Callable[[str], None], Callable[[FleetStatus], None] | None, Callable[[], None]]:
+    """A live table on a terminal; one plain line per change otherwise: (on_event, on_status, finish)."""
 
+    def emit(msg: str) -> None:
+        out.print(msg, highlight=False, markup=False)  # above the live table while there is one
+
+    if json_out or not out.is_terminal:
         return emit, None, lambda: None
     from rich.live import Live
 
     live = Live(console=out, refresh_per_second=4, transient=True)
     live.start()
 
-    def emit(msg: str) -> None:
-        live.console.print(msg, highlight=False, markup=False)
-
-    def on_status(status) -> None:
+    def on_status(status: FleetStatus) -> None:
         live.update(_table(status))
 
     return emit, on_status, live.stop
@@ -160,7 +164,7 @@ _STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDIN
                 "FAILED": "bold red", "GONE": "red", "STOPPED": "dim", "NOT_SUBMITTED": "dim"}
 
 
-def _table(status):
+def _table(status: FleetStatus) -> Table:
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
@@ -179,15 +183,16 @@ def _table(status):
         addr = s.url.split("://", 1)[-1] if s.url else "-"
         # Text objects, not markup strings: a Live refresh during print(markup=False) would show the tags.
         node = (s.node or "-") + (f" gpu {s.devices}" if s.devices else "")
-        cells = [escape(s.name), escape(s.model), s.job_id or "-", escape(node), Text.from_markup(state), addr,
-                 escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-"]
+        cells: list[str | Text] = [
+            escape(s.name), escape(s.model), s.job_id or "-", escape(node), Text.from_markup(state), addr,
+            escape(s.health or "-"), rw, kv, _fmt_age(s.uptime_s), s.time_left or "-"]
         if restarts:
             cells.append(f"{s.restarts}" + (f" (last exit {s.last_exit})" if s.last_exit is not None else ""))
         t.add_row(*cells)
     return t
 
 
-def _status_table(out, status) -> None:
+def _status_table(out: Console, status: FleetStatus) -> None:
     out.print(_table(status))
     px = status.proxy
     if px.run:
@@ -212,7 +217,7 @@ def _status_table(out, status) -> None:
     out.print(f"{status.ready}/{len(status.servers)} servers ready")
 
 
-def _endpoint_hint(out, fleet, state) -> None:
+def _endpoint_hint(out: Console, fleet: Fleet, state: FleetState) -> None:
     if state.proxy is None:
         return
     url = state.proxy.url or "(the proxy job writes its address to " + fleet.paths.proxy_record + ")"

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from biofleet.profile import Profile
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
@@ -19,7 +24,7 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def load_profile_or_exit(ref: str):
+def load_profile_or_exit(ref: str) -> Profile:
     from biofleet.profile import load_profile
 
     return load_profile(ref)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from biofleet.cli.output import console, print_json
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from biofleet.errors import ProfileError
+    from biofleet.plan import FleetSummary
 
 app = typer.Typer(help="List and inspect fleet profiles (shipped ones or your own YAML files).", no_args_is_help=True)
 
@@ -23,30 +30,49 @@ def list_profiles(
     from biofleet.plan import summarize
     from biofleet.profile import load_profile, shipped_profiles
 
-    rows = []
+    found: list[tuple[Path, FleetSummary | ProfileError]] = []
     for path in shipped_profiles():
         try:
-            s = summarize(load_profile(path), str(path))
+            found.append((path, summarize(load_profile(path), str(path))))
         except ProfileError as exc:
-            rows.append({"name": path.stem, "path": str(path), "error": str(exc)})
-            continue
-        rows.append({"name": s.name, "path": s.path, "gpus": s.gpus, "servers": s.servers,
-                     "usd_per_month": s.usd_per_month})
+            found.append((path, exc))
     if json_out:
-        print_json(rows)
+        print_json([{"name": path.stem, "path": str(path), "error": str(s)} if isinstance(s, ProfileError)
+                    else dataclasses.asdict(s) for path, s in found])
         return
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
     for col in ("profile", "GPUs", "servers", "est. $/month", "path"):
         table.add_column(col, justify="right" if col in ("servers", "est. $/month") else "left")
-    for r in rows:
-        if "error" in r:
-            table.add_row(r["name"], "[red]invalid[/red]", "", "", r["path"])
+    for path, s in found:
+        if isinstance(s, ProfileError):
+            table.add_row(path.stem, "[red]invalid[/red]", "", "", str(path))
             continue
-        gpus = " + ".join(f"{n}x {g}" for g, n in r["gpus"].items())
-        table.add_row(r["name"], gpus, str(r["servers"]), f"{r['usd_per_month']:,.0f}", r["path"])
+        gpus = " + ".join(f"{n}x {g}" for g, n in s.gpus.items())
+        table.add_row(s.name, gpus, str(s.servers), f"{s.usd_per_month:,.0f}", s.path)
     console().print(table)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ServerRow:
+    """One placed server as `profiles show` lists it (the --json keys, in this order)."""
+
+    node: str
+    partition: str | None
+    gpu: str | None  # None: a CPU-only job
+    gpus: list[int]
+    server: str
+    served_name: str
+    model: str
+    kind: str
+    engine: str
+    dtype: str
+    quantization: str | None
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    max_model_len: int | None
+    port: int | str  # "auto": picked at job start
 
 
 @app.command("show")
@@ -63,25 +89,26 @@ def show(
 
     p = load_profile(profile)
     insts = p.instances()
-    rows = []
+    rows: list[_ServerRow] = []
     for inst in insts:
         job = p.job(inst.job)
         s = inst.spec
-        rows.append({
-            "node": node_label(job, inst.task), "partition": job.partition or p.cluster.partition,
-            "gpu": job.gpu if isinstance(job.gpu, str) else job.gpu.name,
-            "gpus": list(inst.gpus), "server": inst.name, "served_name": inst.served_name,
-            "model": s.model, "kind": s.kind, "engine": s.engine, "dtype": s.dtype,
-            "quantization": s.quantization, "gpu_memory_utilization": s.gpu_memory_utilization,
-            "tensor_parallel_size": s.tensor_parallel_size, "max_model_len": s.max_model_len,
-            "port": s.port or "auto",
-        })
+        rows.append(_ServerRow(
+            node=node_label(job, inst.task), partition=job.partition or p.cluster.partition,
+            gpu=job.gpu if job.gpu is None or isinstance(job.gpu, str) else job.gpu.name,
+            gpus=list(inst.gpus), server=inst.name, served_name=inst.served_name,
+            model=s.model, kind=s.kind, engine=s.engine, dtype=s.dtype,
+            quantization=s.quantization, gpu_memory_utilization=s.gpu_memory_utilization,
+            tensor_parallel_size=s.tensor_parallel_size, max_model_len=s.max_model_len,
+            port=s.port or "auto",
+        ))
     summary = summarize(p)
     if json_out:
         print_json({"name": p.name, "description": p.description, "gpus": summary.gpus,
-                    "usd_per_month": summary.usd_per_month, "servers": rows,
+                    "usd_per_month": summary.usd_per_month, "servers": [dataclasses.asdict(r) for r in rows],
                     "routing": p.routing.model_dump(mode="json"), "tasks": p.task_table()})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -90,16 +117,16 @@ def show(
     for col in ("node", "GPU", "server", "model", "dtype", "quant", "util", "max_len", "TP", "port"):
         table.add_column(col)
     for r in rows:
+        model = r.model + ("" if r.engine == "vllm" else f" ({r.engine})") + (" [embed]" if r.kind == "embed" else "")
         table.add_row(
-            r["node"], f"{r['gpu']}:{','.join(map(str, r['gpus']))}", r["server"],
-            r["model"] + ("" if r["engine"] == "vllm" else f" ({r['engine']})")
-            + (" [embed]" if r["kind"] == "embed" else ""),
-            r["dtype"], r["quantization"] or "-", f"{r['gpu_memory_utilization']:.2f}",
-            str(r["max_model_len"] or "model"), str(r["tensor_parallel_size"]), str(r["port"]),
+            r.node, "cpu" if r.gpu is None else f"{r.gpu}:{','.join(map(str, r.gpus))}", r.server,
+            escape(model),  # rich would take "[embed]" for a markup tag and print nothing
+            r.dtype, r.quantization or "-", f"{r.gpu_memory_utilization:.2f}",
+            str(r.max_model_len or "model"), str(r.tensor_parallel_size), str(r.port),
         )
     out.print(table)
     tasks = p.task_table()
     if tasks:
         out.print("routing: " + ", ".join(f"{t} -> {m}" for t, m in sorted(tasks.items())))
-    gpus = " + ".join(f"{n}x {g}" for g, n in summary.gpus.items())
+    gpus = " + ".join(f"{n}x {g}" for g, n in summary.gpus.items()) or "no GPU"
     out.print(f"{gpus}, {len(insts)} servers, est. ${summary.usd_per_month:,.0f}/month")

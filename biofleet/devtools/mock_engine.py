@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Literal
 
 from starlette.applications import Starlette
@@ -447,9 +448,9 @@ def _slow_stop_server_class():
             self.delay_s = delay_s
             self.stop_timer: threading.Timer | None = None
 
-        def handle_exit(self, sig: int, frame: object) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if sig != signal.SIGTERM:
-                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+                super().handle_exit(sig, frame)
             elif self.stop_timer is None:
                 self.stop_timer = threading.Timer(self.delay_s, super().handle_exit, (sig, frame))
                 self.stop_timer.daemon = True

@@ -15,12 +15,19 @@ has safetensors (vLLM prefers those); configs and tokenizer files always come.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from biofleet.remote.base import CommandError
+
+if TYPE_CHECKING:
+    from biofleet.fleet.context import Fleet
+    from biofleet.profile import Profile
 
 
 @dataclass
@@ -53,7 +60,7 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def fleet_models(profile) -> list[str]:
+def fleet_models(profile: Profile) -> list[str]:
     """Hub ids of every vLLM server's model, in profile order, without duplicates."""
     seen: list[str] = []
     for spec in profile.servers.values():
@@ -66,12 +73,23 @@ def is_local_path(model: str) -> bool:
     return model.startswith(("/", "~", ".", "$"))
 
 
-def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_event=lambda m: None,
-             on_progress=lambda model, done, total: None, poll_s: float = 2.0) -> list[PrefetchResult]:
+def _no_event(message: str) -> None:
+    pass
+
+
+def _no_progress(model: str, done: int | None, total: int) -> None:
+    pass
+
+
+def prefetch(fleet: Fleet, *, download: bool = True, timeout: float = 6 * 3600,
+             on_event: Callable[[str], None] = _no_event,
+             on_progress: Callable[[str, int | None, int], None] = _no_progress,
+             poll_s: float = 2.0) -> list[PrefetchResult]:
     """Check (``download=False``) or fetch every model of the fleet, one after the other.
 
     ``on_event`` gets a line per step; while a model downloads, ``on_progress(model, bytes
-    so far, bytes planned)`` is called every ``poll_s`` seconds from the size of its cache.
+    so far, bytes planned)`` is called every ``poll_s`` seconds from the size of its cache
+    (bytes so far is None when the size could not be read).
     """
     c = fleet.profile.cluster
     # The jobs' Hub settings (a mirror in HF_ENDPOINT, a cache in HF_HUB_CACHE), so the models land
@@ -98,7 +116,10 @@ def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_even
         except (CommandError, ValueError, IndexError):
             return None
 
-    results = []
+    def report(model: str, total: int) -> None:
+        on_progress(model, cached_bytes(model), total)
+
+    results: list[PrefetchResult] = []
     models = fleet_models(fleet.profile)
     for i, model in enumerate(models, 1):
         if is_local_path(model):
@@ -113,23 +134,24 @@ def prefetch(fleet, *, download: bool = True, timeout: float = 6 * 3600, on_even
             continue
         total = plan.bytes or 0
         on_event(f"[{i}/{len(models)}] {model}: downloading {human_size(total)}")
-        result = _while_polling(lambda m=model: step(m, "download", timeout), poll_s,
-                                lambda m=model, t=total: on_progress(m, cached_bytes(m), t))
+        result = _while_polling(functools.partial(step, model, "download", timeout), poll_s,
+                                functools.partial(report, model, total))
         if result.status == "downloaded":
             on_progress(model, total, total)
         results.append(result)
     return results
 
 
-def _while_polling(work, every: float, poll) -> PrefetchResult:
+def _while_polling(work: Callable[[], PrefetchResult], every: float, poll: Callable[[], None]) -> PrefetchResult:
     """Run ``work()`` in a thread; call ``poll()`` every ``every`` seconds until it returns."""
-    box: dict = {}
+    results: list[PrefetchResult] = []
+    errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            box["result"] = work()
+            results.append(work())
         except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
+            errors.append(exc)
 
     t = threading.Thread(target=run, name="prefetch", daemon=True)
     t.start()
@@ -138,6 +160,6 @@ def _while_polling(work, every: float, poll) -> PrefetchResult:
         if not t.is_alive():
             break
         poll()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    if errors:
+        raise errors[0]
+    return results[0]

@@ -12,6 +12,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import httpx
 
 _METRIC = re.compile(
     r"^(vllm:num_requests_running|vllm:num_requests_waiting|vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc)"
@@ -31,7 +35,7 @@ class ProbeResult:
     waiting: float | None = None
     kv_cache_usage: float | None = None  # 0..1
     latency_ms: float | None = None
-    health_json: dict | None = None  # the body of /health when it is a JSON object (the proxy's is)
+    health_json: dict[str, Any] | None = None  # the body of /health when it is a JSON object (the proxy's is)
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
@@ -45,7 +49,13 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def _probe_one(client, url: str, api_key: str | None, metrics: bool) -> ProbeResult:
+class _Getter(Protocol):
+    """What _probe_one needs of a client: an httpx.AsyncClient, or _SyncAdapter over a sync one."""
+
+    async def get(self, url: str, *, headers: dict[str, str] | None = None) -> httpx.Response: ...
+
+
+async def _probe_one(client: _Getter, url: str, api_key: str | None, metrics: bool) -> ProbeResult:
     import httpx
 
     res = ProbeResult(url)
@@ -99,7 +109,7 @@ async def probe_all(
     api_key: str | None = None,
     metrics: bool = True,
     timeout: float = 2.0,
-    transport=None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, ProbeResult]:
     import httpx
 
@@ -111,17 +121,25 @@ async def probe_all(
     return {r.url: r for r in results}
 
 
-def probe_all_any(urls: Sequence[str], *, transport=None, **kw) -> dict[str, ProbeResult]:
+def probe_all_any(
+    urls: Sequence[str],
+    *,
+    transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    api_key: str | None = None,
+    metrics: bool = True,
+    timeout: float = 2.0,
+) -> dict[str, ProbeResult]:
     """Probe from synchronous code. A synchronous transport (the SSH tunnel) is driven from
     a thread pool, since each tunnelled connection is a blocking channel."""
     import httpx
 
     if transport is None or isinstance(transport, httpx.AsyncBaseTransport):
-        return asyncio.run(probe_all(urls, transport=transport, **kw))
-    return asyncio.run(_probe_threaded(urls, transport, **kw))
+        return asyncio.run(probe_all(urls, transport=transport, api_key=api_key, metrics=metrics, timeout=timeout))
+    return asyncio.run(_probe_threaded(urls, transport, api_key=api_key, metrics=metrics, timeout=timeout))
 
 
-async def _probe_threaded(urls, transport, *, api_key=None, metrics=True, timeout=2.0):
+async def _probe_threaded(urls: Sequence[str], transport: httpx.BaseTransport, *, api_key: str | None = None,
+                          metrics: bool = True, timeout: float = 2.0) -> dict[str, ProbeResult]:
     import httpx
 
     with httpx.Client(timeout=timeout, transport=transport, trust_env=False) as sync_client:
@@ -133,8 +151,8 @@ async def _probe_threaded(urls, transport, *, api_key=None, metrics=True, timeou
 class _SyncAdapter:
     """The one method _probe_one needs, run in a worker thread."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: httpx.Client) -> None:
         self.client = client
 
-    async def get(self, url, **kw):
-        return await asyncio.to_thread(self.client.get, url, **kw)
+    async def get(self, url: str, *, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await asyncio.to_thread(self.client.get, url, headers=headers)

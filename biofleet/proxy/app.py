@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from biofleet.proxy import routing as R
-from biofleet.proxy.config import CloudFallback, ProxyConfig
+from biofleet.proxy.config import CloudFallback, ProxyConfig, RoutingConfig
 from biofleet.proxy.discovery import Backend, BackendPool, BackendSpec, Source, source_from_config
 from biofleet.proxy.health import HealthChecker
 from biofleet.proxy.metrics import ProxyMetrics
@@ -93,7 +94,7 @@ class ProxyState:
     cursors: dict[str, int] = field(default_factory=dict)
     reload_event: asyncio.Event | None = None
     health: HealthChecker | None = None
-    _gauges: dict[str, Any] = field(default_factory=dict)
+    _gauges: dict[str, Gauge] = field(default_factory=dict)
 
     # -- discovery -----------------------------------------------------------
 
@@ -114,11 +115,17 @@ class ProxyState:
         for b in added:
             self.metrics.healthy.labels(b.key).set(1 if b.healthy else 0)
 
+    def live_client(self) -> httpx.AsyncClient:
+        """The shared client, which the app's lifespan opens."""
+        if self.client is None:
+            raise RuntimeError("the proxy's HTTP client is not open: the ASGI server must run the app's lifespan")
+        return self.client
+
     def request_reload(self) -> None:
         if self.reload_event is not None:
             self.reload_event.set()
 
-    def gauge(self, b: Backend) -> Any:
+    def gauge(self, b: Backend) -> Gauge:
         g = self._gauges.get(b.key)
         if g is None:
             g = self._gauges[b.key] = self.metrics.inflight.labels(b.key)
@@ -172,7 +179,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task, gone: asyncio.Event) -> None:
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
@@ -267,6 +274,8 @@ class ProxyApp:
         # client going away and cancel, so in-flight counts and upstream work end.
         # One extra task per request (the watcher), not two: it cancels this one on disconnect.
         me = asyncio.current_task()
+        if me is None:  # an ASGI server runs every request in a task
+            raise RuntimeError("a proxy request must run inside an asyncio task")
         gone = asyncio.Event()
         watch = asyncio.ensure_future(_cancel_on_disconnect(receive, me, gone))
         try:
@@ -336,7 +345,7 @@ class ProxyApp:
                 if payload is None:
                     payload = body_for(model)
                 res = await forward_once(
-                    st.client, Attempt(b, b.url + path, payload, up_headers, model, rid, started),
+                    st.live_client(), Attempt(b, b.url + path, payload, up_headers, model, rid, started),
                     send, st.metrics, st.gauge(b), st.upstream,
                 )
                 if res.outcome is Outcome.DONE:
@@ -352,7 +361,7 @@ class ProxyApp:
             headers = upstream_request_headers(base_headers, rid, target.key)
             url = cloud.base_url.rstrip("/") + path[len("/v1"):]
             res = await forward_once(
-                st.client, Attempt(target.backend, url, payload, headers, cloud_model, rid, started),
+                st.live_client(), Attempt(target.backend, url, payload, headers, cloud_model, rid, started),
                 send, st.metrics, st.gauge(target.backend),
             )
             if res.outcome is Outcome.DONE:
@@ -442,7 +451,7 @@ class ProxyApp:
             b.inflight += 1
             try:
                 data = await call_json(
-                    st.client, f"{b.url}/v1/chat/completions",
+                    st.live_client(), f"{b.url}/v1/chat/completions",
                     {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0},
                     headers, _CLASSIFIER_TIMEOUT_S,
                 )
@@ -600,7 +609,7 @@ def build_app(
     return app
 
 
-def _configured_models(routing: Any) -> set[str]:
+def _configured_models(routing: RoutingConfig) -> set[str]:
     """Served names the routing table knows, so a model whose replicas have not
     registered yet answers 503 (come back later) rather than 404 (no such model)."""
     names = set(routing.tasks.values()) | set(routing.aliases.values()) | set(routing.fallbacks)

@@ -16,11 +16,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+from prometheus_client import Gauge
 
 from biofleet.proxy.discovery import Backend
 from biofleet.proxy.metrics import ProxyMetrics
@@ -157,6 +158,18 @@ class AttemptResult:
     reason: str = ""
 
 
+class StreamedResponse(Protocol):
+    """An upstream answer whose headers are in and whose body streams after: UpstreamResponse or
+    _HttpxResponse."""
+
+    status: int
+    headers: RawHeaders
+
+    def header(self, name: bytes) -> bytes: ...
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
+
+
 class _HttpxResponse:
     """An httpx streaming response seen through the same small interface as UpstreamResponse."""
 
@@ -168,7 +181,7 @@ class _HttpxResponse:
     def header(self, name: bytes) -> bytes:
         return self._resp.headers.get(name.decode(), "").encode()
 
-    async def aiter_raw(self):
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._resp.aiter_raw():
                 yield chunk
@@ -181,7 +194,7 @@ class _HttpxResponse:
         await self._resp.aclose()
 
 
-async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Attempt):
+async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Attempt) -> StreamedResponse:
     """Send the request; the response once its headers are in. Raises the upstream.* errors."""
     if upstream is not None and a.url.startswith("http://"):
         return await upstream.request(a.url, a.headers, a.body)
@@ -200,7 +213,7 @@ async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Att
 
 
 async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metrics: ProxyMetrics,
-                       inflight_gauge: Any, upstream: UpstreamPool | None = None) -> AttemptResult:
+                       inflight_gauge: Gauge, upstream: UpstreamPool | None = None) -> AttemptResult:
     b = a.backend
     b.inflight += 1
     inflight_gauge.inc()
@@ -235,7 +248,8 @@ async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metric
         inflight_gauge.dec()
 
 
-async def _relay_stream(resp: Any, a: Attempt, headers: RawHeaders, send: Send, metrics: ProxyMetrics) -> AttemptResult:
+async def _relay_stream(resp: StreamedResponse, a: Attempt, headers: RawHeaders, send: Send,
+                        metrics: ProxyMetrics) -> AttemptResult:
     """SSE: every chunk to the client as it arrives; a break becomes an in-band error event."""
     b = a.backend
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -259,7 +273,8 @@ async def _relay_stream(resp: Any, a: Attempt, headers: RawHeaders, send: Send, 
     return _done(a, resp.status, metrics)
 
 
-async def _relay_whole(resp: Any, a: Attempt, headers: RawHeaders, send: Send, metrics: ProxyMetrics) -> AttemptResult:
+async def _relay_whole(resp: StreamedResponse, a: Attempt, headers: RawHeaders, send: Send,
+                       metrics: ProxyMetrics) -> AttemptResult:
     """Not a stream: the whole body is read before the client gets the status line, so a body
     that breaks off is retried elsewhere (or answered 502) instead of reaching the client as a
     truncated 200. Past BUFFER_LIMIT the body is passed on as it comes; a break after that cuts

@@ -20,9 +20,17 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-try:  # the fast C parser; optional (pip install biofleet[fast])
+if TYPE_CHECKING:
+    import h11
+    from httptools import HttpResponseParser
+
+# The fast C parser; optional (pip install biofleet[fast]). A module or None (tests set None to run h11).
+httptools: ModuleType | None
+try:
     import httptools
 except ImportError:  # pragma: no cover - exercised where httptools is missing
     httptools = None
@@ -72,19 +80,23 @@ class _Conn(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.error: UpstreamError | None = None
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        # Exactly one of the two parses the response: httptools' C parser, or h11 where it is missing.
+        self.parser: HttpResponseParser | None = None
+        self.h11: h11.Connection | None = None
         if httptools is not None:
             self.parser = httptools.HttpResponseParser(self)
         else:
             import h11
 
-            self.parser = None
             self.h11 = h11.Connection(h11.CLIENT)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # loop.create_connection always hands a stream protocol a stream transport (uvloop's is
+        # not an asyncio.Transport subclass, so an isinstance check would refuse it).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
@@ -100,7 +112,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
         self._wake()
 
-    def connection_lost(self, exc) -> None:  # type: ignore[override]
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.headers_done and not self.complete and self.error is None and self._close_delimited():
             # No Content-Length and not chunked: the body ends when the upstream closes (RFC 9112 §6.3).
@@ -126,8 +138,11 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
+        parser = self.parser
+        if parser is None:
+            raise RuntimeError("on_headers_complete is httptools' callback, but this connection parses with h11")
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -145,9 +160,12 @@ class _Conn(asyncio.Protocol):
     def _feed_h11(self, data: bytes) -> None:
         import h11
 
-        self.h11.receive_data(data)
+        conn = self.h11
+        if conn is None:
+            raise RuntimeError("_feed_h11 called on a connection that parses with httptools")
+        conn.receive_data(data)
         while True:
-            ev = self.h11.next_event()
+            ev = conn.next_event()
             if ev is h11.NEED_DATA or ev is h11.PAUSED:
                 return
             if isinstance(ev, h11.Response):
@@ -159,7 +177,7 @@ class _Conn(asyncio.Protocol):
                 self.on_body(bytes(ev.data))
             elif isinstance(ev, h11.EndOfMessage):
                 self.complete = True
-                self.keep_alive = self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+                self.keep_alive = conn.our_state is h11.DONE and conn.their_state is h11.DONE
                 return
 
     # -- waiting -----------------------------------------------------------------------------
@@ -193,7 +211,7 @@ class _Conn(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
 
-def _expire(fut: asyncio.Future) -> None:
+def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_exception(UpstreamTimeout("no data from upstream within the read timeout"))
 
@@ -284,7 +302,10 @@ class UpstreamPool:
             conn = self._acquire_idle(key) if attempt == 0 else None
             if conn is None:
                 conn = await self._connect(key)
-            if conn.parser is None:  # h11 tracks our side of the exchange too
+            transport = conn.transport
+            if transport is None:  # pragma: no cover - create_connection calls connection_made before returning
+                raise ConnectFailed(f"{key[0]}:{key[1]}: connected without a transport")
+            if conn.h11 is not None:  # h11 tracks our side of the exchange too
                 import h11
 
                 conn.h11.send(h11.Request(method=method, target=target.encode(),
@@ -292,18 +313,18 @@ class UpstreamPool:
                                                    (b"content-length", str(len(body)).encode()), *headers]))
                 conn.h11.send(h11.Data(data=body))
                 conn.h11.send(h11.EndOfMessage())
-            conn.transport.write(payload)
+            transport.write(payload)
             try:
                 while not conn.headers_done:
                     if conn.error is not None:
                         raise conn.error
                     await conn.wait(self.read_timeout)
             except StaleConnection:
-                conn.transport.close()
+                transport.close()
                 continue  # the upstream had closed it while idle: once more on a fresh connection
             except BaseException:
                 conn.closed = True
-                conn.transport.close()
+                transport.close()
                 raise
             return UpstreamResponse(self, conn, self.read_timeout)
         raise UpstreamBroken("upstream closed two connections without answering")  # pragma: no cover

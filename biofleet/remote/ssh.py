@@ -8,13 +8,20 @@ import os
 import posixpath
 import shlex
 import socket
+import ssl
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TypeVar
 
+# Both imported only where SSH is used: this module is loaded when an SSHRunner is made
+# (biofleet.fleet.context), never by the CLI's start-up or by LocalRunner users.
+import httpcore
 import httpx
+import paramiko
 
 from biofleet.remote.base import (
     CommandError,
@@ -30,6 +37,7 @@ from biofleet.remote.base import (
 # ---------------------------------------------------------------------------- SSH
 
 log = logging.getLogger("biofleet.ssh")
+_T = TypeVar("_T")
 
 # Exit status our file commands use for "no such file or directory" / "not a directory".
 _NO_SUCH_FILE, _NOT_A_DIR = 66, 65
@@ -82,16 +90,14 @@ class SSHRunner:
         self.connect_timeout = connect_timeout
         self.where = f"{self.user}@{self.host}:{self.port}"
         self._lock = threading.RLock()  # guards the client and SFTP session across reconnects
-        self._sftp = None
+        self._sftp: paramiko.SFTPClient | None = None
         self._sftp_missing = False  # a property of the login node: found out once, said once
         self._home: str | None = None
         self._user_name: str | None = None
         self._closed = False
-        self._client = self._connect()
+        self._client: paramiko.SSHClient | None = self._connect()
 
-    def _connect(self):
-        import paramiko  # imported here: LocalRunner users never pay for it
-
+    def _connect(self) -> paramiko.SSHClient:
         host, port, timeout = self.host, self.port, self.connect_timeout
         key_note = f" with key {self.key_file}" if self.key_file else " (no key_file given: ssh-agent / default keys)"
         client = paramiko.SSHClient()
@@ -126,9 +132,8 @@ class SSHRunner:
             transport.set_keepalive(30)
         return client
 
-    def _connect_error(self, exc: BaseException, client, elapsed: float, key_note: str) -> BaseException:
-        import paramiko
-
+    def _connect_error(self, exc: BaseException, client: paramiko.SSHClient, elapsed: float,
+                       key_note: str) -> BaseException:
         host, port, timeout = self.host, self.port, self.connect_timeout
         if isinstance(exc, paramiko.BadHostKeyException):
             return UnknownHostError(
@@ -170,13 +175,14 @@ class SSHRunner:
                 "is the host up and the address right (VPN, firewall)?"
             )
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-            reasons = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+            reasons = "; ".join(sorted({(e.strerror if isinstance(e, OSError) else None) or str(e)
+                                        for e in exc.errors.values()}))
             return ConnectionFailed(f"cannot connect to {host}:{port}: {reasons}")
         if isinstance(exc, OSError):
             return ConnectionFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
         return exc
 
-    def _transport(self):
+    def _transport(self) -> paramiko.Transport:
         """The live transport of the connection; connects again first when the link was lost."""
         with self._lock:
             if self._closed:
@@ -190,29 +196,33 @@ class SSHRunner:
             except ConnectionFailed as exc:
                 raise type(exc)(f"lost the SSH connection to {self.where} and could not connect again: {exc}") from None
             log.info("the SSH connection to %s was lost; connected again", self.where)
-            return self._client.get_transport()
+            transport = self._client.get_transport()
+            if transport is None:  # SSHClient.connect sets it up, or raises
+                raise ConnectionFailed(f"connected again to {self.where}, but the connection has no transport")
+            return transport
 
     def _drop_connection(self) -> None:
         with self._lock:
-            for thing in (self._sftp, self._client):
+            things: tuple[paramiko.SFTPClient | paramiko.SSHClient | None, ...] = (self._sftp, self._client)
+            for thing in things:
                 if thing is not None:
                     try:
                         thing.close()
                     except Exception:
                         pass
-            self._sftp = self._client = None
+            self._sftp = None
+            self._client = None
 
-    def _session_refused(self, exc) -> str:
+    def _session_refused(self, exc: paramiko.ChannelException) -> str:
         return (
             f"the login node {self.where} refused to open a session channel ({exc.text}): its sshd allows no "
             "(more) sessions on one connection (`MaxSessions` in sshd_config may be 0 or too low) or is out of "
             "resources; ask the admins"
         )
 
-    def _open_session(self, argv: Sequence[str], timeout: float):
-        import paramiko
-
-        for attempt in (1, 2):
+    def _open_session(self, argv: Sequence[str], timeout: float) -> paramiko.Channel:
+        attempt = 1
+        while True:
             transport = self._transport()
             try:
                 return transport.open_session(timeout=timeout)
@@ -223,7 +233,8 @@ class SSHRunner:
                     raise ConnectionFailed(
                         f"could not open an SSH channel to {self.where} for {shlex.join(argv)}: "
                         f"{_why(exc)}", argv=argv) from None
-                # The link died before anything ran on it: connect again and try once more.
+            # The link died before anything ran on it: connect again and try once more.
+            attempt += 1
 
     # ----- commands
     def run(
@@ -245,8 +256,6 @@ class SSHRunner:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
     ) -> CompletedCommand:
-        import paramiko
-
         extra = check_env(env)
         # The remote side always goes through the user's login shell: quote every word.
         # Extra env rides on `env K=V cmd` (visible in the remote ps: never pass secrets this way).
@@ -319,14 +328,15 @@ class SSHRunner:
     def rmtree(self, path: str) -> None:
         self._file_op("removing", path, lambda files, p: files.rmtree(p))
 
-    def _file_op(self, what: str, path: str, op):
-        import paramiko
-
+    def _file_op(self, what: str, path: str, op: Callable[[_SFTPFiles | _ShellFiles, str], _T]) -> _T:
         path = expand_home(path, self._remote_home)
         files = self._files()
         if isinstance(files, _ShellFiles):
             return op(files, path)  # commands: _run already turns a lost link into ConnectionFailed
-        transport = files.sftp.get_channel().get_transport()
+        chan = files.sftp.get_channel()
+        if chan is None:  # an SFTPClient made on a channel keeps it
+            raise ConnectionFailed(f"the SFTP session to {self.where} has no channel")
+        transport = chan.get_transport()
         try:
             return op(files, path)
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -348,9 +358,7 @@ class SSHRunner:
                     return _ShellFiles(self)
             return _SFTPFiles(self._sftp)
 
-    def _open_sftp(self, transport):
-        import paramiko
-
+    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient | None:
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
         except paramiko.ChannelException as exc:
@@ -410,9 +418,7 @@ class SSHRunner:
         """
         return _TunnelTransport(self)
 
-    def open_channel(self, host: str, port: int, timeout: float | None):
-        import paramiko
-
+    def open_channel(self, host: str, port: int, timeout: float | None) -> paramiko.Channel:
         try:
             transport = self._transport()
         except CommandError as exc:
@@ -442,7 +448,7 @@ class SSHRunner:
         self.close()
 
 
-def _link_lost(transport, grace: float = 0.5) -> bool:
+def _link_lost(transport: paramiko.Transport, grace: float = 0.5) -> bool:
     """Has the SSH link under ``transport`` died? Called right after an error or a channel that ended oddly.
 
     Paramiko's transport thread closes the channels first and marks itself inactive just after,
@@ -463,7 +469,7 @@ def _why(exc: BaseException) -> str:
 class _SFTPFiles:
     """File operations over one SFTP session."""
 
-    def __init__(self, sftp) -> None:
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self.sftp = sftp
 
     def write_text(self, path: str, text: str, mode: int) -> None:
@@ -613,7 +619,7 @@ def _default_user() -> str:
     return getpass.getuser()
 
 
-def _drain(chan, timeout: float) -> tuple[str, str]:
+def _drain(chan: paramiko.Channel, timeout: float) -> tuple[str, str]:
     """Read stdout and stderr until the channel closes (both streams, so neither pipe fills up).
 
     The exit status is not the end: sshd sends it when the command exits, while the last of its
@@ -644,13 +650,13 @@ def _drain(chan, timeout: float) -> tuple[str, str]:
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 
-class _TrustAndRecord:
+class _TrustAndRecord(paramiko.MissingHostKeyPolicy):
     """Missing-host-key policy for an explicit opt-in: accept the key and append it to known_hosts."""
 
     def __init__(self, known_hosts: str) -> None:
         self.known_hosts = known_hosts
 
-    def missing_host_key(self, client, hostname: str, key) -> None:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
         os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
         with open(self.known_hosts, "a") as fh:
@@ -660,15 +666,13 @@ class _TrustAndRecord:
 # ---------------------------------------------------------------------------- tunnel transport
 
 
-class _ChannelStream:
+class _ChannelStream(httpcore.NetworkStream):
     """httpcore network stream over one paramiko channel."""
 
-    def __init__(self, chan) -> None:
+    def __init__(self, chan: paramiko.Channel) -> None:
         self._chan = chan
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        import httpcore
-
         self._chan.settimeout(timeout)
         try:
             return self._chan.recv(max_bytes)
@@ -678,8 +682,6 @@ class _ChannelStream:
             raise httpcore.ReadError(str(exc)) from None
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        import httpcore
-
         self._chan.settimeout(timeout)
         try:
             self._chan.sendall(buffer)
@@ -691,36 +693,33 @@ class _ChannelStream:
     def close(self) -> None:
         self._chan.close()
 
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
-        import httpcore
-
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("HTTPS through the SSH tunnel is not supported (backends speak plain HTTP)")
 
-    def get_extra_info(self, info: str):
+    def get_extra_info(self, info: str) -> bool | None:
         if info == "is_readable":
             # httpcore asks this of an idle pooled connection: readable means the far end closed it
             # (or the SSH link under it died), so the pool opens a new channel instead of reusing it.
-            return self._chan.closed or self._chan.eof_received or self._chan.recv_ready()
+            return bool(self._chan.closed or self._chan.eof_received or self._chan.recv_ready())
         return None
 
 
-class _ChannelBackend:
+class _ChannelBackend(httpcore.NetworkBackend):
     """httpcore network backend: every TCP connection is a direct-tcpip channel from the login node."""
 
     def __init__(self, runner: SSHRunner) -> None:
         self._runner = runner
 
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        import httpcore
-
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
         try:
             return _ChannelStream(self._runner.open_channel(host, port, timeout))
         except httpx.ConnectError as exc:
             raise httpcore.ConnectError(str(exc)) from None
 
-    def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        import httpcore
-
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("unix sockets are not supported through the SSH tunnel")
 
     def sleep(self, seconds: float) -> None:
@@ -728,10 +727,10 @@ class _ChannelBackend:
 
 
 class _ResponseStream(httpx.SyncByteStream):
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: Iterable[bytes]) -> None:
         self._stream = stream
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         with _map_httpcore_errors():
             yield from self._stream
 
@@ -743,14 +742,13 @@ class _ResponseStream(httpx.SyncByteStream):
 class _map_httpcore_errors:
     """Turn httpcore's exceptions into httpx's, as httpx's own transport does."""
 
-    def __enter__(self):
+    def __enter__(self) -> _map_httpcore_errors:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
-        import httpcore
-
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc is None:
-            return False
+            return
         table = [
             (httpcore.ConnectTimeout, httpx.ConnectTimeout),
             (httpcore.ReadTimeout, httpx.ReadTimeout),
@@ -768,20 +766,15 @@ class _map_httpcore_errors:
         for core_exc, httpx_exc in table:
             if isinstance(exc, core_exc):
                 raise httpx_exc(str(exc)) from exc
-        return False
 
 
 class _TunnelTransport(httpx.BaseTransport):
     """httpx transport that sends plain-HTTP requests through SSH direct-tcpip channels."""
 
     def __init__(self, runner: SSHRunner, max_connections: int = 20) -> None:
-        import httpcore
-
         self._pool = httpcore.ConnectionPool(network_backend=_ChannelBackend(runner), max_connections=max_connections)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        import httpcore
-
         if request.url.scheme != "http":
             raise httpx.UnsupportedProtocol("only http:// URLs can be reached through the SSH tunnel")
         core_request = httpcore.Request(
@@ -798,6 +791,8 @@ class _TunnelTransport(httpx.BaseTransport):
         )
         with _map_httpcore_errors():
             resp = self._pool.handle_request(core_request)
+        if not isinstance(resp.stream, Iterable):  # the sync pool answers with a sync stream
+            raise TypeError(f"httpcore's ConnectionPool returned a {type(resp.stream).__name__} body")
         return httpx.Response(
             status_code=resp.status,
             headers=resp.headers,
