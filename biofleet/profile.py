@@ -36,6 +36,7 @@ from pydantic import (
 from biofleet.catalog.models import ModelSpec
 from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, check_vllm_version
 from biofleet.errors import ProfileError, ProfileIssue
+from biofleet.names import NAME, SERVED_NAME
 from biofleet.proxy.config import RoutingConfig
 from biofleet.resources import profiles_dir
 from biofleet.yamlpos import Located, YamlSyntaxError, load_located
@@ -44,8 +45,6 @@ from biofleet.yamlpos import Located, YamlSyntaxError, load_located
 # String shapes. Each rejects shell metacharacters outright, so even a value
 # that escaped quoting could not run anything.
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SERVED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _MODEL_REF = re.compile(r"^[A-Za-z0-9_.~/][A-Za-z0-9_.~/+-]{0,255}$")
 _SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:|&!*\[\]-]{1,128}$")  # constraint syntax uses &|!*[]
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.,-]{1,128}$")
@@ -71,8 +70,8 @@ def _matcher(rx: re.Pattern[str], what: str, example: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-Name = Annotated[str, _matcher(_NAME, "name (letters, digits, '.', '_', '-')", "coder")]
-ServedName = Annotated[str, _matcher(_SERVED, "served model name", "coder or org/model-name")]
+Name = Annotated[str, _matcher(NAME, "name (letters, digits, '.', '_', '-')", "coder")]
+ServedName = Annotated[str, _matcher(SERVED_NAME, "served model name", "coder or org/model-name")]
 ModelRef = Annotated[str, _matcher(_MODEL_REF, "model id or path", "Qwen/Qwen2.5-7B-Instruct or /models/my-model")]
 SlurmWord = Annotated[str, _matcher(_SLURM_WORD, "SLURM value", "t4flex")]
 PlainWord = Annotated[str, _matcher(_PLAIN_WORD, "SLURM value", "t4flex")]

@@ -11,30 +11,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from biofleet.clusterside.jobkit import atomic_write_text, record_filename
+from biofleet.names import check_endpoint_url, check_name, check_served_name
+from biofleet.remote.base import read_small_files
+
+MAX_RECORD_BYTES = 64 * 1024  # a registry record larger than this is skipped
+MAX_RECORDS = 10_000  # records read per poll
+
+Name = Annotated[str, AfterValidator(check_name)]
+ServedName = Annotated[str, AfterValidator(check_served_name)]
+Url = Annotated[str, AfterValidator(check_endpoint_url)]
+# Free-text fields a job writes (host names, ids): bounded and on one line.
+Word = Annotated[str, Field(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+JobId = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.\[\]%-]+$")]  # as the scheduler prints it
 
 
 class Endpoint(BaseModel):
-    """One registered server."""
+    """One registered server. Everything in it is validated: anyone who can write the registry
+    directory could put anything there, and a bad record must cost only itself."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    fleet: str
-    server: str  # server name in the profile (unique within a fleet)
-    url: str  # base URL, e.g. http://10.0.0.5:41234 (no trailing /v1)
-    served_names: tuple[str, ...] = Field(min_length=1)
+    fleet: Word
+    server: Name  # server name in the profile (unique within a fleet)
+    url: Url  # base URL, e.g. http://10.0.0.5:41234 (no trailing /v1)
+    served_names: tuple[ServedName, ...] = Field(min_length=1, max_length=64)
     kind: Literal["generate", "embed"] = "generate"
-    engine: str = "vllm"
-    job_id: str | None = None  # SLURM job id as squeue prints it (array: "123_4")
+    engine: Word = "vllm"
+    job_id: JobId | None = None  # "123", or "123_4" for an array task
     array_task_id: int | None = None
-    node: str | None = None
-    host: str | None = None
-    address: str | None = None
-    port: int | None = None
+    node: Word | None = None
+    host: Word | None = None
+    address: Word | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     pid: int | None = None
     started_at: float | None = None
     manual: bool = False
@@ -58,29 +71,19 @@ def write_record(registry_dir: Path, ep: Endpoint) -> Path:
     return target
 
 
-def read_records(registry_dir: Path) -> list[Endpoint]:
-    """All well-formed records; temp files and unreadable records are skipped."""
+def parse_records(texts: list[str]) -> tuple[list[Endpoint], int]:
+    """Well-formed records from record texts, and how many were not."""
     out: list[Endpoint] = []
-    if not registry_dir.is_dir():
-        return out
-    for path in sorted(registry_dir.glob("*.json")):
-        if path.name.startswith("."):
-            continue
+    bad = 0
+    for text in texts:
         try:
-            out.append(Endpoint.model_validate(json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue
-    return out
+            out.append(Endpoint.model_validate(json.loads(text)))
+        except ValueError:  # JSON or validation error
+            bad += 1
+    return out, bad
 
 
-def remove_records(registry_dir: Path, server: str) -> int:
-    n = 0
-    for path in list(registry_dir.glob(f"{server}.*json")):
-        try:
-            ep = Endpoint.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-        if ep.server == server:
-            path.unlink(missing_ok=True)
-            n += 1
-    return n
+def read_records(registry_dir: Path) -> list[Endpoint]:
+    """All well-formed records (bounded: regular files only, size and count capped, never blocking)."""
+    texts = read_small_files(str(registry_dir), ".json", MAX_RECORD_BYTES, MAX_RECORDS)
+    return parse_records(texts)[0]

@@ -356,13 +356,8 @@ def register(
 
     Example: biofleet register big-coder http://h100-03:8000 --served-name coder
     """
-    from biofleet.errors import FleetError
     from biofleet.fleet import register_endpoint
 
-    if not url.startswith(("http://", "https://")):
-        raise FleetError(f"URL must start with http:// or https://, got {url!r}")
-    if kind not in ("generate", "embed"):
-        raise FleetError(f"--kind must be generate or embed, not {kind!r}")
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     with fleet:
         ep = register_endpoint(fleet, name, url, served_name or [name], kind)

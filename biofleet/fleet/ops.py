@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import ValidationError
+
 from biofleet.errors import FleetError
 from biofleet.fleet.context import Fleet
 from biofleet.fleet.proxy_job import stop_local_proxy
@@ -103,10 +105,21 @@ def log_paths(fleet: Fleet, name: str) -> tuple[str, str]:
 
 
 def register_endpoint(fleet: Fleet, name: str, url: str, served_names: Sequence[str],
-                      kind: Literal["generate", "embed"] = "generate") -> Endpoint:
-    ep = Endpoint(fleet=fleet.profile.name, server=name, url=url.rstrip("/"),
-                  served_names=tuple(served_names) or (name,), kind=kind, engine="external", manual=True,
-                  started_at=time.time())
+                      kind: str = "generate") -> Endpoint:
+    """Add an endpoint started outside biofleet. The name, URL and served names follow the same rules
+    as a profile's (the name becomes a file name in the registry: no ``/``, no leading dot)."""
+    kinds: dict[str, Literal["generate", "embed"]] = {"generate": "generate", "embed": "embed"}
+    if kind not in kinds:
+        raise FleetError(f"--kind must be generate or embed, not {kind[:40]!r}")
+    try:
+        ep = Endpoint(fleet=fleet.profile.name, server=name, url=url.rstrip("/"),
+                      served_names=tuple(served_names) or (name,), kind=kinds[kind], engine="external",
+                      manual=True, started_at=time.time())
+    except ValidationError as exc:
+        what = {"server": "NAME", "url": "URL", "served_names": "--served-name"}
+        raise FleetError("cannot register it: " + "; ".join(
+            f"{what.get(str(e['loc'][0]), e['loc'][0])}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors())) from None
     fleet.runner.mkdir(fleet.paths.registry)
     fleet.runner.write_text(f"{fleet.paths.registry}/{record_filename(name, None)}",
                             ep.model_dump_json(exclude_none=True))

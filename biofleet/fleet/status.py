@@ -16,11 +16,8 @@ from biofleet.fleet.state import FleetState, Supervision, load_state
 from biofleet.paths import FleetPaths
 from biofleet.plan import node_label
 from biofleet.procs import pid_alive
-from biofleet.registry import Endpoint
+from biofleet.registry import MAX_RECORD_BYTES, MAX_RECORDS, Endpoint, parse_records
 from biofleet.remote.base import Runner
-
-MAX_RECORD_BYTES = 64 * 1024  # a registry or supervision record larger than this is skipped
-MAX_RECORDS = 10_000  # records read per directory and poll
 
 
 class ServerState(str, Enum):
@@ -131,14 +128,8 @@ def _read_records(runner: Runner, directory: str) -> list[Any]:
 
 
 def read_registry(runner: Runner, paths: FleetPaths) -> list[Endpoint]:
-    """Every well-formed record in the registry dir."""
-    out = []
-    for raw in _read_records(runner, paths.registry):
-        try:
-            out.append(Endpoint.model_validate(raw))
-        except ValueError:
-            continue
-    return out
+    """Every well-formed record in the registry dir (bounded like the proxy's reading)."""
+    return parse_records(runner.read_small_files(paths.registry, ".json", MAX_RECORD_BYTES, MAX_RECORDS))[0]
 
 
 def read_supervision(runner: Runner, paths: FleetPaths) -> dict[tuple[str, str], Supervision]:
