@@ -74,9 +74,6 @@ class StaticBackend(_Frozen):
     kind: Literal["generate", "embed"] = "generate"
 
 
-Strategy = Literal["least-outstanding", "round-robin"]
-
-
 class ProxyConfig(_Frozen):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     registry_dir: Path | None = None
@@ -86,7 +83,7 @@ class ProxyConfig(_Frozen):
     backend_api_key_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    strategy: Strategy = "least-outstanding"
+    strategy: str = "least-outstanding"  # a name in biofleet.proxy.routing.POLICIES
     discovery_interval_s: float = Field(1.0, gt=0)
     probe_interval_s: float = Field(3.0, gt=0)
     probe_timeout_s: float = Field(2.0, gt=0)
@@ -96,6 +93,15 @@ class ProxyConfig(_Frozen):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_inflight_per_backend: int | None = Field(None, gt=0)  # beyond: saturated (429)
     scrape_metrics: bool = True
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from biofleet.proxy.routing import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"unknown routing strategy {v!r}; choose one of: {', '.join(POLICIES)}")
+        return v
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ProxyConfig:

@@ -7,11 +7,11 @@ pool and acts on the answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from biofleet.proxy.config import CloudFallback, RoutingConfig, Rule, Strategy
+from biofleet.proxy.config import CloudFallback, RoutingConfig, Rule
 from biofleet.proxy.discovery import Backend
 
 AUTO = "auto"
@@ -119,23 +119,37 @@ def _load(b: Backend) -> tuple[int, float, float]:
     return (b.inflight, b.waiting, b.kv_usage)
 
 
+Policy = Callable[[Sequence[Backend], int], Backend]
+"""A routing policy: one replica among the usable ones (never empty). ``cursor`` is a per-model
+counter the caller increments on every request, for rotating among equals."""
+
+
+def least_outstanding(usable: Sequence[Backend], cursor: int) -> Backend:
+    best = min(_load(b) for b in usable)
+    ties = [b for b in usable if _load(b) == best]
+    return ties[cursor % len(ties)]
+
+
+def round_robin(usable: Sequence[Backend], cursor: int) -> Backend:
+    return usable[cursor % len(usable)]
+
+
+#: policy name (``--strategy``, ``ProxyConfig.strategy``) -> policy. A new policy is a function and a line here.
+POLICIES: dict[str, Policy] = {
+    "least-outstanding": least_outstanding,
+    "round-robin": round_robin,
+}
+
+
 def pick_backend(
     candidates: Sequence[Backend],
-    strategy: Strategy,
+    strategy: str,
     cursor: int,
     max_inflight: int | None = None,
 ) -> Backend | None:
-    """One replica among healthy, unsaturated candidates, or None.
-
-    ``cursor`` is a per-model counter the caller increments; it drives
-    round-robin and rotates among equally loaded replicas otherwise.
-    """
+    """One replica among healthy, unsaturated candidates, or None."""
     usable = [b for b in candidates if b.healthy and not b.removed
               and (max_inflight is None or b.inflight < max_inflight)]
     if not usable:
         return None
-    if strategy == "round-robin" or len(usable) == 1:
-        return usable[cursor % len(usable)]
-    best = min(_load(b) for b in usable)
-    ties = [b for b in usable if _load(b) == best]
-    return ties[cursor % len(ties)]
+    return usable[0] if len(usable) == 1 else POLICIES[strategy](usable, cursor)
