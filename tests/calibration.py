@@ -49,7 +49,7 @@ _GPU_NAMES: tuple[tuple[str, str], ...] = (
     (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),
     (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"A10G", "A10G"), (r"\bA10\b", "A10"), (r"RTX 3090|RTX_3090", "RTX-3090"),
     (r"RTX 4090", "RTX-4090"), (r"A5000", "RTX-A5000"), (r"A6000", "RTX-A6000"), (r"2080 Ti", "RTX-2080Ti"),
-    (r"V100", "V100"), (r"P40", "P40"), (r"P100", "P100"),
+    (r"V100S|V100[^,;]*?32\s?GB", "V100-32GB"), (r"V100", "V100"), (r"P40", "P40"), (r"P100", "P100"),
 )
 _UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
 
