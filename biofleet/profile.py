@@ -52,7 +52,11 @@ _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Paths may use ~, $HOME and $USER (expanded on the cluster side) and nothing else.
-SHELL_PATH = re.compile(r"^(~|\$HOME|\$\{HOME\}|\$USER|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$")
+# A bare $HOME/$USER must not run on into a name ("$USERX" is another, usually unset, variable).
+SHELL_PATH = re.compile(
+    r"^(~|\$HOME(?![A-Za-z0-9_])|\$\{HOME\}|\$USER(?![A-Za-z0-9_])|\$\{USER\}|[A-Za-z0-9_.@+/=-])+$"
+)
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _ENGINE_FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*(=[A-Za-z0-9_.,:/@+={}\[\]\"' -]*)?$|^[A-Za-z0-9_.,:/@+={}\[\]\"-]+$")
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)", re.I)
@@ -77,8 +81,24 @@ SlurmWord = Annotated[str, _matcher(_SLURM_WORD, "SLURM value", "t4flex")]
 PlainWord = Annotated[str, _matcher(_PLAIN_WORD, "SLURM value", "t4flex")]
 TimeLimit = Annotated[str, _matcher(_TIME, "time limit", "24:00:00 or 1-00:00:00")]
 Memory = Annotated[str, _matcher(_MEM, "memory size", "50G")]
-ShPath = Annotated[str, _matcher(SHELL_PATH, "path (only ~, $HOME and $USER may be expanded)",
-                                 "/scratch/$USER/hf_cache")]
+def _shell_path(v: str) -> str:
+    """Name a variable the job script would expand to something else (or nothing) before the
+    pattern check does: ``$USERX`` is not ``$USER`` followed by X."""
+    for m in _VARIABLE.finditer(v):
+        name = m.group(1)
+        if name in ("HOME", "USER"):
+            continue
+        hint = ""
+        for known in ("HOME", "USER"):
+            if name.startswith(known):
+                hint = f"; write ${{{known}}}{name[len(known):]} for ${known} followed by {name[len(known):]!r}"
+        raise ValueError(f"{v!r} uses ${name}, which job scripts do not expand: a path may use only ~, $HOME "
+                         f"and $USER (write other values out in the profile){hint}")
+    return v
+
+
+ShPath = Annotated[str, AfterValidator(_shell_path),
+                   _matcher(SHELL_PATH, "path (only ~, $HOME and $USER may be expanded)", "/scratch/$USER/hf_cache")]
 Hostname = Annotated[str, _matcher(_HOSTNAME, "host name", "login.cluster.example.org")]
 EngineArg = Annotated[str, _matcher(_ENGINE_FLAG, "engine argument", "--enable-prefix-caching or --swap-space=4")]
 

@@ -71,9 +71,14 @@ def prepare_fleet_dir(fleet: Fleet) -> None:
     r, p = fleet.runner, fleet.paths
     for d in (p.root, p.scripts, p.logs, p.registry, p.servers, p.control):
         r.mkdir(d)
+    # Forced even when they exist: a directory or file made readable to others (by hand, a restored
+    # backup, a umask) would hand the token and the backend key to every user of the cluster.
     r.mkdir(p.secrets, mode=0o700)
+    r.chmod(p.secrets, 0o700)
     for path in (p.token, p.backend_key):
-        if not r.exists(path):
+        if r.exists(path):
+            r.chmod(path, 0o600)
+        else:
             r.write_text(path, new_secret() + "\n", mode=0o600)
 
 

@@ -69,6 +69,9 @@ class LocalRunner:
     def read_text(self, path: str) -> str:
         return Path(_local(path)).read_text()
 
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(_local(path), mode)
+
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         Path(_local(path)).mkdir(mode=mode, parents=True, exist_ok=True)
 

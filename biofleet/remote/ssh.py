@@ -316,6 +316,9 @@ class SSHRunner:
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         self._file_op("creating directory", path, lambda files, p: files.mkdir(p, mode))
 
+    def chmod(self, path: str, mode: int) -> None:
+        self._file_op("changing the mode of", path, lambda files, p: files.chmod(p, mode))
+
     def exists(self, path: str) -> bool:
         return self._file_op("looking for", path, lambda files, p: files.exists(p))
 
@@ -508,6 +511,9 @@ class _SFTPFiles:
         with self.sftp.open(path, "r") as fh:
             return fh.read().decode()
 
+    def chmod(self, path: str, mode: int) -> None:
+        self.sftp.chmod(path, mode)
+
     def mkdir(self, path: str, mode: int) -> None:
         parts = []
         p = path.rstrip("/")
@@ -589,6 +595,9 @@ class _ShellFiles:
 
     def mkdir(self, path: str, mode: int) -> None:
         self._sh('umask "$1" && mkdir -p -- "$2"', f"{0o777 & ~mode:03o}", path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._sh('chmod "$1" -- "$2"', f"{mode:o}", path)
 
     def exists(self, path: str) -> bool:
         return self._sh('[ -e "$1" ]', path, ok=(0, 1)).returncode == 0
