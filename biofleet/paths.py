@@ -4,6 +4,8 @@
         state.json        job ids up submitted (down cancels exactly these)
         routing.json      the proxy's routing table, written at up
         proxy.json        where the proxy listens (written by the proxy job / up)
+        elastic.json      elastic servers: what the proxy's controller scales (written by up)
+        elastic-state.json  the controller's journal: its replicas, decisions, held requests
         scripts/          rendered sbatch scripts
         logs/             SLURM output and one log per server
         registry/         one JSON record per live server (see biofleet.registry)
@@ -64,6 +66,14 @@ class FleetPaths:
         return self._p("proxy.json")
 
     @property
+    def elastic_plan(self) -> str:
+        return self._p("elastic.json")
+
+    @property
+    def elastic_state(self) -> str:
+        return self._p("elastic-state.json")
+
+    @property
     def token(self) -> str:
         return self._p("secrets", "proxy.token")
 
@@ -80,8 +90,10 @@ class FleetPaths:
     def restart_request(self, server: str, job_key: str) -> str:
         return self._p("control", f"{server}.{job_key}.restart")
 
-    def proxy_args(self, host: str, port: str) -> list[str]:
+    def proxy_args(self, host: str, port: str, *, elastic: bool = False) -> list[str]:
         """The arguments of ``biofleet proxy`` serving this fleet: one definition for the proxy job
-        and for a proxy started on this machine."""
+        and for a proxy started on this machine. ``elastic``: the fleet has elastic servers, which
+        the proxy's controller scales (``--elastic`` names the plan ``up`` wrote)."""
         return ["proxy", "--registry", self.registry, "--routing", self.routing, "--host", host, "--port", port,
-                "--token-file", self.token, "--backend-key-file", self.backend_key]
+                "--token-file", self.token, "--backend-key-file", self.backend_key,
+                *(["--elastic", self.elastic_plan] if elastic else [])]

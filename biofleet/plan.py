@@ -52,6 +52,7 @@ def fit_inputs(profile: Profile, *, allow_network: bool = False) -> list[NodeInp
     if issues:
         raise ProfileError(issues)
     nodes: list[NodeInput] = []
+    most = elastic_max(profile)
     for job in profile.jobs:
         gpu = gpu_of(job)
         if gpu is None:  # CPU-only job: nothing to fit into GPU memory
@@ -60,9 +61,22 @@ def fit_inputs(profile: Profile, *, allow_network: bool = False) -> list[NodeInp
             servers: list[tuple[ServerInput, tuple[int, ...]]] = []
             for inst in (i for i in insts if i.job == job.name and i.task == t):
                 servers.append((server_input(inst, models[inst.spec.model], profile.vllm_version), inst.gpus))
-            nodes.append(NodeInput(label=node_label(job, t), gpu=gpu, gpu_count=job.gpus_per_node,
-                                   servers=tuple(servers)))
+            # An elastic job runs up to max copies, each on a node of its own with this same plan:
+            # checking one node checks every replica at max.
+            label = node_label(job, t) + (f" (each of up to {most[job.name]} elastic replicas)"
+                                          if job.name in most else "")
+            nodes.append(NodeInput(label=label, gpu=gpu, gpu_count=job.gpus_per_node, servers=tuple(servers)))
     return nodes
+
+
+def elastic_max(profile: Profile) -> dict[str, int]:
+    """Job name -> the most replicas its elastic server may run (one submission of the job each)."""
+    out = {}
+    for key, job in profile.elastic_servers().items():
+        rng = profile.servers[key].elastic
+        assert rng is not None
+        out[job.name] = rng.max
+    return out
 
 
 def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = None) -> ServerInput:
@@ -90,13 +104,17 @@ class FleetSummary:
 
 
 def summarize(profile: Profile, path: str = "") -> FleetSummary:
+    """GPUs, servers and cost of the fleet; an elastic server counts at its max replicas (the most
+    it can hold: it costs less, by how long its load keeps replicas up)."""
     gpus: dict[str, int] = {}
     cost = 0.0
+    most = elastic_max(profile)
     for job in profile.jobs:
         spec = gpu_of(job)
         if spec is None:
             continue
-        n = len(job.nodes) * job.gpus_per_node
+        n = len(job.nodes) * job.gpus_per_node * most.get(job.name, 1)
         gpus[spec.name] = gpus.get(spec.name, 0) + n
         cost += n * spec.price_per_hour * HOURS_PER_MONTH
-    return FleetSummary(profile.name, path, gpus, len(profile.instances()), round(cost, 2))
+    servers = sum(most.get(i.job, 1) for i in profile.instances())
+    return FleetSummary(profile.name, path, gpus, servers, round(cost, 2))

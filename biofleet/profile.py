@@ -35,6 +35,7 @@ from pydantic import (
 
 from biofleet.catalog.models import ModelSpec
 from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, check_vllm_version
+from biofleet.elastic.policy import ReplicaRange, ScalingPolicy
 from biofleet.errors import ProfileError, ProfileIssue
 from biofleet.names import NAME, SERVED_NAME
 from biofleet.proxy.config import RoutingConfig
@@ -212,10 +213,33 @@ class ServerSpec(_Frozen):
     extra_args: tuple[EngineArg, ...] = ()
     env: EnvMap = Field(default_factory=dict)
     roles: tuple[Name, ...] = ()  # task types this server answers (merged into routing.tasks)
-    replicas: int | None = Field(None, ge=1)  # expected placements; checked against jobs
+    # A number: the placements the jobs make (checked against them). {min, max}: an elastic server,
+    # placed once (a single-node job of its own), whose copies the proxy's controller submits and
+    # cancels with the load, between min and max, following `scaling`.
+    replicas: Annotated[
+        Annotated[int, Field(ge=1), Tag("count")] | Annotated[ReplicaRange, Tag("range")],
+        Discriminator(lambda v: "range" if isinstance(v, (dict, ReplicaRange)) else "count"),
+    ] | None = None
+    scaling: ScalingPolicy | None = None
     # A server that exits is restarted in place by its job (back-off 1, 2, 4 ... 60 s) this many
     # times before it is marked FAILED; its co-located neighbours keep serving meanwhile.
     max_restarts: int = Field(3, ge=0, le=100)
+
+    @property
+    def elastic(self) -> ReplicaRange | None:
+        """The replica range of an elastic server (None: a fixed one)."""
+        return self.replicas if isinstance(self.replicas, ReplicaRange) else None
+
+    @property
+    def policy(self) -> ScalingPolicy:
+        return self.scaling or ScalingPolicy()
+
+    @model_validator(mode="after")
+    def _scaling_needs_range(self) -> ServerSpec:
+        if self.scaling is not None and self.elastic is None:
+            raise ValueError("scaling applies to elastic servers only; give replicas: {min: 0, max: N} "
+                             "(a plain number keeps a fixed count) or remove scaling")
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -367,7 +391,9 @@ class Profile(_Frozen):
             if placed[key] == 0:
                 errors.append((("servers", key),
                                "is not placed on any node; add it to a jobs[].nodes entry or remove it"))
-            elif spec.replicas is not None and spec.replicas != placed[key]:
+            elif spec.elastic is not None:
+                errors.extend(_elastic_placement(self, key, placed[key]))
+            elif isinstance(spec.replicas, int) and spec.replicas != placed[key]:
                 errors.append((
                     ("servers", key, "replicas"),
                     f"is {spec.replicas} but the jobs place {key!r} {placed[key]} time(s); "
@@ -445,6 +471,50 @@ class Profile(_Frozen):
             if job.name == name:
                 return job
         raise KeyError(name)
+
+    def elastic_servers(self) -> dict[str, JobSpec]:
+        """Elastic server key -> the single-node job whose script is what one replica runs."""
+        out: dict[str, JobSpec] = {}
+        for key, spec in self.servers.items():
+            if spec.elastic is not None:
+                out[key] = next(j for j in self.jobs if any(key in slot for n in j.nodes for slot in n.gpus))
+        return out
+
+    def elastic_jobs(self) -> set[str]:
+        return {job.name for job in self.elastic_servers().values()}
+
+
+def _elastic_placement(profile: Profile, key: str, placed: int) -> list[tuple[tuple[Any, ...], str]]:
+    """An elastic server's job is what one replica runs: one node, this server alone, placed once;
+    and its names are its own (the controller holds and counts requests per name)."""
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    where = ("servers", key, "replicas")
+    if placed != 1:
+        errors.append((where, f"is elastic ({{min, max}}) but the jobs place {key!r} {placed} times; place it "
+                              f"once, in a single-node job of its own: each replica is one submission of that job"))
+        return errors
+    for j, job in enumerate(profile.jobs):
+        names = {s for n in job.nodes for slot in n.gpus for s in slot}
+        if key not in names:
+            continue
+        if job.is_array:
+            errors.append((("jobs", j, "nodes"), f"places elastic server {key!r} in a job of {len(job.nodes)} "
+                                                 f"nodes; give it a single-node job (nodes: [{key}]): the "
+                                                 f"controller submits that job once per replica"))
+        others = sorted(names - {key})
+        if others:
+            errors.append((("jobs", j, "nodes"), f"places {', '.join(others)} beside elastic server {key!r}; "
+                                                 f"an elastic server needs a job of its own (each replica is "
+                                                 f"one submission of it), so move the others to another job"))
+    spec = profile.servers[key]
+    mine = {spec.served_name or key, *spec.aliases}
+    for other, ospec in profile.servers.items():
+        if other != key and mine & {ospec.served_name or other, *ospec.aliases}:
+            shared = ", ".join(sorted(mine & {ospec.served_name or other, *ospec.aliases}))
+            errors.append((("servers", key), f"is elastic and shares the name {shared} with server {other!r}; an "
+                                             f"elastic server's names must be its own (requests for them are "
+                                             f"held and counted per server)"))
+    return errors
 
 
 class _CrossCheckError(ValueError):
@@ -615,7 +685,7 @@ def _issues_from(exc: ValidationError, doc: Located) -> list[ProfileIssue]:
     return issues
 
 
-_TAGS = {"str", "int", "float", "bool", "gpu-name", "gpu-custom", "CustomGpu"}
+_TAGS = {"str", "int", "float", "bool", "gpu-name", "gpu-custom", "CustomGpu", "count", "range"}
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -643,6 +713,8 @@ def _message(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
         return f"unknown key{hint}; valid keys: {', '.join(valid)}" if valid else "unknown key"
     if kind == "missing":
         return "required field is missing"
+    if loc and loc[-1] == "replicas" and kind in ("int_parsing", "int_type", "greater_than_equal", "int_from_float"):
+        return "must be a number of placements (1 or more), or {min: 0, max: N} for an elastic server"
     return msg
 
 

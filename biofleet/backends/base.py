@@ -120,8 +120,14 @@ class Scheduler(Protocol):
     name: str  # "slurm", "local": recorded in the fleet's state
     dialect: ScriptDialect
 
-    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None) -> str:
-        """Submit a rendered script; ``tasks``: only these array tasks. Returns the job id."""
+    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None, tag: str | None = None) -> str:
+        """Submit a rendered script; ``tasks``: only these array tasks; ``tag``: a word stored with the
+        job (SLURM's comment) that :meth:`find_tagged` finds again. Returns the job id."""
+        ...
+
+    def find_tagged(self, prefix: str) -> dict[str, str]:
+        """{tag: job id} of this user's jobs still in the queue whose tag starts with ``prefix``, in
+        one query: how a submission whose id was never recorded (a crash right after it) is found."""
         ...
 
     def queue(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:

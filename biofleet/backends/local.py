@@ -21,6 +21,7 @@ short allocation.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biofleet.backends.base import JobInfo, JobState, ScriptDialect
-from biofleet.backends.slurm import SLURM, array_option, expand_array_tasks, split_job_id
+from biofleet.backends.slurm import SLURM, array_option, check_tag, expand_array_tasks, split_job_id
 
 _ARRAY_DIRECTIVE = re.compile(r"^#SBATCH\s+--array=(\S+)", re.M)
 _OUTPUT_DIRECTIVE = re.compile(r"^#SBATCH\s+--output=(\S+)", re.M)
@@ -75,15 +76,19 @@ class LocalScheduler:
     # -- submission ------------------------------------------------------------
 
     def _next_id(self) -> str:
-        counter = self.dir / "next-id"
-        n = int(counter.read_text()) if counter.exists() else 1000
-        counter.write_text(str(n + 1))
+        # Two processes may submit at once (up, and an elastic fleet's controller in the proxy).
+        with open(self.dir / "next-id.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            counter = self.dir / "next-id"
+            n = int(counter.read_text()) if counter.exists() else 1000
+            counter.write_text(str(n + 1))
         return str(n)
 
-    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None,
+    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None, tag: str | None = None,
                extra_args: Sequence[str] = ()) -> str:
         if tasks is not None:
             extra_args = [*extra_args, array_option(tasks)]
+        comment = check_tag(tag) if tag is not None else None
         text = Path(script_path).read_text()
         array = None
         m = _ARRAY_DIRECTIVE.search(text)
@@ -103,7 +108,7 @@ class LocalScheduler:
         out_pattern = out_m.group(1) if out_m else str(self.dir / "slurm-%j.out")
         task_ids: list[int | None] = list(expand_array_tasks(array)) if array else [None]
         for task in task_ids:
-            self._start(script_path, job_id, task, name, out_pattern, gpus_requested(gres))
+            self._start(script_path, job_id, task, name, out_pattern, gpus_requested(gres), comment)
         return job_id
 
     def _grant_gpus(self, n: int) -> list[int]:
@@ -116,7 +121,7 @@ class LocalScheduler:
         return list(itertools.islice(free, n))
 
     def _start(self, script: str, job_id: str, task: int | None, name: str, out_pattern: str,
-               gpus: int = 0) -> None:
+               gpus: int = 0, comment: str | None = None) -> None:
         key = f"{job_id}_{task}" if task is not None else job_id
         granted = self._grant_gpus(gpus) if gpus else []
         env = dict(os.environ)
@@ -150,7 +155,7 @@ class LocalScheduler:
             )
         record = {"job_id": key, "array_job_id": job_id if task is not None else None, "array_task_id": task,
                   "name": name, "pid": proc.pid, "pgid": proc.pid, "start": time.time(), "output": out,
-                  "gpus": granted}
+                  "gpus": granted, "comment": comment}
         (self.dir / f"{key}.json").write_text(json.dumps(record))
 
     # -- state -----------------------------------------------------------------
@@ -197,6 +202,12 @@ class LocalScheduler:
 
     def accounting(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         return {}
+
+    def find_tagged(self, prefix: str) -> dict[str, str]:
+        # What squeue would show: jobs not ended (this backend keeps its records forever).
+        return {rec["comment"]: rec["job_id"] for rec in self._records()
+                if isinstance(rec.get("comment"), str) and rec["comment"].startswith(prefix)
+                and not self._info(rec).state.is_terminal}
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         return self.queue(job_ids)

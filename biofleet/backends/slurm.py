@@ -37,6 +37,10 @@ SQUEUE_FIELDS = ("id", "raw_id", "array_job_id", "array_task", "state", "reason"
                  "partition", "time_used", "time_left", "time_limit", "start_time", "name")
 SQUEUE_FORMAT = "%i|%A|%F|%K|%T|%r|%N|%P|%M|%L|%l|%S|%j"
 
+# find_tagged: the job id, its state and its comment (free text, so last: split once).
+TAGGED_FORMAT = "%i|%T|%k"
+_TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "NodeList", "Elapsed", "Start", "End")
 
 ACCOUNTING_DISABLED = "accounting storage is disabled"
@@ -284,6 +288,26 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
     return jobs
 
 
+def parse_tagged(text: str, prefix: str) -> dict[str, str]:
+    """{comment: job id} from ``squeue --format=TAGGED_FORMAT`` output, for comments starting with ``prefix``."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("|", 2)
+        if len(parts) != 3:
+            continue
+        job_id, _state, comment = (p.strip() for p in parts)
+        if comment.startswith(prefix) and job_id:
+            out[comment] = job_id
+    return out
+
+
+def check_tag(tag: str) -> str:
+    """A tag goes onto sbatch's command line: letters, digits and ``_.:-`` only."""
+    if not _TAG.match(tag):
+        raise ValueError(f"not a valid job tag: {tag[:60]!r} (letters, digits, '_', '.', ':', '-')")
+    return tag
+
+
 def _store(jobs: dict[str, JobInfo], info: JobInfo, array_id: str, task: str | None) -> None:
     """Add one squeue/sacct row: a plain job as is, an array row once per task ("[0-3]" expanded),
     keyed "<array id>_<task>"."""
@@ -332,11 +356,14 @@ class Slurm:
     def _run(self, argv: list[str], *, check: bool = True) -> CompletedCommand:
         return self.runner.run(argv, timeout=self.timeout, check=check, env=self.env or None)
 
-    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None,
+    def submit(self, script_path: str, *, tasks: Sequence[int] | None = None, tag: str | None = None,
                extra_args: Sequence[str] = ()) -> str:
-        """Submit a batch script; return its job id. ``tasks``: only these tasks of its array."""
+        """Submit a batch script; return its job id. ``tasks``: only these tasks of its array;
+        ``tag``: stored as the job's comment (see :meth:`find_tagged`)."""
         if tasks is not None:
             extra_args = [*extra_args, array_option(tasks)]
+        if tag is not None:
+            extra_args = [*extra_args, f"--comment={check_tag(tag)}"]
         argv = ["sbatch", "--parsable", *extra_args, str(script_path)]
         result = self._run(argv)
         try:
@@ -366,6 +393,11 @@ class Slurm:
         found = parse_squeue(result.stdout)
         # squeue answers a raw id ("6") with the array task's user id ("2_0"); keep what it says.
         return found
+
+    def find_tagged(self, prefix: str) -> dict[str, str]:
+        """{comment: job id} of this user's jobs squeue still shows whose comment starts with ``prefix``."""
+        argv = ["squeue", "--noheader", "--states=all", "--me", f"--format={TAGGED_FORMAT}"]
+        return parse_tagged(self._run(argv).stdout, prefix)
 
     def accounting(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """Finished jobs from sacct. Returns {} when accounting is disabled on this cluster."""

@@ -84,6 +84,10 @@ def up(
 
     Running up again reconciles: only servers that are missing or failed are resubmitted.
 
+    Elastic servers (replicas: {min: 0, max: 4} in the profile) are submitted by the controller
+    in the proxy, not by up: up writes their plan, starts the proxy and waits for their min replicas;
+    more start when requests come (held meanwhile) and idle ones are released.
+
     Examples:
 
       biofleet up --profile t4x10
@@ -120,11 +124,14 @@ def up(
         if status is None:
             return
         if result.timed_out:
-            missing = [s.name for s in status.servers if s.state != ServerState.READY]
+            missing = [s.name for s in status.fixed if s.state != ServerState.READY]
+            missing += [f"{e.server} (elastic, {e.ready} of min {e.min} ready)" for e in status.elastic
+                        if e.ready < e.min]
             out.print(f"[yellow]timed out after {timeout:g}s; not ready: {', '.join(missing)}[/yellow] "
                       "(jobs keep running; watch with biofleet status --watch)")
             raise typer.Exit(3)
-        bad = [f"{s.name} ({s.state})" for s in status.servers if s.state != ServerState.READY]
+        bad = [f"{s.name} ({s.state})" for s in status.fixed if s.state != ServerState.READY]
+        bad += [f"{e.server} (elastic: {e.ready} of min {e.min} ready)" for e in status.elastic if e.ready < e.min]
         if bad:
             out.print(f"[red]not ready: {', '.join(bad)}[/red]; "
                       "see biofleet logs SERVER, then run up again to resubmit")
@@ -160,7 +167,8 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-_STATE_STYLE = {"READY": "green", "STARTING": "cyan", "RUNNING": "cyan", "PENDING": "yellow", "RESTARTING": "yellow",
+_STATE_STYLE = {"READY": "green", "DRAINING": "magenta",
+                "STARTING": "cyan", "RUNNING": "cyan", "PENDING": "yellow", "RESTARTING": "yellow",
                 "FAILED": "bold red", "GONE": "red", "STOPPED": "dim", "NOT_SUBMITTED": "dim"}
 
 
@@ -209,12 +217,38 @@ def _status_table(out: Console, status: FleetStatus) -> None:
                       + escape(PROXY_ENDING.format(job=px.job_id, mins=int((px.ends_in_s or 0) // 60))))
     for ep in status.extra_endpoints:
         out.print(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})")
+    _elastic_lines(out, status)
     ending = [s for s in status.servers if s.ending_soon]
     if ending:
         names = ", ".join(f"{s.name} ({_fmt_age(s.ends_in_s)})" for s in ending)
         out.print(f"[yellow]time limit near:[/yellow] {names}; biofleet up --renew starts replacements "
                   "before they stop (needs renew: true in the profile)")
-    out.print(f"{status.ready}/{len(status.servers)} servers ready")
+    fixed = status.fixed
+    out.print(f"{sum(s.state == 'READY' for s in fixed)}/{len(fixed)} servers ready"
+              + (f", {len(status.elastic)} elastic" if status.elastic else ""))
+
+
+def _elastic_lines(out: Console, status: FleetStatus) -> None:
+    """Per elastic server: replicas by phase, held requests, what they wait for, the last decisions."""
+    from rich.markup import escape
+
+    for e in status.elastic:
+        held = "?" if e.held is None else str(e.held)
+        line = (f"[bold]elastic {escape(e.server)}[/bold] ({e.min}..{e.max}): {e.ready} ready, {e.starting} starting, "
+                f"{e.pending} pending, {e.draining} draining, {held} held")
+        if e.last_cold_start_s is not None:
+            line += f"; last cold start {e.last_cold_start_s:.1f}s"
+        if e.controller_seen_s is not None and e.controller_seen_s > 120:
+            line += f"; [yellow]controller last seen {_fmt_age(e.controller_seen_s)} ago[/yellow]"
+        out.print(line)
+        if e.waiting_for:
+            out.print(f"  waiting for: {escape(e.waiting_for)}")
+        for d in e.decisions:
+            when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
+            job = f" job {d['job_id']}" if d.get("job_id") else ""
+            out.print(f"  {when} {d['action']}{job}: {escape(d['reason'])}", highlight=False)
+    for note in status.notes:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 def _endpoint_hint(out: Console, fleet: Fleet, state: FleetState) -> None:
@@ -235,6 +269,10 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """Scheduler state, registry and HTTP health of every server, and the proxy, in one table.
+
+    Elastic servers: one row per replica (DRAINING: no new requests, cancelled once idle), then per
+    server the replicas ready/starting/pending/draining, requests held in the proxy, what they wait
+    for (e.g. PENDING (Resources)) and the last scaling decisions with their reasons.
 
     Example: biofleet status --profile t4x10 --watch
     """
@@ -277,7 +315,9 @@ def down(
 ) -> None:
     """Cancel exactly the jobs up submitted (by id, never by name), stop the proxy, clear the registry.
 
-    Logs are kept unless --purge. Safe to run twice, and when the jobs already died.
+    Logs are kept unless --purge. Safe to run twice, and when the jobs already died. An elastic fleet's
+    proxy (its controller) is stopped first, then every replica is cancelled, scale-ups still pending
+    included (found by the tag each replica's job carries).
 
     Example: biofleet down --profile t4x10
     """
@@ -301,7 +341,8 @@ def down(
 
 def logs(
     server: Annotated[str, typer.Argument(
-        help="Server name as status shows it (e.g. coder-1), or a served name with one replica.")],
+        help="Server name as status shows it (e.g. coder-1), a served name with one replica, or an elastic "
+        "server (its newest replica; coder@JOBID for another).")],
     profile: ProfileOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     slurm_output: Annotated[bool, typer.Option(

@@ -96,7 +96,9 @@ def show(
         rows.append(_ServerRow(
             node=node_label(job, inst.task), partition=job.partition or p.cluster.partition,
             gpu=job.gpu if job.gpu is None or isinstance(job.gpu, str) else job.gpu.name,
-            gpus=list(inst.gpus), server=inst.name, served_name=inst.served_name,
+            gpus=list(inst.gpus),
+            server=inst.name + (f" x{s.elastic.min}..{s.elastic.max}" if s.elastic else ""),
+            served_name=inst.served_name,
             model=s.model, kind=s.kind, engine=s.engine, dtype=s.dtype,
             quantization=s.quantization, gpu_memory_utilization=s.gpu_memory_utilization,
             tensor_parallel_size=s.tensor_parallel_size, max_model_len=s.max_model_len,
@@ -129,4 +131,5 @@ def show(
     if tasks:
         out.print("routing: " + ", ".join(f"{t} -> {m}" for t, m in sorted(tasks.items())))
     gpus = " + ".join(f"{n}x {g}" for g, n in summary.gpus.items()) or "no GPU"
-    out.print(f"{gpus}, {len(insts)} servers, est. ${summary.usd_per_month:,.0f}/month")
+    at_max = " at the elastic servers' max" if p.elastic_servers() else ""
+    out.print(f"{gpus}, {summary.servers} servers{at_max}, est. ${summary.usd_per_month:,.0f}/month{at_max}")

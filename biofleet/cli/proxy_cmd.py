@@ -23,6 +23,10 @@ def proxy(
     backend_key_file: Annotated[Path | None, typer.Option(
         "--backend-key-file", help="File holding the backends' API key (vLLM --api-key).")] = None,
     strategy: Annotated[str, typer.Option(help="least-outstanding or round-robin.")] = "least-outstanding",
+    elastic: Annotated[Path | None, typer.Option(
+        "--elastic", help="The fleet's elastic plan (<fleet dir>/elastic.json, written by biofleet up): this proxy "
+        "then holds requests for elastic servers with no ready replica and submits/cancels their replicas "
+        "with the load. Needs sbatch/squeue/scancel where the proxy runs.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the fleet's models behind one OpenAI-compatible endpoint.
@@ -42,12 +46,17 @@ def proxy(
         fields: dict = {
             "registry_dir": registry, "backends": backends, "host": host, "port": port,
             "token_file": token_file, "backend_api_key_file": backend_key_file, "strategy": strategy,
+            "elastic_plan": elastic,
         }
         if routing is not None:
             fields["routing"] = load_routing_file(routing)
         config = ProxyConfig(**fields)
         if token_file is not None:
             config.resolved_token()  # fail now, not at the first request
+        if elastic is not None:
+            from biofleet.elastic.state import ElasticPlan
+
+            ElasticPlan.model_validate_json(elastic.read_text())  # fail now, not in the background
     except ValidationError as exc:
         for err in exc.errors():
             path = ".".join(str(p) for p in err["loc"])

@@ -20,6 +20,9 @@ def render(
 ) -> None:
     """Render one sbatch script per job of the profile, for review; nothing is submitted.
 
+    An elastic server (replicas: {min, max}) has a single-node job of its own; its script is what
+    one replica runs, submitted once per replica by the controller in the proxy.
+
     Example: biofleet render --profile t4x10 --out ./scripts
     """
     from biofleet.profile import load_profile
@@ -33,4 +36,9 @@ def render(
     c = console()
     for path in paths:
         c.print(f"wrote {path}")
+    for key, job in p.elastic_servers().items():
+        rng = p.servers[key].elastic
+        assert rng is not None
+        c.print(f"{job.name}.sbatch is what ONE replica of elastic server {key} runs: up submits none of it; "
+                f"the proxy's controller submits it {rng.min} to {rng.max} times, with the load")
     c.print(f"review them, then: sbatch {paths[0]}  (or let biofleet up --profile {profile} submit and track them)")

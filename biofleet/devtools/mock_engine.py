@@ -426,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if a.startup_delay_s > 0:
         time.sleep(a.startup_delay_s)
+    # When it starts listening (benchmarks measure what comes after the engine's own start-up).
+    print(f"mock engine: listening on {a.host}:{a.port} at {time.time():.3f}", flush=True)
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
     if a.shutdown_delay_s > 0:
         server = _slow_stop_server_class()(config, a.shutdown_delay_s)

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from biofleet.errors import FleetError
 from biofleet.fleet.context import Fleet
+from biofleet.fleet.elastic import load_plan_quiet
 from biofleet.fleet.proxy_job import stop_local_proxy
-from biofleet.fleet.state import load_state
+from biofleet.fleet.state import FleetState, load_state
 from biofleet.fleet.status import read_registry, read_secret
 from biofleet.procs import pid_alive
 from biofleet.profile import Instance, Profile
@@ -38,14 +39,19 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120,
     r, paths = fleet.runner, fleet.paths
     state = load_state(r, paths)
     cancelled: list[str] = []
+    elastic = state is not None and (bool(fleet.profile.elastic_servers()) or r.exists(paths.elastic_plan)
+                                     or r.exists(paths.elastic_state))
+    if state is not None and elastic:
+        cancelled += _stop_elastic(fleet, state, timeout, on_event)
     if state is not None:
-        ids = state.job_ids()
+        ids = [j for j in state.job_ids() if j not in cancelled]
         if ids:
             fleet.scheduler.cancel(ids)
-            cancelled = ids
             on_event(f"cancelled job(s) {' '.join(ids)}; waiting for them to leave the queue")
+        cancelled += ids
+        if cancelled:
             try:
-                fleet.scheduler.wait_gone(ids, timeout)
+                fleet.scheduler.wait_gone(cancelled, timeout)
             except TimeoutError as exc:
                 raise FleetError(f"{exc}; run biofleet down again, or scancel them by id") from None
         if state.proxy and state.proxy.run == "local" and pid_alive(state.proxy.pid):
@@ -54,6 +60,7 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120,
     removed = 0
     ours: set[str] = set()
     if state is not None:
+        ours.update(cancelled)
         for rec in state.jobs:
             ours.update(rec.task_job_id(t) for t in rec.tasks)
     for ep in read_registry(r, paths):
@@ -62,12 +69,46 @@ def down(fleet: Fleet, *, purge: bool = False, timeout: float = 120,
             removed += 1
     if state is not None:
         r.remove(paths.state)
+        if r.exists(paths.elastic_state):
+            r.remove(paths.elastic_state)
     if r.exists(paths.proxy_record):
         r.remove(paths.proxy_record)
     if purge and r.exists(paths.root):
         r.rmtree(paths.root)
         on_event(f"removed {paths.root}")
     return DownResult(cancelled, removed, purge, state is not None)
+
+
+def _stop_elastic(fleet: Fleet, state: FleetState, timeout: float, on_event: Callable[[str], None]) -> list[str]:
+    """An elastic fleet: the proxy (its controller) first, so that no submission races the
+    cancellation; then every replica the journal names or the queue holds with this fleet's tag."""
+    from biofleet.elastic.state import fleet_tag
+    from biofleet.fleet.elastic import read_journal, stop_and_cancel
+
+    stopped: list[str] = []
+    px = state.proxy
+    if px is not None and px.run == "local" and pid_alive(px.pid):
+        stop_local_proxy(px.pid)
+        on_event(f"stopped the local proxy (pid {px.pid}) and its elastic controller")
+    elif px is not None and px.job_id:
+        fleet.scheduler.cancel([px.job_id])
+        try:
+            fleet.scheduler.wait_gone([px.job_id], timeout)
+        except TimeoutError as exc:
+            raise FleetError(f"{exc}; the proxy job runs the elastic controller, which must stop before its "
+                             "replicas are cancelled: run biofleet down again") from None
+        stopped.append(px.job_id)
+        on_event(f"cancelled the proxy job {px.job_id} (it runs the elastic controller)")
+    journal, note = read_journal(fleet)
+    if note:
+        on_event(f"{note}; cancelling by this fleet's tag instead")
+    plan = load_plan_quiet(fleet)
+    tag = plan.tag if plan is not None else fleet_tag(fleet.profile.name, fleet.paths.root)
+    ids = stop_and_cancel(fleet, tag, journal, on_event)
+    if ids:
+        fleet.scheduler.cancel(ids)
+        on_event(f"cancelled elastic replica job(s) {' '.join(ids)}")
+    return stopped + ids
 
 
 def _remove_quiet(runner: Runner, path: str) -> None:
@@ -92,8 +133,12 @@ def find_instance(profile: Profile, name: str) -> Instance:
 
 
 def log_paths(fleet: Fleet, name: str) -> tuple[str, str]:
-    """(server log, scheduler output) of the latest submission running server ``name``."""
-    inst = find_instance(fleet.profile, name)
+    """(server log, scheduler output) of the latest submission running server ``name``; for an
+    elastic server, of its newest replica, or of the one named ``server@job id``."""
+    server, _, wanted = name.partition("@")
+    inst = find_instance(fleet.profile, server)
+    if inst.spec.elastic is not None:
+        return _elastic_log_paths(fleet, inst, wanted or None)
     state = load_state(fleet.runner, fleet.paths)
     rec = state.latest(inst.job, inst.task) if state else None
     if rec is None:
@@ -102,6 +147,25 @@ def log_paths(fleet: Fleet, name: str) -> tuple[str, str]:
     out = fleet.scheduler.dialect.output_path(fleet.paths.logs, job.name, rec.job_id,
                                               inst.task if job.is_array else None)
     return fleet.paths.server_log(inst.name, rec.task_job_id(inst.task)), out
+
+
+def _elastic_log_paths(fleet: Fleet, inst: Instance, job_id: str | None) -> tuple[str, str]:
+    from biofleet.fleet.elastic import read_journal
+
+    journal, note = read_journal(fleet)
+    if note:
+        raise FleetError(note)
+    reps = [r for r in (journal.replicas if journal else []) if r.server == inst.server and r.job_id]
+    if job_id is not None:
+        reps = [r for r in reps if r.job_id == job_id]
+    if not reps:
+        which = f" with job id {job_id}" if job_id else ""
+        raise FleetError(f"no replica of elastic server {inst.server}{which} has been submitted (biofleet status "
+                         "lists them; the controller starts one with the first request)")
+    rec = max(reps, key=lambda r: (r.live, r.decided_at))
+    assert rec.job_id is not None
+    out = fleet.scheduler.dialect.output_path(fleet.paths.logs, inst.job, rec.job_id, None)
+    return fleet.paths.server_log(inst.name, rec.job_id), out
 
 
 def register_endpoint(fleet: Fleet, name: str, url: str, served_names: Sequence[str],

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from biofleet.backends.base import JobState
+from biofleet.backends.base import JobInfo, JobState
 from biofleet.fleet.context import Fleet
+from biofleet.fleet.elastic import ElasticSummary, elastic_summaries, read_journal
 from biofleet.fleet.state import FleetState, Supervision, load_state
 from biofleet.paths import FleetPaths
 from biofleet.plan import node_label
@@ -28,6 +29,7 @@ class ServerState(str, Enum):
     RUNNING = "RUNNING"  # its task runs; the server has not registered yet
     STARTING = "STARTING"  # registered, not answering /health with its model yet
     READY = "READY"
+    DRAINING = "DRAINING"  # an elastic replica being released: no new requests, in-flight ones finish
     RESTARTING = "RESTARTING"  # exited; its job restarts it in place after a back-off
     FAILED = "FAILED"
     STOPPED = "STOPPED"
@@ -69,6 +71,7 @@ class ServerStatus:
     devices: str | None = None  # CUDA_VISIBLE_DEVICES it was given
     task_running: bool = False  # its job task runs (a FAILED server is then restarted in place)
     log_tail: list[str] = field(default_factory=list)
+    elastic: bool = False  # a replica of an elastic server, started by the proxy's controller
 
     @property
     def uptime_s(self) -> float | None:
@@ -98,10 +101,17 @@ class FleetStatus:
     servers: list[ServerStatus]
     proxy: ProxyStatus
     extra_endpoints: list[dict[str, Any]] = field(default_factory=list)  # registered by hand
+    elastic: list[ElasticSummary] = field(default_factory=list)  # per elastic server
+    notes: list[str] = field(default_factory=list)  # what could not be read
 
     @property
     def ready(self) -> int:
         return sum(s.state == ServerState.READY for s in self.servers)
+
+    @property
+    def fixed(self) -> list[ServerStatus]:
+        """The servers up submits and waits for (not the replicas of elastic servers)."""
+        return [s for s in self.servers if not s.elastic]
 
     @property
     def all_ready(self) -> bool:
@@ -164,53 +174,50 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
     margin = fleet.scheduler.dialect.parse_time_limit(p.renew_margin) or 0.0
     state = state if state is not None else load_state(fleet.runner, fleet.paths)
     insts = p.instances()
+    elastic_jobs = p.elastic_jobs()
     servers = [ServerStatus(i.name, i.served_name, i.spec.model, i.spec.engine,
-                            node_label(p.job(i.job), i.task), i.job, i.task) for i in insts]
+                            node_label(p.job(i.job), i.task), i.job, i.task) for i in insts
+               if i.job not in elastic_jobs]
     proxy = ProxyStatus()
     if state is None:
         return FleetStatus(p.name, fleet.backend, fleet.paths.root, False, servers, proxy)
 
-    ids = state.job_ids()
+    journal, note = read_journal(fleet) if elastic_jobs else (None, None)
+    ids = state.job_ids() + (journal.job_ids() if journal is not None else [])
     infos = fleet.scheduler.states(ids) if ids else {}
     records = read_registry(fleet.runner, fleet.paths)
     by_key = {(r.server, r.job_id): r for r in records}
     supervision = read_supervision(fleet.runner, fleet.paths)
     asked = _restart_requests(fleet.runner, fleet.paths)
 
-    for st, inst in zip(servers, insts, strict=True):
-        rec = state.latest(inst.job, inst.task)
-        if rec is None:
-            continue
-        st.job_id = rec.task_job_id(inst.task)
-        info = infos.get(st.job_id)
-        endpoint = by_key.get((inst.name, st.job_id))
-        if info is None:
-            # Without accounting a scheduler forgets a finished job within seconds; the log says why it ended.
-            st.state, st.reason = ServerState.GONE, "left the queue (no accounting record)"
-            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
-        elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
-            st.state, st.reason = ServerState.PENDING, info.reason
-        elif info.state.is_done:
-            ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
-            st.state = ServerState.STOPPED if ok_end else ServerState.FAILED
-            st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
-            if not ok_end:
-                st.log_tail = _tail(fleet.runner, fleet.paths.server_log(inst.name, st.job_id))
-        else:
-            st.state = ServerState.RUNNING if endpoint is None else ServerState.STARTING
-            st.reason = "starting, not registered yet" if endpoint is None else "registered, not healthy yet"
-        if info is not None:
-            st.node = info.nodes
-            st.time_left = info.time_left
-            if info.state == JobState.RUNNING:
-                st.ends_in_s = info.time_left_s
-                st.ending_soon = st.ends_in_s is not None and st.ends_in_s < margin
-        if endpoint is not None and (info is None or not info.state.is_done):
-            st.url = endpoint.url
-            st.started_at = endpoint.started_at
-        st.task_running = info is not None and info.state == JobState.RUNNING
-        _apply_supervision(fleet, st, supervision.get((inst.name, st.job_id)),
-                           posixpath.basename(fleet.paths.restart_request(inst.name, st.job_id)) in asked)
+    def fill(st: ServerStatus, job_id: str) -> None:
+        st.job_id = job_id
+        _fill_row(fleet, st, infos.get(job_id), by_key.get((st.name, job_id)), margin,
+                  supervision.get((st.name, job_id)),
+                  posixpath.basename(fleet.paths.restart_request(st.name, job_id)) in asked)
+
+    for st in servers:
+        rec = state.latest(st.job, st.task)
+        if rec is not None:
+            fill(st, rec.task_job_id(st.task))
+
+    # Elastic servers: one row per replica the controller's journal names (none at zero replicas).
+    draining: list[ServerStatus] = []
+    if journal is not None:
+        by_server = {i.server: i for i in insts if i.job in elastic_jobs}
+        for rec_e in journal.live():
+            inst = by_server.get(rec_e.server)
+            if inst is None:
+                continue
+            st = ServerStatus(inst.name, inst.served_name, inst.spec.model, inst.spec.engine, inst.job, inst.job, 0,
+                              elastic=True)
+            servers.append(st)
+            if rec_e.job_id is None:
+                st.reason = "being submitted"
+                continue
+            fill(st, rec_e.job_id)
+            if rec_e.state in ("draining", "cancelled"):
+                draining.append(st)
 
     manual = [r for r in records if r.manual]
     # proxy
@@ -240,8 +247,47 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
 
     if probe:
         _probe_into(fleet, servers, proxy)
-    return FleetStatus(p.name, fleet.backend, fleet.paths.root, True, servers, proxy,
-                       [r.model_dump(exclude_none=True) for r in manual])
+    for st in draining:
+        if st.state in (ServerState.READY, ServerState.STARTING, ServerState.RUNNING):
+            st.state, st.reason = ServerState.DRAINING, "no new requests; cancelled once in-flight ones finish"
+    out = FleetStatus(p.name, fleet.backend, fleet.paths.root, True, servers, proxy,
+                      [r.model_dump(exclude_none=True) for r in manual])
+    if elastic_jobs:
+        out.elastic = elastic_summaries(p, journal, servers)
+        out.notes += [note] if note else []
+    return out
+
+
+def _fill_row(fleet: Fleet, st: ServerStatus, info: JobInfo | None, endpoint: Endpoint | None, margin: float,
+              sup: Supervision | None, restart_asked: bool) -> None:
+    """One server's row from its job's scheduler state, its registry record and its supervision record."""
+    job_id = st.job_id or ""
+    if info is None:
+        # Without accounting a scheduler forgets a finished job within seconds; the log says why it ended.
+        st.state, st.reason = ServerState.GONE, "left the queue (no accounting record)"
+        st.log_tail = _tail(fleet.runner, fleet.paths.server_log(st.name, job_id))
+    elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
+        st.state, st.reason = ServerState.PENDING, info.reason
+    elif info.state.is_done:
+        ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
+        st.state = ServerState.STOPPED if ok_end else ServerState.FAILED
+        st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
+        if not ok_end:
+            st.log_tail = _tail(fleet.runner, fleet.paths.server_log(st.name, job_id))
+    else:
+        st.state = ServerState.RUNNING if endpoint is None else ServerState.STARTING
+        st.reason = "starting, not registered yet" if endpoint is None else "registered, not healthy yet"
+    if info is not None:
+        st.node = info.nodes
+        st.time_left = info.time_left
+        if info.state == JobState.RUNNING:
+            st.ends_in_s = info.time_left_s
+            st.ending_soon = st.ends_in_s is not None and st.ends_in_s < margin
+    if endpoint is not None and (info is None or not info.state.is_done):
+        st.url = endpoint.url
+        st.started_at = endpoint.started_at
+    st.task_running = info is not None and info.state == JobState.RUNNING
+    _apply_supervision(fleet, st, sup, restart_asked)
 
 
 def _apply_supervision(fleet: Fleet, st: ServerStatus, sup: Supervision | None, restart_asked: bool) -> None:

@@ -4,6 +4,11 @@ Running ``up`` again reconciles: servers that are running or on their way are ke
 server whose task still runs is restarted in place by that task, and only what is missing or
 ended is resubmitted. With ``renew`` a task near its time limit gets a replacement first; the old
 one is drained once the replacement is READY and routed to.
+
+Elastic servers (``replicas: {min, max}``) are not submitted here: ``up`` renders the script one
+replica runs and writes the plan (:mod:`biofleet.fleet.elastic`); the controller in the proxy
+submits ``min`` replicas when it starts and follows the load from there. ``up`` waits for those
+``min`` replicas like for any server.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 
 from biofleet.errors import FleetError
 from biofleet.fleet.context import Fleet
+from biofleet.fleet.elastic import make_plan, write_plan
 from biofleet.fleet.proxy_job import PROXY_ENDING, ensure_proxy
 from biofleet.fleet.state import FleetState, JobRecord, load_state, new_secret, save_state
 from biofleet.fleet.status import NEEDS_RESUBMIT, SETTLED, FleetStatus, ServerState, ServerStatus, collect_status
@@ -126,18 +132,24 @@ def up(
     if state is not None and state.backend != fleet.backend:
         raise FleetError(f"fleet {p.name} was started with the {state.backend} backend; run biofleet down first "
                          f"to switch to {fleet.backend}")
+    elastic_jobs = p.elastic_jobs()
     if state is None:
         state = FleetState(fleet=p.name, profile=profile_ref, backend=fleet.backend, fleet_dir=paths.root)
-        plan = _Plan(todo={(i.job, i.task) for i in p.instances()})
+        plan = _Plan(todo={(i.job, i.task) for i in p.instances() if i.job not in elastic_jobs})
     else:
         plan = _reconcile(fleet, state, renew, on_event)
     state.profile = profile_ref
     # Everything that can fail is done before the first submission: a refusal after one would
     # leave jobs running that nobody asked for.
     scripts = {job.name: render_job(running, job, paths.root, fleet.scheduler.dialect) for job in running.jobs
-               if any(j == job.name for (j, _) in plan.todo)}
+               if any(j == job.name for (j, _) in plan.todo) or job.name in elastic_jobs}
     proxy_script = render_proxy_job(running, paths.root, fleet.scheduler.dialect) if mode == "slurm" else None
+    elastic_plan = make_plan(fleet, running)
     _write_routing(fleet)
+    if elastic_plan is not None:
+        write_plan(fleet, elastic_plan, scripts)
+        on_event("elastic: " + ", ".join(f"{s.server} {s.min}..{s.max} replicas" for s in elastic_plan.servers.values())
+                 + " (the proxy's controller submits them with the load)")
 
     submitted = _submit(fleet, state, plan, scripts, on_event)
     ensure_proxy(fleet, state, mode, on_event, proxy_script)
@@ -157,6 +169,9 @@ def _check_options(fleet: Fleet, proxy_mode: str | None, *, renew: bool, wait: b
         raise FleetError(f"profile {p.name} does not allow renewal; set renew: true (and renew_margin) in it")
     if renew and not wait:
         raise FleetError("--renew drains the old tasks once their replacements are READY, so it needs --wait")
+    if mode == "none" and p.elastic_servers():
+        raise FleetError(f"{', '.join(p.elastic_servers())} are elastic: the controller that starts their replicas "
+                         "runs in the proxy, so --proxy none would never start them; use --proxy slurm or local")
     if mode == "local" and not fleet.runner.is_local:
         raise FleetError("--proxy local runs the proxy on this machine, but this fleet runs on "
                          f"{fleet.runner.where}; nothing was submitted. Use --proxy slurm (a job on the "
@@ -167,6 +182,7 @@ def _check_options(fleet: Fleet, proxy_mode: str | None, *, renew: bool, wait: b
 def _reconcile(fleet: Fleet, state: FleetState, renew: bool, on_event: Event) -> _Plan:
     """What an up on a fleet that already has state must do."""
     current = collect_status(fleet, state=state)
+    current.servers = current.fixed  # elastic replicas are the controller's
     # A server that failed in a task whose other servers still run is restarted in place by that
     # task (cancelling the task would stop its living neighbours); a task is resubmitted whole
     # when it is gone, or when every server in it has failed.
@@ -246,12 +262,22 @@ def _wait(fleet: Fleet, state: FleetState, *, timeout: float, poll: float, on_ev
         if unrouted and unrouted != last.get("#proxy"):
             last["#proxy"] = unrouted
             on_event(f"proxy: not routing to {unrouted} yet")
-        if (all(s.state in SETTLED for s in status.servers) and not draining and not unrouted
-                and status.proxy.state in _PROXY_DONE):
+        if (all(s.state in SETTLED for s in status.fixed) and not draining and not unrouted
+                and status.proxy.state in _PROXY_DONE and _elastic_settled(status)):
             return status, False
         if time.monotonic() >= deadline:
             return status, True
         time.sleep(poll)
+
+
+def _elastic_settled(status: FleetStatus) -> bool:
+    """Each elastic server has its min replicas READY, or nothing left on the way (a failed start)."""
+    if not status.elastic:
+        return True
+    if status.proxy.state in (ServerState.FAILED, ServerState.STOPPED):
+        return True  # no controller: nothing will come
+    return all(e.ready >= e.min or (e.starting + e.pending == 0 and any(d["action"] == "failed" for d in e.decisions))
+               for e in status.elastic)
 
 
 def _routed(status: FleetStatus, s: ServerStatus) -> bool:

@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client import Gauge
@@ -50,6 +50,9 @@ from biofleet.proxy.transport import (
     upstream_request_headers,
 )
 from biofleet.proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from biofleet.elastic.controller import ElasticRuntime
 
 log = logging.getLogger("biofleet.proxy")
 
@@ -94,6 +97,7 @@ class ProxyState:
     cursors: dict[str, int] = field(default_factory=dict)
     reload_event: asyncio.Event | None = None
     health: HealthChecker | None = None
+    elastic: ElasticRuntime | None = None  # elastic servers: held requests and the scaling controller
     _gauges: dict[str, Gauge] = field(default_factory=dict)
 
     # -- discovery -----------------------------------------------------------
@@ -141,14 +145,15 @@ class ProxyState:
     def model_health(self) -> dict[str, dict[str, int]]:
         """Replicas per served name; a model the routing table names but no server has registered
         yet counts as down (a just-started fleet is not healthy before its servers are found)."""
-        out: dict[str, dict[str, int]] = {name: {"healthy": 0, "total": 0}
-                                          for name in sorted(_configured_models(self.config.routing))}
+        known = _configured_models(self.config.routing) | set(self.elastic.names() if self.elastic else ())
+        out: dict[str, dict[str, int]] = {name: {"healthy": 0, "total": 0} for name in sorted(known)}
         for name, reps in self.pool.by_model.items():
             out[name] = {"healthy": sum(1 for b in reps if b.healthy), "total": len(reps)}
         return out
 
     def available_models(self) -> list[str]:
         healthy = [m for m, h in self.model_health().items() if h["healthy"]]
+        healthy += self.elastic.names() if self.elastic is not None else []  # served even at zero replicas
         aliases = [a for a, t in self.config.routing.aliases.items() if t in healthy and a not in healthy]
         return list(dict.fromkeys(healthy + aliases))
 
@@ -305,6 +310,12 @@ class ProxyApp:
             if blocked:
                 return
 
+        if st.elastic is not None:  # an elastic server with no ready replica: hold the request (biofleet.elastic)
+            admitted = await st.elastic.admit(served, obj.get("stream") is True, send)
+            if admitted is None:
+                return  # answered (503 with the reason)
+            send = admitted
+
         rid = request_id(scope["headers"])
         base_headers = [(k, v) for k, v in scope["headers"]]
         up_headers = upstream_request_headers(base_headers, rid, st.backend_key)
@@ -409,7 +420,8 @@ class ProxyApp:
         if model == R.AUTO:
             return await self._auto(obj, required)
         served = R.resolve_alias(model, routing)
-        if served in st.pool.by_model or served in _configured_models(routing):
+        if served in st.pool.by_model or served in _configured_models(routing) or (
+                st.elastic is not None and st.elastic.serves(served)):
             return served
         available = ", ".join(sorted(st.available_models())) or "(none)"
         raise R.RouteError(404, f"The model {model!r} does not exist here; available models: {available}",
@@ -518,6 +530,10 @@ def build_app(
             log.warning("cloud fallback %s disabled: environment variable %s is not set", cloud.name, cloud.api_key_env)
         spec = BackendSpec(key=f"cloud:{cloud.name}", url=cloud.base_url.rstrip("/"), served_names=("cloud",))
         state.clouds[cloud.name] = CloudTarget(cloud, key, Backend(spec))
+    if config.elastic_plan is not None:
+        from biofleet.elastic.controller import ElasticRuntime
+
+        state.elastic = ElasticRuntime.from_file(config.elastic_plan, state.pool, state.metrics.registry)
 
     def admin_ok(request: Request) -> bool:
         if state.token is None:
@@ -540,7 +556,9 @@ def build_app(
 
     async def health(request: Request) -> Response:
         per_model = state.model_health()
-        down = sorted(m for m, h in per_model.items() if h["healthy"] == 0)
+        # an elastic server at zero replicas is not down: its requests are held while one starts
+        down = sorted(m for m, h in per_model.items() if h["healthy"] == 0
+                      and not (state.elastic is not None and state.elastic.serves(m)))
         ok = bool(per_model) and not down
         body: dict[str, Any] = {"status": "ok" if ok else "degraded", "models": per_model,
                                 # which registered servers it routes to (keys only, never addresses):
@@ -580,6 +598,8 @@ def build_app(
         except Exception:
             log.exception("initial discovery failed; retrying in the background")
         tasks = [asyncio.create_task(_discovery_loop(state)), asyncio.create_task(state.health.run())]
+        if state.elastic is not None:
+            tasks.append(asyncio.create_task(state.elastic.run()))
         loop = asyncio.get_running_loop()
         hup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):

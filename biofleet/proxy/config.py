@@ -93,6 +93,7 @@ class ProxyConfig(_Frozen):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_inflight_per_backend: int | None = Field(None, gt=0)  # beyond: saturated (429)
     scrape_metrics: bool = True
+    elastic_plan: Path | None = None  # <fleet>/elastic.json: elastic servers this proxy scales (biofleet.elastic)
 
     @field_validator("strategy")
     @classmethod

@@ -45,6 +45,7 @@ class Backend:
     kv_usage: float = 0.0  # vllm:kv_cache_usage_perc
     removed: bool = False
     ever_up: bool = False  # a first passing probe admits at once; re-admission needs a streak
+    draining: bool = False  # an elastic replica being released: in-flight requests finish, no new ones
     last_error: str | None = field(default=None, repr=False)
 
     @property

@@ -148,7 +148,7 @@ def pick_backend(
     max_inflight: int | None = None,
 ) -> Backend | None:
     """One replica among healthy, unsaturated candidates, or None."""
-    usable = [b for b in candidates if b.healthy and not b.removed
+    usable = [b for b in candidates if b.healthy and not b.removed and not b.draining
               and (max_inflight is None or b.inflight < max_inflight)]
     if not usable:
         return None
