@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vllm_env import require_vllm
+from vllm_env import require_vllm, vllm_processes
 
 from biofleet.devtools.tinymodel import make_tiny_llama
 from biofleet.fleet import NEEDS_RESUBMIT, ServerState, collect_status, down, open_fleet, up
@@ -42,19 +42,6 @@ def _tree(pid: int) -> list[int]:
         out.append(x)
         todo.extend(children.get(x, []))
     return out
-
-
-def _vllm_processes(marker: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"vllm" in cmd and marker.encode() in cmd:
-                pids.append(int(p.name))
-    return pids
 
 
 def _cosine(a, b) -> float:
@@ -163,6 +150,6 @@ def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
         finally:
             down(fleet)
     deadline = time.monotonic() + 30
-    while _vllm_processes(str(tmp_path)):
+    while vllm_processes(str(tmp_path)):
         assert time.monotonic() < deadline, "vLLM processes left after down"
         time.sleep(0.5)

@@ -18,3 +18,17 @@ def require_vllm() -> Path:
             pytest.skip(msg)
         pytest.fail(msg, pytrace=False)
     return PYTHON
+
+
+def vllm_processes(marker: str) -> list[int]:
+    """PIDs of vLLM processes whose command line contains ``marker`` (e.g. a test's tmp dir)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"vllm" in cmd and marker.encode() in cmd:
+                pids.append(int(p.name))
+    return pids
