@@ -115,3 +115,33 @@ def test_cli_flags(monkeypatch):
                     "--max-model-len", "128"])
     assert a.served_model_name == ["a", "b"] and a.kind == "embed" and a.tokens_per_s == 50
     assert a.embedding_dim == 8 and a.max_model_len == 128 and a.fail_rate == 0.1
+
+
+def test_at_most_max_num_seqs_generate_at_once_the_rest_wait():
+    """Like vLLM's batch limit: with max_num_seqs 1, a second request waits for the first (its
+    answer comes a whole latency later) and shows as waiting in /metrics meanwhile."""
+    import threading
+    import time
+
+    s = mock("coder", latency_ms=400, max_num_seqs=1)
+    try:
+        done: dict[int, float] = {}
+
+        def ask(i: int, stream: bool) -> None:
+            body = {"model": "coder", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+            r = httpx.post(f"{s.url}/v1/chat/completions", json=body, timeout=10)
+            assert r.status_code == 200
+            done[i] = time.monotonic()
+
+        threads = [threading.Thread(target=ask, args=(i, i == 1)) for i in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'vllm:num_requests_running{model_name="coder"} 1.0' in metrics
+        assert 'vllm:num_requests_waiting{model_name="coder"} 1.0' in metrics
+        for t in threads:
+            t.join(10)
+        assert abs(done[1] - done[0]) >= 0.3  # one after the other, not side by side
+    finally:
+        s.stop()

@@ -61,6 +61,8 @@ class MockEngineState:
     failing: bool = False
     active: int = 0
     requests_total: int = 0
+    # Like vLLM's batch: at most max_num_seqs requests are generated at once, the others wait.
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(256))
 
     @property
     def running(self) -> int:
@@ -142,7 +144,7 @@ def build_app(
         served_names=tuple(served_names), kind=kind, latency_ms=latency_ms, ttft_ms=ttft_ms,
         tokens_per_s=tokens_per_s, fail_rate=fail_rate, embedding_dim=embedding_dim,
         max_model_len=max_model_len, max_num_seqs=max_num_seqs, api_key=api_key, reply=reply,
-        rng=random.Random(seed),
+        rng=random.Random(seed), slots=asyncio.Semaphore(max_num_seqs),
     )
     primary = st.served_names[0]
     created = int(time.time())
@@ -258,9 +260,10 @@ def build_app(
         if not body.get("stream"):
             st.active += 1
             try:
-                await _sleep_ms(st.latency_ms + st.ttft_ms)
-                if st.tokens_per_s > 0 and len(tokens) > 1:
-                    await asyncio.sleep((len(tokens) - 1) / st.tokens_per_s)
+                async with st.slots:
+                    await _sleep_ms(st.latency_ms + st.ttft_ms)
+                    if st.tokens_per_s > 0 and len(tokens) > 1:
+                        await asyncio.sleep((len(tokens) - 1) / st.tokens_per_s)
             finally:
                 st.active -= 1
             st.requests_total += 1
@@ -280,38 +283,43 @@ def build_app(
         async def events() -> AsyncIterator[bytes]:
             st.active += 1
             try:
-                await _sleep_ms(st.latency_ms)
-                obj = "chat.completion.chunk" if chat else "text_completion"
-
-                def chunk(choice: dict[str, Any], usage_: dict[str, int] | None = None) -> bytes:
-                    d: dict[str, Any] = {"id": rid, "object": obj, "created": now, "model": model,
-                                         "choices": [choice] if choice else []}
-                    if usage_ is not None:
-                        d["usage"] = usage_
-                    return b"data: " + json.dumps(d).encode() + b"\n\n"
-
-                if chat:
-                    yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "logprobs": None, "finish_reason": None})
-                await _sleep_ms(st.ttft_ms)
-                for i, tok in enumerate(tokens):
-                    if i and st.tokens_per_s > 0:
-                        await asyncio.sleep(1.0 / st.tokens_per_s)
-                    last = i == len(tokens) - 1
-                    fr = finish if last else None
-                    if chat:
-                        yield chunk({"index": 0, "delta": {"content": tok}, "logprobs": None, "finish_reason": fr})
-                    else:
-                        yield chunk({"index": 0, "text": tok, "logprobs": None, "finish_reason": fr})
-                if not tokens:
-                    yield chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"} if chat
-                                else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"})
-                if include_usage:
-                    yield chunk({}, usage)
-                yield b"data: [DONE]\n\n"
-                st.requests_total += 1
+                async with st.slots:
+                    async for part in stream_events():
+                        yield part
             finally:
                 st.active -= 1
+
+        async def stream_events() -> AsyncIterator[bytes]:
+            await _sleep_ms(st.latency_ms)
+            obj = "chat.completion.chunk" if chat else "text_completion"
+
+            def chunk(choice: dict[str, Any], usage_: dict[str, int] | None = None) -> bytes:
+                d: dict[str, Any] = {"id": rid, "object": obj, "created": now, "model": model,
+                                     "choices": [choice] if choice else []}
+                if usage_ is not None:
+                    d["usage"] = usage_
+                return b"data: " + json.dumps(d).encode() + b"\n\n"
+
+            if chat:
+                yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None})
+            await _sleep_ms(st.ttft_ms)
+            for i, tok in enumerate(tokens):
+                if i and st.tokens_per_s > 0:
+                    await asyncio.sleep(1.0 / st.tokens_per_s)
+                last = i == len(tokens) - 1
+                fr = finish if last else None
+                if chat:
+                    yield chunk({"index": 0, "delta": {"content": tok}, "logprobs": None, "finish_reason": fr})
+                else:
+                    yield chunk({"index": 0, "text": tok, "logprobs": None, "finish_reason": fr})
+            if not tokens:
+                yield chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"} if chat
+                            else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"})
+            if include_usage:
+                yield chunk({}, usage)
+            yield b"data: [DONE]\n\n"
+            st.requests_total += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
