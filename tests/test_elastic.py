@@ -213,6 +213,20 @@ def test_held_queue_releases_in_arrival_order_and_fails_with_the_reason():
     assert results[0] is not None and results[0].reason == "job 7 FAILED"
 
 
+def test_held_requests_are_spread_over_replicas_started_together():
+    async def main() -> list[int]:
+        q = HeldQueue("coder")
+        ws = [q.add(stream=False) for _ in range(10)]
+        got = [len(q.spread(100.0, ready=1, coming=3, spread_s=5))]  # its share: ceil(10 / 4)
+        got.append(len(q.spread(100.1, ready=1, coming=3, spread_s=5)))  # nothing more until another is ready
+        got.append(len(q.spread(100.5, ready=2, coming=2, spread_s=5)))  # half of 10 by now
+        got.append(len(q.spread(105.0, ready=2, coming=2, spread_s=5)))  # spread_s over: the rest
+        assert all(w.fut.done() for w in ws) and not q.waiters and q.released == 0
+        return got
+
+    assert asyncio.run(main()) == [3, 0, 2, 5]
+
+
 def test_continued_stream_passes_events_and_turns_an_error_answer_into_an_event():
     async def run(messages):
         sent = []
@@ -305,6 +319,8 @@ def test_zero_to_one_holds_requests_and_streams_get_keepalives(elastic_proxy):
             assert r.text.rstrip().endswith("data: [DONE]")
         else:
             assert r.json()["choices"][0]["message"]["content"]
+    # the journal is written just after the step that released them
+    wait_until(lambda: "ready" in [d.action for d in journal(fleet).decisions], 5, "the journal to say ready")
     j = journal(fleet)
     ups = [d for d in j.decisions if d.action == "scale-up"]
     # the first request started one replica; the next three waited for it (ceil(4 / target 4) = 1)
@@ -340,6 +356,7 @@ def test_cold_start_timeout_answers_503_with_the_reason_streaming_in_band(elasti
     event = json.loads(s.text.strip().splitlines()[-1].removeprefix("data: "))
     assert event["error"]["code"] == "cold_start_timeout" and event["error"]["retry_after"] == 1
     # the replica keeps starting for later requests: one submission for both
+    wait_until(lambda: journal(fleet) is not None, 5, "the journal")
     assert [d.action for d in journal(fleet).decisions].count("scale-up") == 1
 
 
@@ -377,6 +394,7 @@ def test_failed_start_answers_held_requests_then_backs_off(elastic_proxy):
     assert "FAILED" in r.json()["error"]["message"] and int(r.headers["retry-after"]) >= 1
     again = chat(server.url)  # within the back-off: at once, same reason, no new submission
     assert again.status_code == 503 and "the next try is in" in again.json()["error"]["message"]
+    wait_until(lambda: "failed" in [d.action for d in journal(fleet).decisions], 5, "the journal to say failed")
     j = journal(fleet)
     assert [d.action for d in j.decisions].count("scale-up") == 1
     assert [d.action for d in j.decisions].count("failed") == 1

@@ -144,8 +144,8 @@ def test_zero_to_n_under_a_burst_and_back_to_zero(slurm_cluster, tmp_path):
             assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
             streamed = next(r for r in results if r.headers["content-type"].startswith("text/event-stream"))
             assert streamed.text.rstrip().endswith("data: [DONE]")
-            first = actions(fleet)
-            assert first[0] == "scale-up" and "ready" in first, first
+            first = wait_for(lambda: "ready" in actions(fleet) and actions(fleet), 5, "the journal to say ready")
+            assert first[0] == "scale-up", first
             st = collect_status(fleet)
             assert st.elastic[0].ready >= 1 and any(s.elastic and s.state == ServerState.READY for s in st.servers)
             # each replica is a job of its own, on a T4 node, tagged for this fleet
@@ -258,6 +258,7 @@ def test_controller_killed_mid_scale_up_submits_nothing_twice(slurm_cluster, tmp
             up(fleet, profile_ref=str(ref), timeout=60, poll=0.5)  # starts the proxy again
             r = client.chat()
             assert r.status_code == 200, r.text
+            wait_for(lambda: "ready" in actions(fleet), 5, "the journal to say ready")
             j = journal(fleet)
             assert len(calls.read_text().splitlines()) == 1, calls.read_text()
             assert len(j.replicas) == 1 and j.replicas[0].job_id == next(iter(tagged_active(fleet).values()))

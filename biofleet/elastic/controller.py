@@ -61,6 +61,9 @@ SAMPLE_S = 0.25  # load samples and decisions while nothing is held
 HELD_SAMPLE_S = 0.05  # while requests are held: a replica that turns ready is used within this
 SNAPSHOT_EVERY_S = 1.0  # the held/ready counts status shows are written at most this often
 HEARTBEAT_EVERY_S = 30.0
+# Held requests released when the first of several replicas started together is ready: its share
+# at once, the others' when they are ready, all of them after this long at the latest.
+RELEASE_SPREAD_S = 5.0
 BACKOFF_BASE_S, BACKOFF_MAX_S = 5.0, 300.0
 _LOG_TAIL_BYTES = 4096
 
@@ -396,8 +399,9 @@ class ElasticRuntime:
             )
             for action in decide(sit):
                 await self._do(sp, action, now)
-            if q.waiters and self._routable(sp):
-                q.release_all()
+            if q.waiters:
+                ready = sum(1 for b in self._replicas_of(sp) if _routable(b))
+                q.spread(time.monotonic(), ready, self._coming(server), RELEASE_SPREAD_S)
         self._apply_draining()
         self._snapshot(now)
         await self._save()
@@ -495,6 +499,17 @@ class ElasticRuntime:
         self._dirty = True
         log.info("elastic %s: %s (%s)", server, action, reason)
         return d
+
+    def _coming(self, server: str) -> int:
+        """Replicas whose job runs but whose server is not routed to yet (ready within moments)."""
+        n = 0
+        for r in self.state.live(server):
+            if r.state != "submitted" or r.ready_at is not None or not r.job_id:
+                continue
+            info = self.infos.get(r.job_id)
+            if info is not None and info.state == JobState.RUNNING:
+                n += 1
+        return n
 
     def _replicas_of(self, sp: ElasticServerPlan) -> list[Backend]:
         seen: dict[str, Backend] = {}

@@ -53,6 +53,9 @@ class HeldQueue:
 
     server: str
     waiters: deque[Waiter] = field(default_factory=deque)
+    # One release episode (from the first replica ready until the queue is empty): how many went on.
+    released: int = 0
+    episode_start: float | None = None
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -73,12 +76,33 @@ class HeldQueue:
 
     def release_all(self) -> list[Waiter]:
         """A replica is ready: every waiter goes on, in arrival order."""
-        out = list(self.waiters)
-        self.waiters.clear()
+        return self.release(len(self.waiters))
+
+    def release(self, n: int) -> list[Waiter]:
+        """The ``n`` oldest waiters go on, in arrival order."""
+        out = [self.waiters.popleft() for _ in range(min(n, len(self.waiters)))]
         for w in out:
             if not w.fut.done():
                 w.fut.set_result(None)
+        self.released += len(out)
+        if not self.waiters:
+            self.released, self.episode_start = 0, None
         return out
+
+    def spread(self, now: float, ready: int, coming: int, spread_s: float) -> list[Waiter]:
+        """Release what the ``ready`` replicas' share is, while ``coming`` more (started together,
+        running, not ready yet) are about to take theirs: a burst that started several replicas
+        at once is not all sent to whichever answered its probe first. After ``spread_s`` from the
+        first release, everything goes on. Returns the waiters released."""
+        if not self.waiters or ready <= 0:
+            return []
+        if self.episode_start is None:
+            self.episode_start = now
+        if coming <= 0 or now - self.episode_start >= spread_s:
+            return self.release_all()
+        total = self.released + len(self.waiters)
+        share = -(-total * ready // (ready + coming))  # ceil
+        return self.release(share - self.released)
 
     def fail_all(self, refusal: Refusal) -> list[Waiter]:
         out = list(self.waiters)
