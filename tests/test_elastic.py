@@ -149,6 +149,29 @@ def test_fit_check_labels_the_plan_each_replica_runs_and_render_is_one_replica(t
     assert "add_server coder generate mock" in scripts["coder.sbatch"] and "--array" not in scripts["coder.sbatch"]
 
 
+def test_a_draining_replica_gets_no_new_requests():
+    from biofleet.proxy.discovery import Backend, BackendSpec
+    from biofleet.proxy.routing import pick_backend
+
+    a, b = (Backend(BackendSpec(key=k, url=f"http://127.0.0.1:{p}", served_names=("coder",)))
+            for k, p in (("coder@1", 1), ("coder@2", 2)))
+    b.draining = True
+    assert {pick_backend([a, b], "round-robin", c) for c in range(4)} == {a}
+    a.draining = True
+    assert pick_backend([a, b], "least-outstanding", 0) is None
+
+
+def test_up_refuses_no_proxy_for_an_elastic_fleet(tmp_path):
+    from biofleet.errors import FleetError
+    from biofleet.fleet import up
+
+    ref = write_profile(tmp_path)
+    with open_fleet(load_profile(ref), backend="local") as fleet, pytest.raises(FleetError) as ei:
+        up(fleet, profile_ref=str(ref), proxy_mode="none", wait=False)
+    assert "coder are elastic: the controller that starts their replicas runs in the proxy" in str(ei.value)
+    assert not Path(fleet.paths.state).exists()  # refused before anything was written or submitted
+
+
 # ---------------------------------------------------------------------------- tags
 
 

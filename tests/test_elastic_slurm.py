@@ -17,8 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from biofleet.backends.slurm import Slurm
+from biofleet.cli.main import app
 from biofleet.elastic.state import load_elastic_state
 from biofleet.fleet import ServerState, collect_status, down, open_fleet, up
 from biofleet.fleet.elastic import make_plan
@@ -148,6 +150,15 @@ def test_zero_to_n_under_a_burst_and_back_to_zero(slurm_cluster, tmp_path):
             assert first[0] == "scale-up", first
             st = collect_status(fleet)
             assert st.elastic[0].ready >= 1 and any(s.elastic and s.state == ServerState.READY for s in st.servers)
+            # status and logs, through the CLI
+            shown = CliRunner().invoke(app, ["status", "--profile", str(ref)], env={"COLUMNS": "200"})
+            assert shown.exit_code == 0, shown.output
+            assert "elastic coder (0..3):" in shown.output and "held and no replica" in shown.output
+            as_json = CliRunner().invoke(app, ["status", "--profile", str(ref), "--json"])
+            elastic = json.loads(as_json.output)["elastic"]
+            assert elastic[0]["server"] == "coder" and elastic[0]["decisions"][0]["action"] == "scale-up"
+            logs = CliRunner().invoke(app, ["logs", "coder", "--profile", str(ref)])
+            assert logs.exit_code == 0 and "mock engine: listening on" in logs.output, logs.output
             # each replica is a job of its own, on a T4 node, tagged for this fleet
             jobs = tagged_active(fleet)
             assert len(jobs) == st.elastic[0].ready + st.elastic[0].starting + st.elastic[0].pending
@@ -204,8 +215,10 @@ def test_failed_replica_job_and_a_pending_one_end_held_requests_with_503(slurm_c
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
             err = r.json()["error"]
             assert err["code"] == "replica_start_failed" and "FAILED" in err["message"], err
-            assert "coder exited with code 2" in err["message"]  # why, from the server's log
             wait_for(lambda: actions(fleet)[:2] == ["scale-up", "failed"], 5, "the failure in the journal")
+            # status says why, from the server's log (clients are told the job's state only)
+            failed = next(d for d in journal(fleet).decisions if d.action == "failed")
+            assert "coder exited with code 2" in failed.reason and "coder exited" not in err["message"]
         finally:
             down(fleet)
 

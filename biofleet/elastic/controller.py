@@ -10,8 +10,9 @@ every fraction of a second:
 3. asks the pure :func:`~biofleet.elastic.policy.decide` what to do, and does it: ``submit``
    records an intent in the journal, *then* runs ``sbatch`` with the intent's tag, then records
    the job id; ``drain`` makes the router skip a replica; ``cancel`` runs ``scancel`` by job id;
-4. releases held requests when a replica is routable, or fails them with the reason when its start
-   failed (the next start of that server then waits out a back-off: 5 s, doubling to 5 min).
+4. releases held requests when a replica is routable (spread over replicas started together), or
+   fails them with the reason when its start failed (the next start of that server then waits out
+   a back-off: 5 s, doubling to 5 min).
 
 On start it reads its journal back and, with one tagged query, adopts any submission whose job
 id it had not recorded before it stopped (nothing is submitted twice for one decision). Replicas
@@ -258,7 +259,7 @@ class ElasticRuntime:
                 parts.append(f"job {r.job_id} {info.state.value} ({info.reason or 'no reason given'})")
             elif info.state == JobState.RUNNING:
                 b = self._backend(r)
-                parts.append(f"job {r.job_id} RUNNING on {info.nodes or '?'}, the server "
+                parts.append(f"job {r.job_id} RUNNING, the server "
                              + ("is not answering its probe yet" if b is not None else "has not registered yet"))
             else:
                 parts.append(f"job {r.job_id} {info.state.value}")
@@ -280,9 +281,9 @@ class ElasticRuntime:
                 now = time.time()
                 if self._poll_now or now >= next_poll:
                     self._poll_now = False
+                    next_poll = now + self._poll_s()  # also when the query fails: no hammering
                     await self._maybe_reload_plan()
                     await self.refresh()
-                    next_poll = time.time() + self._poll_s()
                 await self.step(time.time())
             except asyncio.CancelledError:
                 raise
@@ -363,13 +364,17 @@ class ElasticRuntime:
             self._end(rec, rec.end or "cancelled", now, failed=False)
             return
         failed = rec.ready_at is None and rec.state != "draining"
-        if failed:
-            tail = await asyncio.to_thread(_last_line, self.paths.server_log(rec.server, rec.job_id or ""))
-            how = f"job {rec.job_id} {how}" + (f" ({tail})" if tail else "")
-        self._end(rec, how, now, failed=failed)
-        self._decision(rec.server, "failed" if failed else "ended", how, rec)
-        if failed:
-            self._failed_start(rec.server, how, now)
+        if not failed:
+            self._end(rec, how, now, failed=False)
+            self._decision(rec.server, "ended", how, rec)
+            return
+        # Clients read "job 12 FAILED"; the journal (status) also the last line of the server's log.
+        told = f"job {rec.job_id} {how}"
+        tail = await asyncio.to_thread(_last_line, self.paths.server_log(rec.server, rec.job_id or ""))
+        logged = told + (f" (log: {tail})" if tail else "")
+        self._end(rec, logged, now, failed=True)
+        self._decision(rec.server, "failed", logged, rec)
+        self._failed_start(rec.server, told, now)
 
     def _end(self, rec: ReplicaRecord, how: str, now: float, *, failed: bool) -> None:
         rec.state, rec.end, rec.ended_at, rec.failed = "ended", how, now, failed
@@ -460,7 +465,9 @@ class ElasticRuntime:
         elif a.kind == "cancel":
             if rec.job_id:
                 await asyncio.to_thread(self.scheduler.cancel, [rec.job_id])
-            rec.state, rec.end = "cancelled", f"cancelled: {a.reason}"
+                rec.state, rec.end = "cancelled", f"cancelled: {a.reason}"  # ended once the job left the queue
+            else:
+                self._end(rec, f"cancelled before submission: {a.reason}", now, failed=False)
             self._decision(sp.server, "cancel", a.reason, rec)
             self._poll_now = True
         self._apply_draining()

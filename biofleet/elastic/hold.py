@@ -1,8 +1,10 @@
 """Requests held while an elastic server has no ready replica.
 
 Each elastic server has one :class:`HeldQueue`: a FIFO of waiters, bounded in count
-(``max_held``) and in time (``cold_start_s``). The controller releases them all, in arrival order,
-when a replica becomes routable, or fails them all with the reason when the start failed.
+(``max_held``) and in time (``cold_start_s``). The controller releases them in arrival order when
+a replica becomes routable — when several were started together for a burst, each takes its
+share as it turns ready (:meth:`HeldQueue.spread`) — or fails them all with the reason when the
+start failed.
 
 A held request does not answer until then, except:
 
