@@ -272,8 +272,11 @@ def test_continued_stream_passes_events_and_turns_an_error_answer_into_an_event(
         {"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]},
         {"type": "http.response.body", "body": b'{"error": {"message": "no healthy replica"}}', "more_body": False},
     ]))
+    assert err[0]["body"].startswith(b"data: {") and err[0]["body"].endswith(b"\n\n")  # an SSE event
     event = json.loads(err[0]["body"].decode().removeprefix("data: "))
-    assert event["error"]["message"] == "no healthy replica" and err[-1]["more_body"] is False
+    assert event["error"] == {"message": "no healthy replica", "type": "service_unavailable", "param": None,
+                              "code": "upstream_error"}
+    assert err[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 # ---------------------------------------------------------------------------- in the proxy, local backend
