@@ -20,15 +20,16 @@ import uvicorn
 from biofleet.devtools.mock_engine import build_app as build_mock
 from biofleet.proxy.app import ProxyApp, build_app
 from biofleet.proxy.config import ProxyConfig, StaticBackend
+from biofleet.proxy.server import uvicorn_options
 
 
 class ServerThread:
     """``with ServerThread(app) as s: s.url``: uvicorn on 127.0.0.1, stopped on exit."""
 
-    def __init__(self, app: Any, port: int = 0):
+    def __init__(self, app: Any, port: int = 0, **options: Any):
         self.app = app
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                     access_log=False, lifespan="on", loop="asyncio", http="h11")
+        options = {"access_log": False, "lifespan": "on", "http": "h11", **options}
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", **options)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -91,9 +92,11 @@ def proxy_config(backends: dict[str, tuple[str, tuple[str, ...] | str]], **kw: A
     return ProxyConfig(backends=bk, **kw)
 
 
-def start_proxy(config: ProxyConfig, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+def start_proxy(config: ProxyConfig, *, h11: bool = True, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+    """The proxy app on uvicorn with the client limits ``biofleet proxy`` runs with (on h11, or on
+    httptools with ``h11=False``)."""
     app = build_app(config, **kw)
-    return ServerThread(app).start(), app
+    return ServerThread(app, **uvicorn_options(config, h11=h11)).start(), app
 
 
 @pytest.fixture

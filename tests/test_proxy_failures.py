@@ -90,7 +90,7 @@ def test_stream_that_stalls_midway_ends_with_sse_error_after_the_timeout(stack):
     us, rec = upstream(stalls)
     keep(stack, us)
     stack.callback(gate.set)
-    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, request_timeout_s=0.5))
+    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, idle_timeout_s=0.5))
     events = []
     # the client's own timeout is only a guard: the proxy must end the stream well before it
     with httpx.Client(timeout=15) as c, c.stream("POST", p.url + "/v1/chat/completions",
@@ -102,7 +102,7 @@ def test_stream_that_stalls_midway_ends_with_sse_error_after_the_timeout(stack):
     assert not gate.is_set()  # the stream ended while the upstream was still silent
     assert events[:2] == ["data: 0", "data: 1"] and len(events) == 3, events
     err = json.loads(events[2][len("data: "):])["error"]
-    assert err["code"] == "timeout" and "timed out" in err["message"]
+    assert err["code"] == "timeout" and "nothing for 0.5 s" in err["message"]
     settled(app)
     # the upstream connection was closed, not kept: the backend sees its client leave
     assert rec.disconnected.wait(5), "the stalled upstream connection was not released"
@@ -172,7 +172,7 @@ def test_non_streaming_body_that_stalls_is_a_504(stack):
         return False
 
     slow = keep(stack, RawServer(stalls).start())
-    p, app = proxy(stack, proxy_config({"s": (slow.url, "coder")}, request_timeout_s=0.5))
+    p, app = proxy(stack, proxy_config({"s": (slow.url, "coder")}, idle_timeout_s=0.5))
     r = httpx.post(p.url + "/v1/chat/completions", json=CHAT, timeout=15)
     assert_openai_error(r, 504, "upstream_timeout")
     settled(app)
