@@ -10,6 +10,7 @@ the same format through the same module for endpoints started outside biofleet
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -98,7 +99,16 @@ def _problem(data: object, exc: ValidationError) -> str:
     who = f"server {_shown(server, 40)}" if isinstance(server, str) else "a record"
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "record"
-    return f"{who}: {where}: {err['msg'][:200]}"
+    return f"{who}: {where}: {redact_userinfo(err['msg'][:200])}"
+
+
+_USERINFO = re.compile(r"(//)[^/@\s'\"]*@")
+
+
+def redact_userinfo(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://***@host`` anywhere in a message: an error
+    about a URL with credentials must not log or print them."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def read_records(registry_dir: Path, problems: list[str] | None = None) -> list[Endpoint]:

@@ -303,3 +303,108 @@ def chat_reply(served: str = "coder") -> bytes:
     """A whole HTTP/1.1 200 response carrying :func:`chat_body`, for RawServer handlers."""
     body = chat_body(served)
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+_SERVE_JSON = """
+import json, sys
+from biofleet.proxy.config import ProxyConfig
+from biofleet.proxy.server import serve
+serve(ProxyConfig.model_validate_json(sys.argv[1]), log_level=sys.argv[2])
+"""
+
+
+class ProxyProcess:
+    """A real proxy process on a loopback port, its output in ``log``; stopped (by PID) on exit.
+
+    ``ProxyProcess(config=ProxyConfig(...))`` runs :func:`biofleet.proxy.server.serve`, the
+    function behind ``biofleet proxy``, with settings the CLI does not offer (short client
+    timeouts); ``ProxyProcess(argv=[...])`` runs ``biofleet proxy`` itself (``--port`` is added).
+    ``nofile`` caps the process's descriptor limit (soft and hard).
+    """
+
+    def __init__(self, tmp: Any, *, config: ProxyConfig | None = None, argv: list[str] | None = None,
+                 nofile: int | None = None, log_level: str = "info", wait: bool = True):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.log = tmp / f"proxy-{self.port}.log"
+        if config is not None:
+            config = config.model_copy(update={"port": self.port})
+            cmd = [sys.executable, "-c", _SERVE_JSON, _config_json(config), log_level]
+        else:
+            cmd = [sys.executable, "-m", "biofleet.cli.main", "proxy", *(argv or []), "--port", str(self.port),
+                   "--log-level", log_level]
+
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=limit if nofile is not None else None)
+        if wait:
+            self.wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the proxy exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                httpx.get(self.url + "/health", timeout=1)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=timeout, what="the proxy to listen")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        from pathlib import Path
+
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def fds(self) -> int:
+        import os
+
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _config_json(config: ProxyConfig) -> str:
+    """The config as JSON, the token included (SecretStr hides it from plain dumps)."""
+    import json
+
+    data = json.loads(config.model_dump_json())
+    if config.token is not None:
+        data["token"] = config.token.get_secret_value()
+    return json.dumps(data)

@@ -28,6 +28,7 @@ from pydantic import (
 
 from biofleet.names import _shown as shown
 from biofleet.names import check_endpoint_url, check_served_name
+from biofleet.registry import redact_userinfo
 
 
 class _Frozen(BaseModel):
@@ -223,14 +224,14 @@ def parse_backend_arg(text: str) -> tuple[str, StaticBackend]:
     """``NAME=URL`` from the command line; the served name is NAME."""
     name, sep, url = text.partition("=")
     if not sep or not name or not url:
-        raise ValueError(f"--backend {shown(text)}: expected NAME=URL, e.g. coder=http://127.0.0.1:8001")
+        raise ValueError(redact_userinfo(f"--backend {shown(text)}: expected NAME=URL, e.g. coder=http://127.0.0.1:8001"))
     try:
         check_served_name(name)
         return name, StaticBackend(url=url, served_names=(name,))
     except ValidationError as exc:
-        raise ValueError(f"--backend {shown(text)}: {exc.errors()[0]['msg']}") from None
+        raise ValueError(redact_userinfo(f"--backend {shown(text)}: {exc.errors()[0]['msg']}")) from None
     except ValueError as exc:
-        raise ValueError(f"--backend {shown(text)}: {exc}") from None
+        raise ValueError(redact_userinfo(f"--backend {shown(text)}: {exc}")) from None
 
 
 def parse_backend_args(texts: Sequence[str]) -> dict[str, StaticBackend]:
@@ -242,8 +243,8 @@ def parse_backend_args(texts: Sequence[str]) -> dict[str, StaticBackend]:
         name, b = parse_backend_arg(text)
         for key, other in out.items():
             if other.served_names == b.served_names and other.url.rstrip("/") == b.url.rstrip("/"):
-                raise ValueError(f"--backend {shown(text)} is given twice (as {key!r}); a second replica of "
-                                 f"{shown(name)} needs its own URL")
+                raise ValueError(f"--backend {shown(redact_userinfo(text))} is given twice (as {key!r}); "
+                                 f"a second replica of {shown(name)} needs its own URL")
         count[name] = count.get(name, 0) + 1
         key = name if count[name] == 1 else f"{name}#{count[name]}"
         out[key] = b

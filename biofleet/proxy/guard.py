@@ -34,6 +34,7 @@ log = logging.getLogger("biofleet.proxy")
 
 _IDLE, _HEAD, _BODY = 0, 1, 2  # between requests, reading a header block, reading a body
 _LINGER_S = 2.0  # how long a refused connection is read and discarded before it is closed
+_MAX_LINGERING = 16  # past this many at once, a refused connection is closed at once (descriptors are short)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ClientLimits:
     # refusals since the last log line (one line per 10 s at most, not one per connection)
     refused: int = field(default=0, repr=False)
     last_log: float = field(default=0.0, repr=False)
+    lingering: int = field(default=0, repr=False)  # refused connections still open
 
     def note_refused(self) -> None:
         self.refused += 1
@@ -78,6 +80,7 @@ class _Guard:
         self._timer_phase = _IDLE
         self._head_bytes = 0
         self._refused = False
+        self._lingers = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -113,6 +116,9 @@ class _Guard:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._lingers:
+            self._lingers = False
+            self.limits.lingering -= 1
         super().connection_lost(exc)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
@@ -173,7 +179,9 @@ class _Guard:
         # Close our side after the answer but read what the client still sends for a moment:
         # closing with unread request bytes makes the kernel reset the connection, and the client
         # may then never see the 503.
-        if self.transport.can_write_eof():
+        if self.limits.lingering < _MAX_LINGERING and self.transport.can_write_eof():
+            self.limits.lingering += 1
+            self._lingers = True
             self.transport.write_eof()
             self.loop.call_later(_LINGER_S, self.transport.close)
         else:
