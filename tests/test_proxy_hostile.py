@@ -164,6 +164,7 @@ def test_row3_half_a_header_block_is_answered_408_and_closed(stack, tmp_path):
         got, _ = raw_exchange(p.port, b"POST / HTTP/1.1\r\nX-Big: " + b"b" * 200_000, timeout=8)
         assert got.startswith(b"HTTP/1.1 431 "), got[:200]
         assert httpx.post(p.url + "/v1/chat/completions", json=CHAT).status_code == 200
+        kept_alive_idle_is_not_a_header_timeout(p.port)
         no_tracebacks(p)
 
 
@@ -452,3 +453,40 @@ def test_row10_huge_unknown_model_is_not_echoed(stack, tmp_path):
         assert_openai_error(r, 404)
         assert len(r.content) < 1000
 
+
+
+def test_client_limits_hold_on_h11_too(stack):
+    """The same limits where httptools is missing (uvicorn's h11 protocol; in-process)."""
+    coder = keep(stack, mock("coder"))
+    p, _ = proxy(stack, _short_client_timeouts(url=coder.url, max_client_connections=3))
+    got, took = raw_exchange(p.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", timeout=8)
+    assert got.startswith(b"HTTP/1.1 408 ") and took < 5, got[:200]
+    got, took = raw_exchange(p.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+                             timeout=8)
+    assert got.startswith(b"HTTP/1.1 408 ") and b"request body" in got and took < 5, got[:200]
+    held = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(3)]
+    try:
+        got, _ = raw_exchange(p.port, b"", timeout=5)
+        assert got.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in got, got[:200]
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: httpx.post(p.url + "/v1/chat/completions", json=CHAT).status_code == 200, what="served")
+    kept_alive_idle_is_not_a_header_timeout(p.port)
+
+
+def kept_alive_idle_is_not_a_header_timeout(port: int) -> None:
+    """Between two requests a kept-alive connection waits for the keep-alive timeout, not for the
+    (shorter) header deadline."""
+    body = json.dumps(CHAT).encode()
+    req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for _ in range(2):
+            s.sendall(req)
+            got = b""
+            while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, f"closed after {got[:100]!r}"
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+            time.sleep(1.5)  # longer than the 1 s header deadline
