@@ -223,19 +223,21 @@ class RawServer:
     server's keep-alive timeout).
     """
 
-    def __init__(self, handler: Callable[..., Any], idle_close_s: float | None = None):
+    def __init__(self, handler: Callable[..., Any], idle_close_s: float | None = None, port: int = 0,
+                 record: bool = True):
         self.handler = handler
+        self.record = record
         self.idle_close_s = idle_close_s
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self._tasks: set[asyncio.Task] = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = 0
+        self.port = port
 
     def start(self) -> RawServer:
         self.thread.start()
-        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._conn, "127.0.0.1", 0), self.loop)
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._conn, "127.0.0.1", self.port), self.loop)
         self.server = server.result(timeout=10)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -263,7 +265,8 @@ class RawServer:
                     await writer.drain()
                     continue
                 req = {"method": method, "path": path, "headers": headers, "body": body, "nth": nth}
-                self.requests.append(req)
+                if self.record:
+                    self.requests.append(req)
                 nth += 1
                 if not await self.handler(req, writer):
                     return
