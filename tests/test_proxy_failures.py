@@ -291,3 +291,30 @@ def _pooled_and_closed(app) -> bool:
 async def _answer(writer) -> bool:
     writer.write(chat_reply())
     return True
+
+
+# -- a stream that fails before its first event ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["closes", "stalls"])
+def test_stream_that_fails_before_its_first_event_is_retried_on_another_replica(stack, how):
+    gate = threading.Event()
+
+    async def headers_only(path, headers, body, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if how == "stalls":
+            await asyncio.to_thread(gate.wait, 30)
+        raise RuntimeError("engine died before its first token")
+
+    bad, rec = upstream(headers_only)
+    keep(stack, bad)
+    stack.callback(gate.set)  # before the server stops: its handler waits on the gate
+    good = keep(stack, mock("coder"))
+    p, app = proxy(stack, proxy_config({"bad": (bad.url, "coder"), "good": (good.url, "coder")},
+                                       strategy="round-robin", stream_first_byte_timeout_s=0.5))
+    # round-robin: the bad one first. Its status line reached nobody: the client sees the good stream only
+    r = httpx.post(p.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=15)
+    assert r.status_code == 200 and r.headers["x-biofleet-route"] == "coder@good", r.text
+    assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+    assert len(rec.requests) == 1
+    settled(app)
