@@ -396,12 +396,13 @@ def render_compare(cmp: dict[str, list[dict]], a: argparse.Namespace) -> list[st
     cpu = median_of("after", "64 conns proxy CPU µs/request") / median_of("before", "64 conns proxy CPU µs/request") - 1
     cpu1 = median_of("after", "1 conn proxy CPU µs/request") - median_of("before", "1 conn proxy CPU µs/request")
     p50 = median_of("after", "1 conn p50 ms") - median_of("before", "1 conn p50 ms")
+    ttfb = median_of("after", "stream TTFB p50 ms") - median_of("before", "stream TTFB p50 ms")
     non2xx = sum(m[64]["non2xx"] + m[1]["non2xx"] for runs in cmp.values() for m in runs)
     lines += [
         "",
         f"Throughput at 64 connections: {thr:+.1%}, proxy CPU per request {cpu:+.1%} (goal: throughput no worse "
         f"than -5%); added p50 at 1 connection: {p50:+.3f} ms, proxy CPU per request {cpu1:+.1f} µs (goal: at most "
-        f"+0.05 ms). Non-2xx responses in these runs: {non2xx:.0f}.",
+        f"+0.05 ms). Stream TTFB p50: {ttfb:+.3f} ms. Non-2xx responses in these runs: {non2xx:.0f}.",
         "",
     ]
     return lines

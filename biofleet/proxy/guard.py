@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,6 +237,8 @@ def usable_connections(wanted: int, reserve: int = 64) -> int:
     too, plus ``reserve`` descriptors for the listener, probes, logs and the registry. Raises the
     soft descriptor limit to the hard one first (as Go's runtime and nginx's
     ``worker_rlimit_nofile`` do); returns ``wanted`` or less."""
+    import resource  # POSIX only
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
