@@ -16,6 +16,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from biofleet.profile import ProxySettings
 
 PROXY_MODULE = "biofleet.cli.main"  # `python -m biofleet.cli.main proxy ...` runs the proxy
 
@@ -80,8 +84,10 @@ class FleetPaths:
     def restart_request(self, server: str, job_key: str) -> str:
         return self._p("control", f"{server}.{job_key}.restart")
 
-    def proxy_args(self, host: str, port: str) -> list[str]:
+    def proxy_args(self, host: str, port: str, settings: ProxySettings | None = None) -> list[str]:
         """The arguments of ``biofleet proxy`` serving this fleet: one definition for the proxy job
-        and for a proxy started on this machine."""
+        and for a proxy started on this machine; ``settings`` (the profile's ``proxy:``) adds the
+        timeouts and limits it sets."""
         return ["proxy", "--registry", self.registry, "--routing", self.routing, "--host", host, "--port", port,
-                "--token-file", self.token, "--backend-key-file", self.backend_key]
+                "--token-file", self.token, "--backend-key-file", self.backend_key,
+                *(settings.proxy_flags() if settings is not None else [])]
