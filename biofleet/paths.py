@@ -84,10 +84,9 @@ class FleetPaths:
     def restart_request(self, server: str, job_key: str) -> str:
         return self._p("control", f"{server}.{job_key}.restart")
 
-    def proxy_args(self, host: str, port: str, settings: ProxySettings | None = None) -> list[str]:
+    def proxy_args(self, host: str, port: str, settings: ProxySettings) -> list[str]:
         """The arguments of ``biofleet proxy`` serving this fleet: one definition for the proxy job
-        and for a proxy started on this machine; ``settings`` (the profile's ``proxy:``) adds the
-        timeouts and limits it sets."""
+        and for a proxy started on this machine, with the timeouts and limits of the profile's
+        ``proxy:`` (``settings``)."""
         return ["proxy", "--registry", self.registry, "--routing", self.routing, "--host", host, "--port", port,
-                "--token-file", self.token, "--backend-key-file", self.backend_key,
-                *(settings.proxy_flags() if settings is not None else [])]
+                "--token-file", self.token, "--backend-key-file", self.backend_key, *settings.proxy_flags()]

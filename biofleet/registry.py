@@ -10,14 +10,13 @@ the same format through the same module for endpoints started outside biofleet
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from biofleet.clusterside.jobkit import atomic_write_text, record_filename
-from biofleet.names import _shown, check_endpoint_url, check_name, check_served_name
+from biofleet.names import check_endpoint_url, check_name, check_served_name, redact_userinfo, shown
 from biofleet.remote.base import read_small_files
 
 MAX_RECORD_BYTES = 64 * 1024  # a registry record larger than this is skipped
@@ -96,19 +95,12 @@ def parse_records(texts: list[str], problems: list[str] | None = None) -> tuple[
 
 def _problem(data: object, exc: ValidationError) -> str:
     server = data.get("server") if isinstance(data, dict) else None
-    who = f"server {_shown(server, 40)}" if isinstance(server, str) else "a record"
+    who = f"server {shown(server, 40)}" if isinstance(server, str) else "a record"
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "record"
     return f"{who}: {where}: {redact_userinfo(err['msg'][:200])}"
 
 
-_USERINFO = re.compile(r"(//)[^/@\s'\"]*@")
-
-
-def redact_userinfo(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host`` anywhere in a message: an error
-    about a URL with credentials must not log or print them."""
-    return _USERINFO.sub(r"\1***@", text)
 
 
 def read_records(registry_dir: Path, problems: list[str] | None = None) -> list[Endpoint]:

@@ -310,8 +310,8 @@ def test_profile_proxy_settings_become_proxy_flags():
     from biofleet.profile import ProxySettings
 
     paths = FleetPaths("/w/f")
-    base = paths.proxy_args("0.0.0.0", "8080")
-    assert paths.proxy_args("0.0.0.0", "8080", ProxySettings()) == base  # nothing set: the proxy's defaults
+    base = paths.proxy_args("0.0.0.0", "8080", ProxySettings())
+    assert base[-2:] == ["--backend-key-file", "/w/f/secrets/backend.key"]  # nothing set: the proxy's defaults
     px = ProxySettings(connect_timeout_s=2, first_byte_timeout_s=900, stream_first_byte_timeout_s=30,
                        idle_timeout_s=45.5, deep_probe=True, max_client_connections=4096)
     assert paths.proxy_args("0.0.0.0", "8080", px)[len(base):] == [

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from biofleet.names import _shown as shown
+from biofleet.names import shown
 from biofleet.proxy import routing as R
 from biofleet.proxy.config import CloudFallback, ProxyConfig, RoutingConfig
 from biofleet.proxy.discovery import (

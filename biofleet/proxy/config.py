@@ -26,9 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from biofleet.names import _shown as shown
-from biofleet.names import check_endpoint_url, check_served_name
-from biofleet.registry import redact_userinfo
+from biofleet.names import check_endpoint_url, check_served_name, redact_userinfo, shown
 
 
 class _Frozen(BaseModel):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from biofleet.names import _shown as shown
+from biofleet.names import shown
 from biofleet.proxy.config import CloudFallback, RoutingConfig, Rule
 from biofleet.proxy.discovery import Backend
 
