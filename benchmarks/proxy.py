@@ -1,6 +1,7 @@
 """Proxy overhead against a direct upstream and nginx, measured in one run.
 
     python benchmarks/proxy.py [--duration 5] [--ttfb-samples 400] [--write BENCHMARKS.md]
+                               [--baseline-root ../biofleet-before --rounds 4]
 
 Starts a fast fake upstream (a raw ASGI app on uvicorn), nginx (Debian
 nginx-light, keepalive upstream, config in a temp dir, loopback, current user)
@@ -8,7 +9,11 @@ and ``biofleet proxy``; drives each with ``wrk --latency`` (POST body via a Lua
 script) at 1 and 64 connections, and times the first byte of streamed
 responses with a raw-socket client. Prints a table and the ratios against the
 goals and, with ``--write``, replaces the "## Proxy" section of BENCHMARKS.md.
-Everything listens on 127.0.0.1 and every load loop is bounded by time or count.
+With ``--baseline-root`` (a checkout of an earlier commit, e.g. from ``git worktree add``) it
+then runs the proxy of that checkout and of this one in turns, ``--rounds`` times each, in front
+of the same upstream, and reports what the change costs (medians and the spread of the rounds):
+the proxies never run at the same time, and alternating the order cancels drift in the machine's
+load. Everything listens on 127.0.0.1 and every load loop is bounded by time or count.
 """
 
 from __future__ import annotations
@@ -141,7 +146,15 @@ def run_wrk(url: str, conns: int, duration: int, lua: Path) -> dict[str, float]:
         val, unit = float(m.group(1)), m.group(2)
         lat[pct] = val / 1000 if unit == "us" else val * 1000 if unit == "s" else val
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"], "non2xx": float(errors.group(1)) if errors else 0.0}
+    total = float(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"], "non2xx": float(errors.group(1)) if errors else 0.0,
+            "requests": total}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ttfb_samples(port: int, n: int) -> list[float]:
@@ -175,6 +188,59 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def start_proxy(root: Path, up: int, port: int) -> subprocess.Popen:
+    """``biofleet proxy`` from the checkout at ``root`` in front of the upstream."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "biofleet.cli.main", "proxy", "--backend", f"bench=http://127.0.0.1:{up}",
+         "--port", str(port), "--log-level", "warning"], env=env, cwd=str(root))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def measure(port: int, duration: int, ttfb_n: int, lua: Path, pid: int | None = None) -> dict:
+    """wrk at 1 and 64 connections, then streamed TTFB; with ``pid``, also that process's CPU time
+    per request: a load on the machine from elsewhere stretches wall-clock numbers, hardly this."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    run_wrk(url, 8, 1, lua)  # warm up connection pools
+    out: dict = {}
+    for c in (1, 64):
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        out[c] = run_wrk(url, c, duration, lua)
+        if pid:
+            out[c]["cpu_us"] = (cpu_seconds(pid) - cpu0) / out[c]["requests"] * 1e6
+    ttfb = ttfb_samples(port, ttfb_n)
+    out["ttfb"] = {"p50_ms": statistics.median(ttfb) * 1000, "p99_ms": pct(ttfb, 0.99) * 1000}
+    return out
+
+
+def compare(baseline: Path, up: int, rounds: int, duration: int, ttfb_n: int, lua: Path) -> dict[str, list[dict]]:
+    """The baseline's proxy and this checkout's, in turns (ABBA...), one at a time."""
+    out: dict[str, list[dict]] = {"before": [], "after": []}
+    roots = {"before": baseline.resolve(), "after": ROOT}
+    for r in range(rounds):
+        for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+            port = free_port()
+            proc = start_proxy(roots[name], up, port)
+            try:
+                wait_port(port)
+                time.sleep(1.5)  # first health probe
+                out[name].append(measure(port, duration, ttfb_n, lua, proc.pid))
+            finally:
+                stop(proc)
+            m = out[name][-1]
+            print(f"round {r + 1} {name}: {m[64]['rps']:.0f} req/s at 64, p50 {m[1]['p50_ms']:.3f} ms at 1, "
+                  f"{m[64]['cpu_us']:.0f}/{m[1]['cpu_us']:.0f} us CPU per request at 64/1", file=sys.stderr)
+    return out
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -183,6 +249,9 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--ttfb-samples", type=int, default=400)
     ap.add_argument("--write", type=Path, default=None, help="replace the '## Proxy' section of this file")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="a checkout of an earlier commit: compare its proxy with this one's")
+    ap.add_argument("--rounds", type=int, default=4, help="runs of each proxy with --baseline-root")
     ap.add_argument("--serve-upstream", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve_upstream:
@@ -205,9 +274,8 @@ def main() -> int:
         nginx_argv = [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")]
         procs.append(subprocess.Popen(nginx_argv,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "biofleet.cli.main", "proxy", "--backend", f"bench=http://127.0.0.1:{up}",
-             "--port", str(prx), "--log-level", "warning"], env=env))
+        proxy = start_proxy(ROOT, up, prx)
+        procs.append(proxy)
         wait_port(ngx)
         wait_port(prx)
         time.sleep(1.5)  # first health probe
@@ -216,11 +284,10 @@ def main() -> int:
         targets = {"direct": up, "nginx": ngx, "biofleet": prx}
         res: dict[str, dict] = {}
         for name, port in targets.items():
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            run_wrk(url, 8, 1, lua)  # warm up connection pools
-            res[name] = {c: run_wrk(url, c, a.duration, lua) for c in (1, 64)}
-            ttfb = ttfb_samples(port, a.ttfb_samples)
-            res[name]["ttfb"] = {"p50_ms": statistics.median(ttfb) * 1000, "p99_ms": pct(ttfb, 0.99) * 1000}
+            res[name] = measure(port, a.duration, a.ttfb_samples, lua)
+        stop(proxy)
+        procs.remove(proxy)
+        cmp = compare(a.baseline_root, up, a.rounds, a.duration, a.ttfb_samples, lua) if a.baseline_root else None
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -231,14 +298,14 @@ def main() -> int:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report = render(res, a)
+    report = render(res, a, cmp)
     print(report)
     if a.write:
         write_section(a.write, report)
     return 0
 
 
-def render(res: dict, a: argparse.Namespace) -> str:
+def render(res: dict, a: argparse.Namespace, cmp: dict[str, list[dict]] | None = None) -> str:
     d, n, b = res["direct"], res["nginx"], res["biofleet"]
     try:
         import httptools  # noqa: F401
@@ -284,6 +351,7 @@ def render(res: dict, a: argparse.Namespace) -> str:
         f"Non-2xx responses during the runs: direct {d[64]['non2xx']:.0f}, nginx {n[64]['non2xx']:.0f}, "
         f"biofleet {b[64]['non2xx']:.0f}.",
         "",
+        *(render_compare(cmp, a) if cmp else []),
         "History: with httpx's AsyncClient on the hot path the proxy did 971 req/s at 64 connections (3% of",
         "nginx) and added 0.53 ms at p50: httpcore's pool scanned every connection for every request. The",
         "forwarding path now uses `biofleet/proxy/upstream.py` (an asyncio protocol fed to httptools, a LIFO",
@@ -293,6 +361,51 @@ def render(res: dict, a: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_compare(cmp: dict[str, list[dict]], a: argparse.Namespace) -> list[str]:
+    def col(name: str, get) -> list[float]:
+        return [get(m) for m in cmp[name]]
+
+    def cell(xs: list[float], fmt: str) -> str:
+        return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+
+    rows = [("64 conns req/s", lambda m: m[64]["rps"], ".0f"),
+            ("64 conns proxy CPU µs/request", lambda m: m[64]["cpu_us"], ".1f"),
+            ("1 conn proxy CPU µs/request", lambda m: m[1]["cpu_us"], ".1f"),
+            ("64 conns p50 ms", lambda m: m[64]["p50_ms"], ".2f"),
+            ("64 conns p99 ms", lambda m: m[64]["p99_ms"], ".2f"), ("1 conn req/s", lambda m: m[1]["rps"], ".0f"),
+            ("1 conn p50 ms", lambda m: m[1]["p50_ms"], ".3f"), ("1 conn p99 ms", lambda m: m[1]["p99_ms"], ".3f"),
+            ("stream TTFB p50 ms", lambda m: m["ttfb"]["p50_ms"], ".3f")]
+    lines = [
+        f"### Before and after: {a.baseline_root.name} vs this checkout",
+        "",
+        f"The two proxies in turns in front of the same upstream, {len(cmp['after'])} runs each (order alternating "
+        "every round, never both at once); median (lowest–highest run).",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+    ]
+    for label, get, fmt in rows:
+        lines.append(f"| {label} | {cell(col('before', get), fmt)} | {cell(col('after', get), fmt)} |")
+    def median_of(name: str, label: str) -> float:
+        get = next(g for lb, g, _ in rows if lb == label)
+        return statistics.median(col(name, get))
+
+    thr = median_of("after", "64 conns req/s") / median_of("before", "64 conns req/s") - 1
+    cpu = median_of("after", "64 conns proxy CPU µs/request") / median_of("before", "64 conns proxy CPU µs/request") - 1
+    cpu1 = median_of("after", "1 conn proxy CPU µs/request") - median_of("before", "1 conn proxy CPU µs/request")
+    p50 = median_of("after", "1 conn p50 ms") - median_of("before", "1 conn p50 ms")
+    ttfb = median_of("after", "stream TTFB p50 ms") - median_of("before", "stream TTFB p50 ms")
+    non2xx = sum(m[64]["non2xx"] + m[1]["non2xx"] for runs in cmp.values() for m in runs)
+    lines += [
+        "",
+        f"Throughput at 64 connections: {thr:+.1%}, proxy CPU per request {cpu:+.1%} (goal: throughput no worse "
+        f"than -5%); added p50 at 1 connection: {p50:+.3f} ms, proxy CPU per request {cpu1:+.1f} µs (goal: at most "
+        f"+0.05 ms). Stream TTFB p50: {ttfb:+.3f} ms. Non-2xx responses in these runs: {non2xx:.0f}.",
+        "",
+    ]
+    return lines
 
 
 def write_section(path: Path, section: str) -> None:

@@ -18,6 +18,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from biofleet.profile import ProxySettings
 
 PROXY_MODULE = "biofleet.cli.main"  # `python -m biofleet.cli.main proxy ...` runs the proxy
 
@@ -90,10 +94,11 @@ class FleetPaths:
     def restart_request(self, server: str, job_key: str) -> str:
         return self._p("control", f"{server}.{job_key}.restart")
 
-    def proxy_args(self, host: str, port: str, *, elastic: bool = False) -> list[str]:
+    def proxy_args(self, host: str, port: str, settings: ProxySettings, *, elastic: bool = False) -> list[str]:
         """The arguments of ``biofleet proxy`` serving this fleet: one definition for the proxy job
-        and for a proxy started on this machine. ``elastic``: the fleet has elastic servers, which
-        the proxy's controller scales (``--elastic`` names the plan ``up`` wrote)."""
+        and for a proxy started on this machine, with the timeouts and limits of the profile's
+        ``proxy:`` (``settings``). ``elastic``: the fleet has elastic servers, which the proxy's
+        controller scales (``--elastic`` names the plan ``up`` wrote)."""
         return ["proxy", "--registry", self.registry, "--routing", self.routing, "--host", host, "--port", port,
-                "--token-file", self.token, "--backend-key-file", self.backend_key,
+                "--token-file", self.token, "--backend-key-file", self.backend_key, *settings.proxy_flags(),
                 *(["--elastic", self.elastic_plan] if elastic else [])]

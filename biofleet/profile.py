@@ -310,6 +310,27 @@ class ProxySettings(_Frozen):
     cpus_per_task: int = Field(2, gt=0)
     mem: Memory = "4G"
     time: TimeLimit | None = None
+    # How long the proxy waits for a backend, and how many clients it holds; unset: the proxy's
+    # defaults (biofleet.proxy.config.ProxyConfig says why each is what it is).
+    connect_timeout_s: float | None = Field(None, gt=0, le=600)
+    first_byte_timeout_s: float | None = Field(None, gt=0, le=86400)  # not streaming: the whole generation
+    stream_first_byte_timeout_s: float | None = Field(None, gt=0, le=86400)  # streaming: the first event
+    idle_timeout_s: float | None = Field(None, gt=0, le=86400)  # a gap between chunks of an answer
+    deep_probe: bool | None = None  # a one-token completion now and then catches a hung engine
+    max_client_connections: int | None = Field(None, ge=1, le=1_000_000)
+
+    def proxy_flags(self) -> list[str]:
+        """The ``biofleet proxy`` options for the fields set here (none for those left unset)."""
+        out: list[str] = []
+        for name in ("connect_timeout_s", "first_byte_timeout_s", "stream_first_byte_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if value is not None:
+                out += ["--" + name[: -len("_s")].replace("_", "-"), f"{value:g}"]
+        if self.deep_probe is not None:
+            out.append("--deep-probe" if self.deep_probe else "--no-deep-probe")
+        if self.max_client_connections is not None:
+            out += ["--max-connections", str(self.max_client_connections)]
+        return out
 
 
 # ---------------------------------------------------------------------------

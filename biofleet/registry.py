@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from biofleet.clusterside.jobkit import atomic_write_text, record_filename
-from biofleet.names import check_endpoint_url, check_name, check_served_name
+from biofleet.names import check_endpoint_url, check_name, check_served_name, redact_userinfo, shown
 from biofleet.remote.base import read_small_files
 
 MAX_RECORD_BYTES = 64 * 1024  # a registry record larger than this is skipped
@@ -71,19 +71,40 @@ def write_record(registry_dir: Path, ep: Endpoint) -> Path:
     return target
 
 
-def parse_records(texts: list[str]) -> tuple[list[Endpoint], int]:
-    """Well-formed records from record texts, and how many were not."""
+def parse_records(texts: list[str], problems: list[str] | None = None) -> tuple[list[Endpoint], int]:
+    """Well-formed records from record texts, and how many were not. ``problems``, when given,
+    gets one short line per bad record (what is wrong, untrusted values clipped and escaped)."""
     out: list[Endpoint] = []
     bad = 0
     for text in texts:
         try:
-            out.append(Endpoint.model_validate(json.loads(text)))
-        except ValueError:  # JSON or validation error
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep
             bad += 1
+            if problems is not None:
+                problems.append(f"not JSON ({getattr(exc, 'msg', 'nested too deeply')})")
+            continue
+        try:
+            out.append(Endpoint.model_validate(data))
+        except ValidationError as exc:
+            bad += 1
+            if problems is not None:
+                problems.append(_problem(data, exc))
     return out, bad
 
 
-def read_records(registry_dir: Path) -> list[Endpoint]:
-    """All well-formed records (bounded: regular files only, size and count capped, never blocking)."""
+def _problem(data: object, exc: ValidationError) -> str:
+    server = data.get("server") if isinstance(data, dict) else None
+    who = f"server {shown(server, 40)}" if isinstance(server, str) else "a record"
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    return f"{who}: {where}: {redact_userinfo(err['msg'][:200])}"
+
+
+
+
+def read_records(registry_dir: Path, problems: list[str] | None = None) -> list[Endpoint]:
+    """All well-formed records (bounded: regular files only, size and count capped, never blocking);
+    ``problems`` as in :func:`parse_records`."""
     texts = read_small_files(str(registry_dir), ".json", MAX_RECORD_BYTES, MAX_RECORDS)
-    return parse_records(texts)[0]
+    return parse_records(texts, problems)[0]

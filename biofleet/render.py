@@ -215,7 +215,7 @@ def render_proxy_job(profile: Profile, fleet_dir: str, dialect: ScriptDialect = 
         "port": str(px.port) if px.port else "auto",
         "advertise": profile.cluster.advertise,
         "argv": ["python3", "-m", PROXY_MODULE,
-                 *paths.proxy_args(px.host, PORT_PLACEHOLDER, elastic=bool(profile.elastic_servers()))],
+                 *paths.proxy_args(px.host, PORT_PLACEHOLDER, px, elastic=bool(profile.elastic_servers()))],
         "directives": dialect.directives(profile, None, fleet_dir),
     }
     return _env().get_template("proxy.sbatch.j2").render(**ctx)

@@ -20,15 +20,16 @@ import uvicorn
 from biofleet.devtools.mock_engine import build_app as build_mock
 from biofleet.proxy.app import ProxyApp, build_app
 from biofleet.proxy.config import ProxyConfig, StaticBackend
+from biofleet.proxy.server import uvicorn_options
 
 
 class ServerThread:
     """``with ServerThread(app) as s: s.url``: uvicorn on 127.0.0.1, stopped on exit."""
 
-    def __init__(self, app: Any, port: int = 0):
+    def __init__(self, app: Any, port: int = 0, **options: Any):
         self.app = app
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                     access_log=False, lifespan="on", loop="asyncio", http="h11")
+        options = {"access_log": False, "lifespan": "on", "http": "h11", **options}
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", **options)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -91,9 +92,11 @@ def proxy_config(backends: dict[str, tuple[str, tuple[str, ...] | str]], **kw: A
     return ProxyConfig(backends=bk, **kw)
 
 
-def start_proxy(config: ProxyConfig, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+def start_proxy(config: ProxyConfig, *, h11: bool = True, **kw: Any) -> tuple[ServerThread, ProxyApp]:
+    """The proxy app on uvicorn with the client limits ``biofleet proxy`` runs with (on h11, or on
+    httptools with ``h11=False``)."""
     app = build_app(config, **kw)
-    return ServerThread(app).start(), app
+    return ServerThread(app, **uvicorn_options(config, h11=h11)).start(), app
 
 
 @pytest.fixture
@@ -220,19 +223,21 @@ class RawServer:
     server's keep-alive timeout).
     """
 
-    def __init__(self, handler: Callable[..., Any], idle_close_s: float | None = None):
+    def __init__(self, handler: Callable[..., Any], idle_close_s: float | None = None, port: int = 0,
+                 record: bool = True):
         self.handler = handler
+        self.record = record
         self.idle_close_s = idle_close_s
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self._tasks: set[asyncio.Task] = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = 0
+        self.port = port
 
     def start(self) -> RawServer:
         self.thread.start()
-        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._conn, "127.0.0.1", 0), self.loop)
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._conn, "127.0.0.1", self.port), self.loop)
         self.server = server.result(timeout=10)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -260,7 +265,8 @@ class RawServer:
                     await writer.drain()
                     continue
                 req = {"method": method, "path": path, "headers": headers, "body": body, "nth": nth}
-                self.requests.append(req)
+                if self.record:
+                    self.requests.append(req)
                 nth += 1
                 if not await self.handler(req, writer):
                     return
@@ -300,3 +306,108 @@ def chat_reply(served: str = "coder") -> bytes:
     """A whole HTTP/1.1 200 response carrying :func:`chat_body`, for RawServer handlers."""
     body = chat_body(served)
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+_SERVE_JSON = """
+import json, sys
+from biofleet.proxy.config import ProxyConfig
+from biofleet.proxy.server import serve
+serve(ProxyConfig.model_validate_json(sys.argv[1]), log_level=sys.argv[2])
+"""
+
+
+class ProxyProcess:
+    """A real proxy process on a loopback port, its output in ``log``; stopped (by PID) on exit.
+
+    ``ProxyProcess(config=ProxyConfig(...))`` runs :func:`biofleet.proxy.server.serve`, the
+    function behind ``biofleet proxy``, with settings the CLI does not offer (short client
+    timeouts); ``ProxyProcess(argv=[...])`` runs ``biofleet proxy`` itself (``--port`` is added).
+    ``nofile`` caps the process's descriptor limit (soft and hard).
+    """
+
+    def __init__(self, tmp: Any, *, config: ProxyConfig | None = None, argv: list[str] | None = None,
+                 nofile: int | None = None, log_level: str = "info", wait: bool = True):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.log = tmp / f"proxy-{self.port}.log"
+        if config is not None:
+            config = config.model_copy(update={"port": self.port})
+            cmd = [sys.executable, "-c", _SERVE_JSON, _config_json(config), log_level]
+        else:
+            cmd = [sys.executable, "-m", "biofleet.cli.main", "proxy", *(argv or []), "--port", str(self.port),
+                   "--log-level", log_level]
+
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=limit if nofile is not None else None)
+        if wait:
+            self.wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the proxy exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                httpx.get(self.url + "/health", timeout=1)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=timeout, what="the proxy to listen")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        from pathlib import Path
+
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def fds(self) -> int:
+        import os
+
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _config_json(config: ProxyConfig) -> str:
+    """The config as JSON, the token included (SecretStr hides it from plain dumps)."""
+    import json
+
+    data = json.loads(config.model_dump_json())
+    if config.token is not None:
+        data["token"] = config.token.get_secret_value()
+    return json.dumps(data)

@@ -56,6 +56,12 @@ def _lifecycle(fleet, demo_profile, events):
         assert [s.state for s in res.status.servers] == [ServerState.READY] * 4, events
         assert {r.job for r in res.submitted} == {"coders", "misc"}
 
+        # status learns from the proxy (with the token: its /health details are not public) which
+        # servers it routes to; up --renew drains old tasks on that answer
+        routed = collect_status(fleet).proxy.backends
+        assert routed is not None and sorted(routed) == sorted(f"{s.name}@{s.job_id}" for s in res.status.servers)
+        assert all(routed.values()), routed
+
         # the registry holds one record per server, written by the jobs themselves
         regs = sorted(p.name for p in Path(fleet.paths.registry).glob("*.json"))
         assert len(regs) == 4 and all(r.endswith(".json") for r in regs)

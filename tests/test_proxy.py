@@ -309,7 +309,7 @@ def test_upstream_timeout_is_504_and_releases_inflight(stack):
 
     us, _ = upstream(stuck)
     keep(stack, us)
-    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, request_timeout_s=0.3))
+    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, first_byte_timeout_s=0.3))
     r = httpx.post(p.url + "/v1/chat/completions", json={"model": "coder", **CHAT})
     assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
     settled(app)
@@ -526,7 +526,7 @@ def test_metrics_exposed(stack):
     text = httpx.get(p.url + "/metrics").text
     assert 'biofleet_proxy_requests_total{backend="m",model="coder",status="200"} 1.0' in text
     assert 'biofleet_proxy_request_seconds_count{backend="m",model="coder"} 1.0' in text
-    assert 'biofleet_proxy_errors_total{kind="model_not_found",model="nope"} 1.0' in text
+    assert 'biofleet_proxy_errors_total{kind="model_not_found",model="(other)"} 1.0' in text  # never a client string
     assert 'biofleet_proxy_backend_healthy{backend="m"} 1.0' in text
     assert 'biofleet_proxy_inflight{backend="m"} 0.0' in text
 

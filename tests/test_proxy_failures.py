@@ -90,7 +90,7 @@ def test_stream_that_stalls_midway_ends_with_sse_error_after_the_timeout(stack):
     us, rec = upstream(stalls)
     keep(stack, us)
     stack.callback(gate.set)
-    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, request_timeout_s=0.5))
+    p, app = proxy(stack, proxy_config({"u": (us.url, "coder")}, idle_timeout_s=0.5))
     events = []
     # the client's own timeout is only a guard: the proxy must end the stream well before it
     with httpx.Client(timeout=15) as c, c.stream("POST", p.url + "/v1/chat/completions",
@@ -102,7 +102,7 @@ def test_stream_that_stalls_midway_ends_with_sse_error_after_the_timeout(stack):
     assert not gate.is_set()  # the stream ended while the upstream was still silent
     assert events[:2] == ["data: 0", "data: 1"] and len(events) == 3, events
     err = json.loads(events[2][len("data: "):])["error"]
-    assert err["code"] == "timeout" and "timed out" in err["message"]
+    assert err["code"] == "timeout" and "nothing for 0.5 s" in err["message"]
     settled(app)
     # the upstream connection was closed, not kept: the backend sees its client leave
     assert rec.disconnected.wait(5), "the stalled upstream connection was not released"
@@ -172,7 +172,7 @@ def test_non_streaming_body_that_stalls_is_a_504(stack):
         return False
 
     slow = keep(stack, RawServer(stalls).start())
-    p, app = proxy(stack, proxy_config({"s": (slow.url, "coder")}, request_timeout_s=0.5))
+    p, app = proxy(stack, proxy_config({"s": (slow.url, "coder")}, idle_timeout_s=0.5))
     r = httpx.post(p.url + "/v1/chat/completions", json=CHAT, timeout=15)
     assert_openai_error(r, 504, "upstream_timeout")
     settled(app)
@@ -291,3 +291,30 @@ def _pooled_and_closed(app) -> bool:
 async def _answer(writer) -> bool:
     writer.write(chat_reply())
     return True
+
+
+# -- a stream that fails before its first event ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["closes", "stalls"])
+def test_stream_that_fails_before_its_first_event_is_retried_on_another_replica(stack, how):
+    gate = threading.Event()
+
+    async def headers_only(path, headers, body, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if how == "stalls":
+            await asyncio.to_thread(gate.wait, 30)
+        raise RuntimeError("engine died before its first token")
+
+    bad, rec = upstream(headers_only)
+    keep(stack, bad)
+    stack.callback(gate.set)  # before the server stops: its handler waits on the gate
+    good = keep(stack, mock("coder"))
+    p, app = proxy(stack, proxy_config({"bad": (bad.url, "coder"), "good": (good.url, "coder")},
+                                       strategy="round-robin", stream_first_byte_timeout_s=0.5))
+    # round-robin: the bad one first. Its status line reached nobody: the client sees the good stream only
+    r = httpx.post(p.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=15)
+    assert r.status_code == 200 and r.headers["x-biofleet-route"] == "coder@good", r.text
+    assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+    assert len(rec.requests) == 1
+    settled(app)

@@ -27,6 +27,8 @@ def test_scrape_config_follows_registry(tmp_path):
     state = FleetState(fleet="scr", profile=str(prof), backend="local", fleet_dir=str(fleet_dir),
                        proxy=ProxyRecord(run="local", url="http://127.0.0.1:8080"))
     (fleet_dir / "state.json").write_text(state.dumps())
+    (fleet_dir / "secrets").mkdir(mode=0o700)
+    (fleet_dir / "secrets" / "proxy.token").write_text("tok-123\n")
     out = tmp_path / "prom"
     r = CliRunner().invoke(app, ["scrape-config", "--profile", str(prof), "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -39,3 +41,13 @@ def test_scrape_config_follows_registry(tmp_path):
     assert [g["targets"] for g in groups] == [["10.1.2.3:41000"], ["10.1.2.4:41001"], ["127.0.0.1:8080"]]
     assert groups[1]["labels"]["served_names"] == "math,stats" and groups[1]["labels"]["job_id"] == "78"
     assert groups[2]["labels"]["role"] == "proxy"
+    # the proxy's /metrics needs the token: its own job sends it, read from a private file
+    servers, prox = cfg["scrape_configs"]
+    assert servers["relabel_configs"] == [{"source_labels": ["role"], "regex": "proxy", "action": "drop"}]
+    assert "authorization" not in servers
+    assert prox["job_name"] == "biofleet-scr-proxy"
+    assert prox["relabel_configs"] == [{"source_labels": ["role"], "regex": "proxy", "action": "keep"}]
+    assert prox["file_sd_configs"] == servers["file_sd_configs"]
+    cred = Path(prox["authorization"]["credentials_file"])
+    assert prox["authorization"]["type"] == "Bearer" and cred == (out / "biofleet-scr-proxy.token").resolve()
+    assert cred.read_text().strip() == "tok-123" and cred.stat().st_mode & 0o777 == 0o600

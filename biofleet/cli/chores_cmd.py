@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # created 0600
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
@@ -44,18 +44,32 @@ def scrape_config(
     from biofleet.fleet import load_state, read_registry
     from biofleet.fleet.scrape import scrape_config as make_config
     from biofleet.fleet.scrape import targets, targets_json
+    from biofleet.fleet.status import read_secret
 
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     out.mkdir(parents=True, exist_ok=True)
     name = fleet.profile.name
     targets_file = (out / f"biofleet-{name}-targets.json").resolve()
     config_file = out / f"biofleet-{name}.yml"
+    # The proxy's /metrics needs the fleet's token; Prometheus reads it from a file of its own
+    # (the fleet's secrets/ may be on another machine, and stays private to its owner).
+    token_file = (out / f"biofleet-{name}-proxy.token").resolve()
     c = console()
     with fleet:
-        _write_atomic(config_file, make_config(name, str(targets_file)))
-        c.print(f"wrote {config_file} (add its job to prometheus.yml)")
+        _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
+        c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
         last = None
+        last_token: str | None = None
         while True:
+            token = read_secret(fleet, fleet.paths.token)
+            if token != last_token:
+                if token:
+                    _write_atomic(token_file, token + "\n", mode=0o600)
+                    c.print(f"wrote {token_file} (mode 0600: the token Prometheus sends to the proxy)")
+                else:
+                    c.print(f"[yellow]no proxy token in {fleet.paths.token} yet: the proxy's /metrics will answer 401 "
+                            "until `biofleet up` made one[/]")
+                last_token = token
             state = load_state(fleet.runner, fleet.paths)
             proxy_url = state.proxy.url if state and state.proxy else None
             text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],

@@ -12,7 +12,8 @@ def proxy(
     registry: Annotated[Path | None, typer.Option(
         "--registry", help="Fleet registry directory to discover backends from.")] = None,
     backend: Annotated[list[str] | None, typer.Option(
-        "--backend", help="Static backend NAME=URL (served name NAME); repeatable.")] = None,
+        "--backend", help="Static backend NAME=URL (served name NAME); repeatable, and the same NAME with "
+        "another URL is one more replica.")] = None,
     routing: Annotated[Path | None, typer.Option(
         "--routing", help="YAML file with a routing section (default, aliases, tasks, fallbacks, ...).")] = None,
     host: Annotated[str, typer.Option(
@@ -27,6 +28,21 @@ def proxy(
         "--elastic", help="The fleet's elastic plan (<fleet dir>/elastic.json, written by biofleet up): this proxy "
         "then holds requests for elastic servers with no ready replica and submits/cancels their replicas "
         "with the load. Needs sbatch/squeue/scancel where the proxy runs.")] = None,
+    connect_timeout: Annotated[float | None, typer.Option(
+        help="Seconds to connect to a backend [default: 3].")] = None,
+    first_byte_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a non-streaming request may wait for its answer, i.e. the whole generation "
+        "[default: 600].")] = None,
+    stream_first_byte_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a streaming request may wait for its first event [default: 120].")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(
+        help="Seconds of silence allowed between chunks of an answer [default: 60].")] = None,
+    deep_probe: Annotated[bool | None, typer.Option(
+        "--deep-probe/--no-deep-probe",
+        help="Now and then a one-token completion to each idle backend, to catch an engine that hangs while its "
+        "/health says ok [default: off].")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open client connections; past it new ones get 503 with Retry-After [default: 1024].")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the fleet's models behind one OpenAI-compatible endpoint.
@@ -36,18 +52,24 @@ def proxy(
       biofleet proxy --registry ~/.biofleet/fleets/demo/registry
 
       biofleet proxy --backend coder=http://127.0.0.1:8001 --backend math=http://127.0.0.1:8002 --port 8080
+
+      biofleet proxy --backend coder=http://10.0.0.5:8001 --backend coder=http://10.0.0.6:8001  (two replicas)
     """
     from pydantic import ValidationError
 
-    from biofleet.proxy.config import ProxyConfig, load_routing_file, parse_backend_arg
+    from biofleet.proxy.config import ProxyConfig, load_routing_file, parse_backend_args
 
     try:
-        backends = dict(parse_backend_arg(b) for b in backend or [])
+        backends = parse_backend_args(backend or [])
         fields: dict = {
             "registry_dir": registry, "backends": backends, "host": host, "port": port,
             "token_file": token_file, "backend_api_key_file": backend_key_file, "strategy": strategy,
             "elastic_plan": elastic,
         }
+        tuning = {"connect_timeout_s": connect_timeout, "first_byte_timeout_s": first_byte_timeout,
+                  "stream_first_byte_timeout_s": stream_first_byte_timeout, "idle_timeout_s": idle_timeout,
+                  "deep_probe": deep_probe, "max_client_connections": max_connections}
+        fields.update({k: v for k, v in tuning.items() if v is not None})
         if routing is not None:
             fields["routing"] = load_routing_file(routing)
         config = ProxyConfig(**fields)

@@ -62,7 +62,8 @@ async def _probe_one(client: _Getter, url: str, api_key: str | None, metrics: bo
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     t0 = time.perf_counter()
     try:
-        r = await client.get(f"{url}/health")
+        # With the key: a proxy with a token details /health (the backends it routes to) only for it.
+        r = await client.get(f"{url}/health", headers=headers)
         res.status = r.status_code
         res.latency_ms = (time.perf_counter() - t0) * 1000
         if r.headers.get("content-type", "").startswith("application/json"):

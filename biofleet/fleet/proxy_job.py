@@ -50,7 +50,7 @@ def ensure_proxy(fleet: Fleet, state: FleetState, mode: str, on_event: Callable[
         log = open(paths.logs + "/proxy.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sys.executable, "-m", PROXY_MODULE,
-             *paths.proxy_args(host, str(port), elastic=bool(p.elastic_servers()))],
+             *paths.proxy_args(host, str(port), p.proxy, elastic=bool(p.elastic_servers()))],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
         )
         log.close()

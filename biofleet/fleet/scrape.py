@@ -33,18 +33,28 @@ def targets(fleet: str, endpoints: Sequence[Endpoint], proxy_url: str | None = N
     return groups
 
 
-def scrape_config(fleet: str, targets_file: str, interval_s: int = 15) -> str:
-    """A ``scrape_configs`` entry to add to prometheus.yml (or to include from it)."""
-    cfg = {
-        "scrape_configs": [{
-            "job_name": f"biofleet-{fleet}",
+def scrape_config(fleet: str, targets_file: str, interval_s: int = 15, token_file: str | None = None) -> str:
+    """``scrape_configs`` entries to add to prometheus.yml (or to include from it): one job for the
+    servers, one for the proxy, whose ``/metrics`` needs the fleet's token when it has one
+    (``token_file``: a file holding it, which Prometheus reads as ``credentials_file``)."""
+    def job(name: str, role_action: str) -> dict:
+        return {
+            "job_name": name,
             "metrics_path": "/metrics",
             "scrape_interval": f"{interval_s}s",
             "file_sd_configs": [{"files": [targets_file], "refresh_interval": "30s"}],
-        }]
-    }
-    header = (f"# biofleet fleet {fleet}: add this job to prometheus.yml; the targets file follows the\n"
+            "relabel_configs": [{"source_labels": ["role"], "regex": "proxy", "action": role_action}],
+        }
+
+    proxy = job(f"biofleet-{fleet}-proxy", "keep")
+    if token_file is not None:
+        proxy["authorization"] = {"type": "Bearer", "credentials_file": token_file}
+    cfg = {"scrape_configs": [job(f"biofleet-{fleet}", "drop"), proxy]}
+    header = (f"# biofleet fleet {fleet}: add these jobs to prometheus.yml; the targets file follows the\n"
               f"# fleet registry while `biofleet scrape-config --watch` runs.\n")
+    if token_file is not None:
+        header += (f"# The proxy's /metrics needs the fleet's token: Prometheus reads it from {token_file}\n"
+                   f"# (mode 0600: give the user Prometheus runs as read access, nobody else).\n")
     return header + yaml.safe_dump(cfg, sort_keys=False)
 
 

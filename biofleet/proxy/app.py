@@ -29,11 +29,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from biofleet.names import shown
 from biofleet.proxy import routing as R
 from biofleet.proxy.config import CloudFallback, ProxyConfig, RoutingConfig
-from biofleet.proxy.discovery import Backend, BackendPool, BackendSpec, Source, source_from_config
-from biofleet.proxy.health import HealthChecker
-from biofleet.proxy.metrics import ProxyMetrics
+from biofleet.proxy.discovery import (
+    Backend,
+    BackendPool,
+    BackendSpec,
+    DiscoveryStalled,
+    Source,
+    source_from_config,
+)
+from biofleet.proxy.health import DeepProbe, HealthChecker, Outliers
+from biofleet.proxy.metrics import OTHER_MODEL, ProxyMetrics
 from biofleet.proxy.transport import (
     Attempt,
     Outcome,
@@ -68,8 +76,8 @@ _CLASSIFIER_TIMEOUT_S = 30.0
 def make_client(config: ProxyConfig) -> httpx.AsyncClient:
     """The one upstream client of an app: keep-alive pool, no env proxies, no redirects."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=config.connect_timeout_s, read=config.request_timeout_s,
-                              write=config.request_timeout_s, pool=config.connect_timeout_s),
+        timeout=httpx.Timeout(connect=config.connect_timeout_s, read=config.first_byte_timeout_s,
+                              write=config.first_byte_timeout_s, pool=config.connect_timeout_s),
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30.0),
         trust_env=False,  # a cluster-wide HTTP_PROXY must never capture backend traffic
         follow_redirects=False,
@@ -97,18 +105,46 @@ class ProxyState:
     cursors: dict[str, int] = field(default_factory=dict)
     reload_event: asyncio.Event | None = None
     health: HealthChecker | None = None
+    budget: R.RetryBudget | None = None
+    outliers: Outliers | None = None
+    configured: frozenset[str] = frozenset()  # served names the routing table knows
+    stalled: bool = False  # the last registry read did not finish in time
     elastic: ElasticRuntime | None = None  # elastic servers: held requests and the scaling controller
-    _gauges: dict[str, Gauge] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.budget = R.RetryBudget(c.retry_budget_ratio, c.retry_budget_min_per_s)
+        self.outliers = Outliers(self.pool, eject_after=c.eject_after, base_s=c.eject_base_s, max_s=c.eject_max_s,
+                                 on_eject=self._ejected)
+        self.configured = frozenset(_configured_models(c.routing))
+
+    def _ejected(self, b: Backend, reason: str) -> None:
+        self.metrics.ejected(b.key, reason)
+        self.metrics.healthy.labels(b.key).set(0)
+        if self.upstream is not None:
+            n = self.upstream.abort_waiting(b.url)
+            if n:
+                log.warning("backend %s: %d request(s) waiting for it go to other replicas", b.key, n)
 
     # -- discovery -----------------------------------------------------------
 
     async def refresh(self) -> None:
-        specs = await self.source.fetch()
+        try:
+            specs = await self.source.fetch()
+        except DiscoveryStalled as exc:
+            if not self.stalled:
+                log.warning("registry read stalled: %s; serving the backends known so far", exc)
+            self.stalled = True
+            return
+        if self.stalled:
+            log.info("registry read works again")
+            self.stalled = False
         added, removed = self.pool.update(specs)
         for b in removed:
-            self._gauges.pop(b.key, None)
             if b.key not in self.pool.backends:
                 self.metrics.forget_backend(b.key)
+            if self.upstream is not None and not any(o.url == b.url for o in self.pool.backends.values()):
+                self.upstream.forget(b.url)
         for b in added:
             # Not routable until its first probe passes: a freshly registered
             # vLLM may still be loading weights.
@@ -130,10 +166,14 @@ class ProxyState:
             self.reload_event.set()
 
     def gauge(self, b: Backend) -> Gauge:
-        g = self._gauges.get(b.key)
-        if g is None:
-            g = self._gauges[b.key] = self.metrics.inflight.labels(b.key)
-        return g
+        return self.metrics.inflight_gauge(b.key)
+
+    def model_label(self, name: object) -> str:
+        """A metrics label for a model name a client sent: only names a route knows, so a
+        client cannot grow /metrics by inventing names."""
+        if isinstance(name, str) and (name in self.configured or name in self.pool.by_model):
+            return name
+        return OTHER_MODEL
 
     def next_cursor(self, model: str) -> int:
         c = self.cursors.get(model, 0)
@@ -145,8 +185,7 @@ class ProxyState:
     def model_health(self) -> dict[str, dict[str, int]]:
         """Replicas per served name; a model the routing table names but no server has registered
         yet counts as down (a just-started fleet is not healthy before its servers are found)."""
-        known = _configured_models(self.config.routing) | set(self.elastic.names() if self.elastic else ())
-        out: dict[str, dict[str, int]] = {name: {"healthy": 0, "total": 0} for name in sorted(known)}
+        out: dict[str, dict[str, int]] = {name: {"healthy": 0, "total": 0} for name in sorted(self.configured)}
         for name, reps in self.pool.by_model.items():
             out[name] = {"healthy": sum(1 for b in reps if b.healthy), "total": len(reps)}
         return out
@@ -268,6 +307,9 @@ class ProxyApp:
         except ValueError as exc:
             await send_error(send, 400, f"request body is not valid JSON: {exc}", "invalid_json")
             return
+        except RecursionError:
+            await send_error(send, 400, "request body is not valid JSON: nested too deeply", "invalid_json")
+            return
         if not isinstance(obj, dict):
             await send_error(send, 400, "request body must be a JSON object", "invalid_json")
             return
@@ -297,11 +339,12 @@ class ProxyApp:
     async def _route_and_forward(self, scope: Scope, send: Send, obj: dict[str, Any], body: bytes,
                                  required: str, started: float) -> None:
         st = self.state
-        routing = st.config.routing
+        cfg = st.config
+        routing = cfg.routing
         try:
             served = await self._decide(obj, required)
         except R.RouteError as exc:
-            st.metrics.errors.labels(str(obj.get("model", "")), exc.code).inc()
+            st.metrics.errors.labels(st.model_label(obj.get("model")), exc.code).inc()
             await send_error(send, exc.status, exc.message, exc.code)
             return
 
@@ -321,6 +364,12 @@ class ProxyApp:
         up_headers = upstream_request_headers(base_headers, rid, st.backend_key)
         path = scope["path"]
         strip_task = "task_type" in obj
+        stream = obj.get("stream") is True
+        first_byte = cfg.stream_first_byte_timeout_s if stream else cfg.first_byte_timeout_s
+        budget = st.budget
+        outliers = st.outliers
+        assert budget is not None and outliers is not None
+        budget.request()
 
         def body_for(model: str) -> bytes:
             # Forward the client's bytes untouched whenever we can: re-serialising
@@ -334,8 +383,10 @@ class ProxyApp:
 
         chain = R.fallback_chain(served, routing)
         saturated = False
-        broken = False  # some upstream gave a broken or bad-gateway answer
+        last = 0  # the status of the last failed attempt (502 broken, 503, 504 timeout...)
+        out_of_budget = False
         reasons: list[str] = []
+        attempts = 0
         for i, model in enumerate(chain):
             if i > 0 and not st.pool.replicas(model):
                 continue
@@ -343,53 +394,81 @@ class ProxyApp:
             payload: bytes | None = None
             while True:
                 reps = [b for b in st.pool.replicas(model) if b not in tried]
-                b = R.pick_backend(reps, st.config.strategy, st.next_cursor(model), st.config.max_inflight_per_backend)
+                b = R.pick_backend(reps, cfg.strategy, st.next_cursor(model), cfg.max_inflight_per_backend)
                 if b is None:
-                    if st.config.max_inflight_per_backend is not None and any(
-                        r.healthy and r.inflight >= st.config.max_inflight_per_backend for r in reps
+                    if cfg.max_inflight_per_backend is not None and any(
+                        r.healthy and r.inflight >= cfg.max_inflight_per_backend for r in reps
                     ):
                         saturated = True
                     break
-                if tried:
+                if attempts:
+                    if not budget.spend():
+                        out_of_budget = True
+                        break
                     st.metrics.retries.labels(model).inc()
+                attempts += 1
                 tried.add(b)
                 if payload is None:
                     payload = body_for(model)
+                # may another replica take it if this one fails? (then a 500/504 or a timeout is not passed on)
+                may_retry = len(reps) > 1 and budget.can_retry() and any(
+                    r is not b and r.healthy and not r.removed for r in reps)
                 res = await forward_once(
-                    st.live_client(), Attempt(b, b.url + path, payload, up_headers, model, rid, started),
+                    st.live_client(),
+                    Attempt(b, b.url + path, payload, up_headers, model, rid, started, stream, first_byte,
+                            cfg.idle_timeout_s, may_retry),
                     send, st.metrics, st.gauge(b), st.upstream,
                 )
+                if res.failed:
+                    outliers.failure(b, res.reason or f"answered {res.status}")
+                elif res.status and res.status < 500:
+                    outliers.success(b)
                 if res.outcome is Outcome.DONE:
                     if i > 0:
                         st.metrics.fallbacks.labels(served, model).inc()
                     return
-                broken |= res.status == 502
+                last = res.status or last
+                reasons.append(res.reason)
+            if out_of_budget:
+                break
+
+        if not out_of_budget:
+            for cloud_model, target in self._cloud_targets(chain):
+                if attempts and not budget.spend():
+                    out_of_budget = True
+                    break
+                attempts += 1
+                cloud = target.cloud
+                payload = json.dumps({**{k: v for k, v in obj.items() if k != "task_type"},
+                                      "model": cloud_model}).encode()
+                headers = upstream_request_headers(base_headers, rid, target.key)
+                url = cloud.base_url.rstrip("/") + path[len("/v1"):]
+                res = await forward_once(
+                    st.live_client(),
+                    Attempt(target.backend, url, payload, headers, cloud_model, rid, started, stream, first_byte,
+                            cfg.idle_timeout_s),
+                    send, st.metrics, st.gauge(target.backend),
+                )
+                if res.outcome is Outcome.DONE:
+                    st.metrics.fallbacks.labels(served, f"cloud:{cloud.name}").inc()
+                    return
+                last = res.status or last
                 reasons.append(res.reason)
 
-        for cloud_model, target in self._cloud_targets(chain):
-            cloud = target.cloud
-            payload = json.dumps({**{k: v for k, v in obj.items() if k != "task_type"}, "model": cloud_model}).encode()
-            headers = upstream_request_headers(base_headers, rid, target.key)
-            url = cloud.base_url.rstrip("/") + path[len("/v1"):]
-            res = await forward_once(
-                st.live_client(), Attempt(target.backend, url, payload, headers, cloud_model, rid, started),
-                send, st.metrics, st.gauge(target.backend),
-            )
-            if res.outcome is Outcome.DONE:
-                st.metrics.fallbacks.labels(served, f"cloud:{cloud.name}").inc()
-                return
-            broken |= res.status == 502
-            reasons.append(res.reason)
-
+        if out_of_budget:
+            reasons.append("retry budget used up: the fleet is failing too often to retry every request")
         detail = f" ({'; '.join(reasons[-3:])})" if reasons else ""
         if saturated:
             st.metrics.errors.labels(served, "saturated").inc()
             await send_error(send, 429, f"every replica of {served!r} is at capacity; retry shortly{detail}",
                              "saturated", [(b"retry-after", b"1")])
-        elif broken:
+        elif last == 504:
+            st.metrics.errors.labels(served, "timeout").inc()
+            await send_error(send, 504, f"no replica of {served!r} answered in time{detail}", "upstream_timeout")
+        elif last in (500, 502):
             st.metrics.errors.labels(served, "upstream_broken").inc()
-            await send_error(send, 502, f"the upstream answer for {served!r} broke off or was a bad gateway, "
-                             f"and no other replica answered{detail}", "upstream_broken")
+            await send_error(send, 502, f"the upstream answer for {served!r} failed, broke off or was a bad "
+                             f"gateway, and no other replica answered{detail}", "upstream_broken")
         else:
             st.metrics.errors.labels(served, "unavailable").inc()
             await send_error(send, 503, f"no healthy replica of {served!r} or its fallbacks{detail}",
@@ -420,12 +499,12 @@ class ProxyApp:
         if model == R.AUTO:
             return await self._auto(obj, required)
         served = R.resolve_alias(model, routing)
-        if served in st.pool.by_model or served in _configured_models(routing) or (
-                st.elastic is not None and st.elastic.serves(served)):
+        if served in st.pool.by_model or served in st.configured:
             return served
-        available = ", ".join(sorted(st.available_models())) or "(none)"
-        raise R.RouteError(404, f"The model {model!r} does not exist here; available models: {available}",
-                           "model_not_found")
+        names = sorted(st.available_models())
+        available = ", ".join(names[:20]) + (f" and {len(names) - 20} more (GET /v1/models)" if len(names) > 20 else "")
+        raise R.RouteError(404, f"The model {shown(model)} does not exist here; available models: "
+                           f"{available or '(none)'}", "model_not_found")
 
     async def _auto(self, obj: dict[str, Any], required: str) -> str:
         routing = self.state.config.routing
@@ -534,6 +613,7 @@ def build_app(
         from biofleet.elastic.controller import ElasticRuntime
 
         state.elastic = ElasticRuntime.from_file(config.elastic_plan, state.pool, state.metrics.registry)
+        state.configured |= frozenset(state.elastic.names())  # known (not 404) even with no replica
 
     def admin_ok(request: Request) -> bool:
         if state.token is None:
@@ -548,11 +628,14 @@ def build_app(
                         media_type="application/json", headers={"www-authenticate": "Bearer"})
 
     async def models(request: Request) -> Response:
-        if not app.authorized(request.headers.get("authorization", "").encode() or None):
+        if not app.authorized(bearer(request)):
             return unauthorized()
         now = int(time.time())
         data = [{"id": m, "object": "model", "created": now, "owned_by": "biofleet"} for m in state.available_models()]
         return JSONResponse({"object": "list", "data": data})
+
+    def bearer(request: Request) -> bytes | None:
+        return request.headers.get("authorization", "").encode() or None
 
     async def health(request: Request) -> Response:
         per_model = state.model_health()
@@ -560,6 +643,10 @@ def build_app(
         down = sorted(m for m, h in per_model.items() if h["healthy"] == 0
                       and not (state.elastic is not None and state.elastic.serves(m)))
         ok = bool(per_model) and not down
+        if not app.authorized(bearer(request)):
+            # Anyone on the network may ask whether the proxy is up; which models, servers and
+            # jobs it routes to is for token holders (a neighbour learns nothing to aim at).
+            return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
         body: dict[str, Any] = {"status": "ok" if ok else "degraded", "models": per_model,
                                 # which registered servers it routes to (keys only, never addresses):
                                 # `up --renew` drains old tasks only once their replacements are in here
@@ -571,6 +658,8 @@ def build_app(
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
+        if not app.authorized(bearer(request)):
+            return unauthorized()  # Prometheus sends the token with `authorization: {credentials_file: ...}`
         for b in state.pool.backends.values():
             state.metrics.healthy.labels(b.key).set(1 if b.healthy else 0)
             state.metrics.upstream_waiting.labels(b.key).set(b.waiting)
@@ -579,25 +668,34 @@ def build_app(
     async def reload(request: Request) -> Response:
         if not admin_ok(request):
             return unauthorized()
-        await state.refresh()
-        return JSONResponse({"backends": len(state.pool.backends), "models": sorted(state.pool.by_model)})
+        await state.refresh()  # bounded: a registry read that hangs leaves the pool as it was
+        body: dict[str, Any] = {"backends": len(state.pool.backends), "models": sorted(state.pool.by_model)}
+        if state.stalled:
+            body["stalled"] = True
+        return JSONResponse(body)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         state.client = client_factory(config)
-        state.upstream = UpstreamPool(connect_timeout=config.connect_timeout_s, read_timeout=config.request_timeout_s)
+        state.upstream = UpstreamPool(connect_timeout=config.connect_timeout_s,
+                                      read_timeout=config.first_byte_timeout_s)
         state.reload_event = asyncio.Event()
+        deep = (DeepProbe(state.client, timeout_s=config.deep_probe_timeout_s, api_key=state.backend_key)
+                if config.deep_probe else None)
         state.health = HealthChecker(
             state.client, lambda: list(state.pool.backends.values()),
             interval_s=config.probe_interval_s, timeout_s=config.probe_timeout_s,
             readmit_after=config.readmit_after, scrape_metrics=config.scrape_metrics,
             on_change=lambda b: state.metrics.healthy.labels(b.key).set(1 if b.healthy else 0),
+            deep=deep, deep_interval_s=config.deep_probe_interval_s, outliers=state.outliers,
         )
         try:
             await state.refresh()
         except Exception:
             log.exception("initial discovery failed; retrying in the background")
         tasks = [asyncio.create_task(_discovery_loop(state)), asyncio.create_task(state.health.run())]
+        if deep is not None:
+            tasks.append(asyncio.create_task(state.health.run_deep()))
         if state.elastic is not None:
             tasks.append(asyncio.create_task(state.elastic.run()))
         loop = asyncio.get_running_loop()
@@ -616,6 +714,13 @@ def build_app(
             await state.client.aclose()
             await state.upstream.aclose()
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 (an unknown path or method), in the OpenAI error shape
+        status = getattr(exc, "status_code", 500)
+        message = {404: f"no route {shown(request.url.path, 60)}", 405: "method not allowed"}.get(status, "error")
+        return Response(error_body(status, message), status, media_type="application/json",
+                        headers=getattr(exc, "headers", None))
+
     starlette = Starlette(
         routes=[
             Route("/v1/models", models, methods=["GET"]),
@@ -623,6 +728,7 @@ def build_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/reload", reload, methods=["POST"]),
         ],
+        exception_handlers={404: http_error, 405: http_error},
         lifespan=lifespan,
     )
     app = ProxyApp(state, starlette)

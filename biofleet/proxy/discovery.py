@@ -20,6 +20,10 @@ from typing import Literal, Protocol
 from biofleet.proxy.config import ProxyConfig
 from biofleet.registry import read_records
 
+# A registry listing plus up to 10,000 small reads: well under a second even on a loaded NFS or
+# Lustre; past this the last listing stays in use (and no second read starts) until it returns.
+FETCH_TIMEOUT_S = 5.0
+
 log = logging.getLogger("biofleet.proxy")
 
 
@@ -47,6 +51,13 @@ class Backend:
     ever_up: bool = False  # a first passing probe admits at once; re-admission needs a streak
     draining: bool = False  # an elastic replica being released: in-flight requests finish, no new ones
     last_error: str | None = field(default=None, repr=False)
+    # passive outlier detection (biofleet.proxy.health.Outliers)
+    fails: int = 0  # consecutive failed answers: 5xx, timeouts, broken connections
+    ejections: int = 0  # how many times in a row it was ejected; sets the next interval
+    ejected_until: float = 0.0  # time.monotonic(): passing probes do not re-admit it before this
+    last_ejected: float = 0.0
+    needs_deep_pass: bool = False  # re-admission waits for a passing deep probe too
+    last_progress: float = 0.0  # time.monotonic() of the last answer that came from it
 
     @property
     def key(self) -> str:
@@ -76,22 +87,47 @@ class StaticSource:
         return list(self._specs)
 
 
-class RegistrySource:
-    """Backends from ``<fleet>/registry/*.json`` (see :mod:`biofleet.registry`)."""
+class DiscoveryStalled(Exception):
+    """Reading the registry did not finish within :data:`FETCH_TIMEOUT_S`."""
 
-    def __init__(self, registry_dir: Path):
+
+class RegistrySource:
+    """Backends from ``<fleet>/registry/*.json`` (see :mod:`biofleet.registry`).
+
+    Read off the event loop (a slow shared filesystem never stalls requests), one read at a
+    time (a read that hangs is waited for, not piled up), within :data:`FETCH_TIMEOUT_S`. A bad
+    record is skipped and logged once, when the set of bad records changes, not on every poll.
+    """
+
+    def __init__(self, registry_dir: Path, timeout_s: float = FETCH_TIMEOUT_S):
         self.registry_dir = registry_dir
+        self.timeout_s = timeout_s
+        self._pending: asyncio.Future[list[BackendSpec]] | None = None
+        self._bad: list[str] = []
 
     def fetch_sync(self) -> list[BackendSpec]:
-        return [
+        problems: list[str] = []
+        specs = [
             BackendSpec(key=ep.key, url=ep.url.rstrip("/"), served_names=tuple(ep.served_names), kind=ep.kind)
-            for ep in read_records(self.registry_dir)
+            for ep in read_records(self.registry_dir, problems)
         ]
+        problems.sort()
+        if problems != self._bad:
+            self._bad = problems
+            if problems:
+                log.warning("registry %s: %d record(s) skipped: %s", self.registry_dir, len(problems),
+                            "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
+            else:
+                log.info("registry %s: no bad records any more", self.registry_dir)
+        return specs
 
     async def fetch(self) -> list[BackendSpec]:
-        # A directory listing plus a few small files; off the event loop so a slow
-        # shared filesystem (NFS/Lustre) never stalls requests.
-        return await asyncio.to_thread(self.fetch_sync)
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(asyncio.to_thread(self.fetch_sync))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._pending), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise DiscoveryStalled(f"reading {self.registry_dir} took longer than {self.timeout_s:g} s") from None
 
 
 class CombinedSource:

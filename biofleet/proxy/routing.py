@@ -7,10 +7,12 @@ pool and acts on the answer.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from biofleet.names import shown
 from biofleet.proxy.config import CloudFallback, RoutingConfig, Rule
 from biofleet.proxy.discovery import Backend
 
@@ -36,7 +38,7 @@ def model_for_task(task_type: str, routing: RoutingConfig) -> str:
         return routing.tasks[task_type]
     except KeyError:
         known = ", ".join(sorted(routing.tasks)) or "(none configured)"
-        raise RouteError(400, f"unknown task_type {task_type!r}; known task types: {known}",
+        raise RouteError(400, f"unknown task_type {shown(task_type)}; known task types: {known}",
                          "unknown_task_type") from None
 
 
@@ -113,10 +115,16 @@ def cloud_targets(chain: Sequence[str], routing: RoutingConfig) -> list[tuple[Cl
     return out
 
 
-def _load(b: Backend) -> tuple[int, float, float]:
-    # Our own in-flight count first (exact, instantaneous); the engine's queue
-    # (scraped, a few seconds old) only breaks ties between equally busy replicas.
-    return (b.inflight, b.waiting, b.kv_usage)
+KV_NEARLY_FULL = 0.9
+
+
+def _load(b: Backend) -> tuple[int, float, bool]:
+    # Our own in-flight count first (exact, instantaneous); the engine's queue (scraped, a few
+    # seconds old) only breaks ties between equally busy replicas, and then a KV cache nearly full
+    # (preemptions ahead). Below that, KV usage is no tie-breaker: a scrape that happened to land
+    # during a request leaves a small value for seconds, and every request would go to the other
+    # replica meanwhile. Replicas that tie take turns (the caller's cursor), as nginx's least_conn.
+    return (b.inflight, b.waiting, b.kv_usage >= KV_NEARLY_FULL)
 
 
 Policy = Callable[[Sequence[Backend], int], Backend]
@@ -153,3 +161,51 @@ def pick_backend(
     if not usable:
         return None
     return usable[0] if len(usable) == 1 else POLICIES[strategy](usable, cursor)
+
+
+class RetryBudget:
+    """Retries allowed over a sliding window: ``ratio`` of the requests in the last ``window_s``
+    plus ``min_per_s`` per second (Linkerd's retry budget). When every replica fails, requests are
+    retried only within the budget, so the fleet sees at most (1 + ratio) times the load plus a
+    trickle, instead of every request multiplied by the replica count."""
+
+    def __init__(self, ratio: float, min_per_s: float, window_s: int = 10,
+                 clock: Callable[[], float] = time.monotonic):
+        self.ratio = ratio
+        self.floor = min_per_s * window_s
+        self.window = window_s
+        self.clock = clock
+        self._requests = [0] * window_s  # per second of the window, indexed by second % window
+        self._retries = [0] * window_s
+        self.requests = 0  # totals over the window
+        self.retries = 0
+        self._second = int(clock())
+
+    def _advance(self) -> int:
+        now = int(self.clock())
+        if now != self._second:
+            # clear the seconds that passed since the last call (all of them after a long pause)
+            for sec in range(max(self._second + 1, now - self.window + 1), now + 1):
+                i = sec % self.window
+                self.requests -= self._requests[i]
+                self.retries -= self._retries[i]
+                self._requests[i] = self._retries[i] = 0
+            self._second = now
+        return now % self.window
+
+    def request(self) -> None:
+        self._requests[self._advance()] += 1
+        self.requests += 1
+
+    def can_retry(self) -> bool:
+        self._advance()
+        return self.retries < self.ratio * self.requests + self.floor
+
+    def spend(self) -> bool:
+        """Take one retry from the budget; False (and nothing taken) when it is used up."""
+        i = self._advance()
+        if self.retries >= self.ratio * self.requests + self.floor:
+            return False
+        self._retries[i] += 1
+        self.retries += 1
+        return True

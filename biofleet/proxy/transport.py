@@ -27,6 +27,7 @@ from biofleet.proxy.discovery import Backend
 from biofleet.proxy.metrics import ProxyMetrics
 from biofleet.proxy.upstream import (
     ConnectFailed,
+    ReplicaEjected,
     UpstreamBroken,
     UpstreamError,
     UpstreamPool,
@@ -50,8 +51,12 @@ _DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"x-
 # date/server: the ASGI server in front adds its own; passing the upstream's would duplicate them.
 _DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server"}
 # Upstream statuses that mean "this replica cannot take it now" (vLLM: engine dead / overloaded;
-# 502: a gateway in front of the engine lost it). Nothing reaches the client; another replica is tried.
+# 502: a gateway in front of the engine lost it). Nothing reaches the client; another replica is
+# tried, and when none is left the proxy answers with its own 502/503.
 RETRYABLE_STATUS = frozenset({502, 503})
+# A replica's own failure (500: the engine raised; 504: a gateway in front of it gave up): tried
+# on another replica when there is one and the retry budget allows; else passed on as answered.
+RETRY_IF_POSSIBLE = frozenset({500, 504})
 # A non-streaming answer is read whole before the client gets it, up to this size (memory per request).
 BUFFER_LIMIT = 4 << 20
 _SECRET_WORDS = ("key", "token", "authorization", "secret", "password", "cookie")
@@ -108,8 +113,8 @@ def redact_headers(headers: Iterable[tuple[bytes | str, bytes | str]]) -> list[t
 def error_body(status: int, message: str, code: str | int | None = None, type_: str | None = None) -> bytes:
     t = type_ or {
         400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-        404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
-        503: "service_unavailable", 504: "timeout",
+        404: "not_found_error", 405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error",
+        429: "rate_limit_error", 431: "invalid_request_error", 503: "service_unavailable", 504: "timeout",
     }.get(status, "server_error")
     return json.dumps({"error": {"message": message, "type": t, "param": None,
                                  "code": code if code is not None else status}}).encode()
@@ -149,13 +154,18 @@ class Attempt:
     model: str  # served (or cloud) model name, for metrics and the route header
     rid: bytes
     started: float  # perf_counter at request arrival
+    stream: bool = False  # the client asked for SSE: the first event, not the headers, is the first byte
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 60.0
+    may_retry: bool = False  # another replica could take it: a 500/504 or a timeout is not passed on
 
 
 @dataclass
 class AttemptResult:
     outcome: Outcome
-    status: int = 0  # DONE: what the client got; RETRY: 502 for a broken answer, 502/503 as answered, else 0
+    status: int = 0  # DONE: what the client got; RETRY: 502 broken, 502/503/500/504 as answered, 504 timeout
     reason: str = ""
+    failed: bool = False  # the replica failed (5xx, timeout, broken): counts toward its ejection
 
 
 class StreamedResponse(Protocol):
@@ -196,10 +206,14 @@ class _HttpxResponse:
 
 async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Attempt) -> StreamedResponse:
     """Send the request; the response once its headers are in. Raises the upstream.* errors."""
+    first = a.first_byte_timeout
     if upstream is not None and a.url.startswith("http://"):
-        return await upstream.request(a.url, a.headers, a.body)
-    # https (cloud fallbacks): httpx does TLS for us
-    req = client.build_request("POST", a.url, content=a.body, headers=a.headers)
+        return await upstream.request(a.url, a.headers, a.body, first_byte_timeout=first,
+                                      idle_timeout=a.idle_timeout, first_chunk=a.stream)
+    # https (cloud fallbacks): httpx does TLS for us; its read timeout is per read, not a deadline
+    read = max(first, a.idle_timeout)
+    req = client.build_request("POST", a.url, content=a.body, headers=a.headers,
+                               timeout=httpx.Timeout(read, connect=client.timeout.connect))
     try:
         return _HttpxResponse(await client.send(req, stream=True))
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -210,6 +224,31 @@ async def _open(upstream: UpstreamPool | None, client: httpx.AsyncClient, a: Att
         raise UpstreamTimeout(str(exc)) from None
     except httpx.HTTPError as exc:
         raise UpstreamBroken(f"{type(exc).__name__}: {exc}") from None
+
+
+def _timeout_text(a: Attempt) -> str:
+    if a.stream:
+        return f"no first event within {a.first_byte_timeout:g} s"
+    return f"no answer within {a.first_byte_timeout:g} s"
+
+
+async def _not_answered(exc: UpstreamError, a: Attempt, send: Send, metrics: ProxyMetrics,
+                        stalled_after: int | None = None) -> AttemptResult:
+    """An attempt that failed before anything reached the client: retry it, or answer now.
+    ``stalled_after``: the body bytes that had come when it stalled (None: before the headers)."""
+    b = a.backend
+    if isinstance(exc, ReplicaEjected):
+        return AttemptResult(Outcome.RETRY, 503, f"{b.key}: ejected while waiting")
+    if isinstance(exc, UpstreamTimeout):
+        what = (_timeout_text(a) if stalled_after is None
+                else f"answer stalled for {a.idle_timeout:g} s after {stalled_after} bytes")
+        if a.may_retry:
+            return AttemptResult(Outcome.RETRY, 504, f"{b.key}: {what}", failed=True)
+        metrics.errors.labels(a.model, "timeout").inc()
+        await send_error(send, 504, f"upstream {b.key}: {what}", "upstream_timeout")
+        return AttemptResult(Outcome.DONE, 504, f"{b.key}: {what}", failed=True)
+    # e.g. the server closed the connection before answering: nothing reached the client yet
+    return AttemptResult(Outcome.RETRY, 502, f"{b.key}: {type(exc).__name__}", failed=True)
 
 
 async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metrics: ProxyMetrics,
@@ -225,22 +264,21 @@ async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metric
             # (passive check); the active probe re-admits it when it answers again.
             b.mark_down(f"connect failed: {exc}")
             return AttemptResult(Outcome.RETRY, reason=f"{b.key}: connect failed")
-        except UpstreamTimeout:
-            metrics.errors.labels(a.model, "timeout").inc()
-            await send_error(send, 504, f"upstream {b.key} did not answer within the timeout", "upstream_timeout")
-            return AttemptResult(Outcome.DONE, 504)
         except UpstreamError as exc:
-            # e.g. the server closed the connection before answering: nothing reached the client yet
-            return AttemptResult(Outcome.RETRY, 502, f"{b.key}: {type(exc).__name__}")
+            return await _not_answered(exc, a, send, metrics)
 
         try:
             status = resp.status
-            if status in RETRYABLE_STATUS:
-                return AttemptResult(Outcome.RETRY, status, f"{b.key}: answered {status}")
+            if status in RETRYABLE_STATUS or (status in RETRY_IF_POSSIBLE and a.may_retry):
+                return AttemptResult(Outcome.RETRY, status, f"{b.key}: answered {status}", failed=True)
             headers = downstream_headers(resp.headers, f"{a.model}@{b.key}".encode(), a.rid)
             if resp.header(b"content-type").startswith(b"text/event-stream"):
-                return await _relay_stream(resp, a, headers, send, metrics)
-            return await _relay_whole(resp, a, headers, send, metrics)
+                res = await _relay_stream(resp, a, headers, send, metrics)
+            else:
+                res = await _relay_whole(resp, a, headers, send, metrics)
+            if res.outcome is Outcome.DONE and status >= 500:
+                res.failed = True
+            return res
         finally:
             await resp.aclose()
     finally:
@@ -250,25 +288,36 @@ async def forward_once(client: httpx.AsyncClient, a: Attempt, send: Send, metric
 
 async def _relay_stream(resp: StreamedResponse, a: Attempt, headers: RawHeaders, send: Send,
                         metrics: ProxyMetrics) -> AttemptResult:
-    """SSE: every chunk to the client as it arrives; a break becomes an in-band error event."""
+    """SSE: every chunk to the client as it arrives; a break becomes an in-band error event.
+    The status line goes out with the first event, so a replica that breaks or stalls before it
+    is retried elsewhere like one that never answered."""
     b = a.backend
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    first = True
+    chunks = resp.aiter_raw()
     try:
-        async for chunk in resp.aiter_raw():
-            if first:
-                metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
-                first = False
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except UpstreamError as exc:
+        return await _not_answered(exc, a, send, metrics)
+    b.last_progress = time.monotonic()
+    metrics.first_byte(a.model, b.key, time.perf_counter() - a.started)
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    if first:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+    try:
+        async for chunk in chunks:
+            b.last_progress = time.monotonic()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
         # Bytes already reached the client: never retry. Tell it in-band.
         kind = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_broken"
         metrics.errors.labels(a.model, kind).inc()
         log.warning("stream from %s broke: %s", b.key, type(exc).__name__)
-        msg = "upstream timed out" if kind == "timeout" else "upstream connection broke"
+        msg = (f"upstream sent nothing for {a.idle_timeout:g} s" if kind == "timeout"
+               else "upstream connection broke")
         await send({"type": "http.response.body", "body": sse_error(msg, kind), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return AttemptResult(Outcome.DONE, resp.status, kind)
+        return AttemptResult(Outcome.DONE, resp.status, kind, failed=True)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return _done(a, resp.status, metrics)
 
@@ -290,7 +339,7 @@ async def _relay_whole(resp: StreamedResponse, a: Attempt, headers: RawHeaders, 
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 continue
             if not parts:
-                metrics.ttfb.labels(a.model, b.key).observe(time.perf_counter() - a.started)
+                metrics.first_byte(a.model, b.key, time.perf_counter() - a.started)
             parts.append(chunk)
             if size > BUFFER_LIMIT:
                 await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -298,18 +347,16 @@ async def _relay_whole(resp: StreamedResponse, a: Attempt, headers: RawHeaders, 
                 parts = []
                 passing = True
     except UpstreamError as exc:
-        timeout = isinstance(exc, UpstreamTimeout)
-        kind = "timeout" if timeout else "upstream_broken"
+        kind = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_broken"
         log.warning("answer from %s broke off after %d bytes: %s", b.key, size, type(exc).__name__)
         if passing:
             # Returning without the final body message makes the ASGI server drop the connection.
             metrics.errors.labels(a.model, kind).inc()
-            return AttemptResult(Outcome.DONE, resp.status, kind)
-        if timeout:
-            metrics.errors.labels(a.model, kind).inc()
-            await send_error(send, 504, f"upstream {b.key} did not answer within the timeout", "upstream_timeout")
-            return AttemptResult(Outcome.DONE, 504, kind)
-        return AttemptResult(Outcome.RETRY, 502, f"{b.key}: answer broke off ({type(exc).__name__})")
+            return AttemptResult(Outcome.DONE, resp.status, kind, failed=True)
+        if isinstance(exc, UpstreamTimeout):
+            return await _not_answered(exc, a, send, metrics, stalled_after=size)
+        return AttemptResult(Outcome.RETRY, 502, f"{b.key}: answer broke off ({type(exc).__name__})", failed=True)
+    b.last_progress = time.monotonic()
     if passing:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     else:
@@ -322,8 +369,7 @@ async def _relay_whole(resp: StreamedResponse, a: Attempt, headers: RawHeaders, 
 
 
 def _done(a: Attempt, status: int, metrics: ProxyMetrics) -> AttemptResult:
-    metrics.requests.labels(a.model, a.backend.key, str(status)).inc()
-    metrics.latency.labels(a.model, a.backend.key).observe(time.perf_counter() - a.started)
+    metrics.answered(a.model, a.backend.key, status, time.perf_counter() - a.started)
     return AttemptResult(Outcome.DONE, status)
 
 

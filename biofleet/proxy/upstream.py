@@ -11,8 +11,10 @@ calls and https cloud fallbacks stay on httpx.
 Errors (all ``UpstreamError``):
     ConnectFailed   nothing was sent: the upstream refused or did not accept in time
     StaleConnection a kept-alive connection was closed by the upstream before answering
-    UpstreamTimeout no byte within the read timeout
+    UpstreamTimeout no answer within the first-byte timeout, or a gap longer than the idle timeout
     UpstreamBroken  the connection broke mid-response, or the response was not HTTP
+    ReplicaEjected  the replica was taken out of rotation while this request waited for its first
+                    byte (:meth:`UpstreamPool.abort_waiting`): nothing reached the client
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamBroken(UpstreamError):
+    pass
+
+
+class ReplicaEjected(UpstreamError):
     pass
 
 
@@ -213,12 +219,13 @@ class _Conn(asyncio.Protocol):
 
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
-        fut.set_exception(UpstreamTimeout("no data from upstream within the read timeout"))
+        fut.set_exception(UpstreamTimeout("no answer from upstream within the timeout"))
 
 
 class UpstreamResponse:
-    def __init__(self, pool: UpstreamPool, conn: _Conn, read_timeout: float) -> None:
-        self._pool, self._conn, self._timeout = pool, conn, read_timeout
+    def __init__(self, pool: UpstreamPool, conn: _Conn, idle_timeout: float, first_deadline: float | None) -> None:
+        self._pool, self._conn, self._timeout = pool, conn, idle_timeout
+        self._first_deadline = first_deadline  # loop.time() by which the first body chunk must come
         self.status = conn.status
         self.headers = conn.headers
         self._released = False
@@ -231,20 +238,28 @@ class UpstreamResponse:
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         c = self._conn
+        deadline = self._first_deadline
         while True:
             if c.chunks:
+                if deadline is not None:
+                    deadline = None
+                    self._pool._answered(c)
                 yield c.take()
                 continue
             if c.complete:
                 return
             if c.error is not None:
                 raise c.error
-            await c.wait(self._timeout)
+            if deadline is None:
+                await c.wait(self._timeout)
+            else:
+                await c.wait(max(0.0, deadline - asyncio.get_running_loop().time()))
 
     async def aclose(self) -> None:
         if self._released:
             return
         self._released = True
+        self._pool._answered(self._conn)
         self._pool._release(self._conn)
 
 
@@ -253,9 +268,30 @@ class UpstreamPool:
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 256) -> None:
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self.read_timeout = read_timeout  # the default first-byte and idle timeout of a request
         self.max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        # connections whose request has had no answer byte yet, per upstream (abort_waiting)
+        self._waiting: dict[tuple[str, int], set[_Conn]] = {}
+
+    def _answered(self, conn: _Conn) -> None:
+        waiting = self._waiting.get(conn.key)
+        if waiting is not None:
+            waiting.discard(conn)
+
+    def abort_waiting(self, url: str) -> int:
+        """End every request to this upstream that has no answer byte yet with ReplicaEjected (the
+        caller retries it elsewhere). Returns how many."""
+        parts = urlsplit(url)
+        waiting = self._waiting.pop((parts.hostname or "127.0.0.1", parts.port or 80), set())
+        for conn in waiting:
+            if conn.error is None:
+                conn.error = ReplicaEjected("the replica was taken out of rotation while this request waited")
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.close()
+            conn._wake()
+        return len(waiting)
 
     async def _connect(self, key: tuple[str, int]) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -286,8 +322,19 @@ class UpstreamPool:
         if conn.transport is not None:
             conn.transport.close()
 
-    async def request(self, url: str, headers: RawHeaders, body: bytes, method: bytes = b"POST") -> UpstreamResponse:
-        """Send one request; return once the response headers are in (the body streams after)."""
+    async def request(self, url: str, headers: RawHeaders, body: bytes, method: bytes = b"POST", *,
+                      first_byte_timeout: float | None = None, idle_timeout: float | None = None,
+                      first_chunk: bool = False) -> UpstreamResponse:
+        """Send one request; return once the response headers are in (the body streams after).
+
+        The headers must come within ``first_byte_timeout`` (a deadline, however the bytes
+        trickle in); with ``first_chunk`` the first body chunk too (a stream: its headers come at
+        once, its first event only once the engine produced a token). After that, no gap between
+        chunks may exceed ``idle_timeout``. Both default to the pool's ``read_timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.read_timeout if first_byte_timeout is None else first_byte_timeout)
+        idle = self.read_timeout if idle_timeout is None else idle_timeout
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
         key = (host, parts.port or 80)
@@ -298,6 +345,9 @@ class UpstreamPool:
             head += [k, b": ", v, b"\r\n"]
         head.append(b"\r\n")
         payload = b"".join(head) + body
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = set()
         for attempt in (0, 1):
             conn = self._acquire_idle(key) if attempt == 0 else None
             if conn is None:
@@ -314,20 +364,35 @@ class UpstreamPool:
                 conn.h11.send(h11.Data(data=body))
                 conn.h11.send(h11.EndOfMessage())
             transport.write(payload)
+            waiting.add(conn)
             try:
                 while not conn.headers_done:
                     if conn.error is not None:
                         raise conn.error
-                    await conn.wait(self.read_timeout)
+                    await conn.wait(max(0.0, deadline - loop.time()))
             except StaleConnection:
+                waiting.discard(conn)
                 transport.close()
                 continue  # the upstream had closed it while idle: once more on a fresh connection
             except BaseException:
+                waiting.discard(conn)
                 conn.closed = True
                 transport.close()
                 raise
-            return UpstreamResponse(self, conn, self.read_timeout)
+            if not first_chunk:
+                waiting.discard(conn)
+            return UpstreamResponse(self, conn, idle, deadline if first_chunk else None)
         raise UpstreamBroken("upstream closed two connections without answering")  # pragma: no cover
+
+    def forget(self, url: str) -> None:
+        """Close the idle connections to an upstream that left the fleet."""
+        parts = urlsplit(url)
+        key = (parts.hostname or "127.0.0.1", parts.port or 80)
+        for conn in self._idle.pop(key, []):
+            if conn.transport is not None:
+                conn.transport.close()
+        if not self._waiting.get(key):
+            self._waiting.pop(key, None)
 
     async def aclose(self) -> None:
         for idle in self._idle.values():
