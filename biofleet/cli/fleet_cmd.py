@@ -95,6 +95,8 @@ def up(
       biofleet up --profile cpu-demo --backend local     # no SLURM needed
 
       biofleet up --profile t4x10 --engine mock --no-wait   # plumbing dry run
+
+      biofleet up --profile cpu-demo-elastic --backend local   # an elastic coder, 0..3 replicas
     """
     from biofleet.fleet import ServerState
     from biofleet.fleet import up as do_up
