@@ -124,6 +124,8 @@ def test_zero_to_n_under_a_burst_and_back_to_zero(slurm_cluster, tmp_path):
             assert not res.timed_out, "\n".join(events)
             assert res.submitted == [] and res.status.proxy.state == ServerState.READY  # min 0: no replica
             assert res.status.elastic[0].ready == 0 and not tagged_active(fleet)
+            # an idle controller reports 0 held (status showed "? held" until the first change)
+            wait_for(lambda: collect_status(fleet).elastic[0].held == 0, 10, "the controller to report 0 held")
             client = Client(fleet)
 
             # 0 -> 1: the first requests are held, not refused, and all answered

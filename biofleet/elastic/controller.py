@@ -556,7 +556,8 @@ class ElasticRuntime:
                                  last_cold_start_s=old.last_cold_start_s)
             for phase, n in (("ready", ready), ("starting", starting), ("pending", pending), ("draining", draining)):
                 self.metrics.replicas.labels(server, phase).set(n)
-            if snap != old and now - self._last_snapshot >= SNAPSHOT_EVERY_S:
+            known = server in self.state.models  # written once at start, so status reads 0 held, not "unknown"
+            if (not known or snap != old) and now - self._last_snapshot >= SNAPSHOT_EVERY_S:
                 self.state.models[server] = snap
                 self._dirty = True
         if self._dirty:
