@@ -211,3 +211,19 @@ def test_hub_fetch_is_cached(tmp_path, monkeypatch):
     assert (tmp_path / "lab--fetched.json").is_file()
     get_model("lab/fetched", cache_dir=tmp_path)  # offline now, from the cache
     assert len(calls) == 1
+
+
+def test_qwen1_intermediate_size_counts_both_projections():
+    """Qwen-1 (model_type "qwen") configs give twice the width of each MLP matrix; vLLM's qwen.py builds
+    QWenMLP with intermediate_size // 2. Qwen-7B's published shape: 7.72B parameters, 14.39 GiB in bf16."""
+    shape = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 151936,
+             "intermediate_size": 22016, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+    qwen1 = model_from_config({**shape, "model_type": "qwen", "architectures": ["QWenLMHeadModel"]}, "q1")
+    assert qwen1.intermediate_size == 11008
+    assert qwen1.params_b == pytest.approx(7.72, abs=0.01)
+    # the early key names (ffn_hidden_size) follow the same convention
+    early = {k: v for k, v in shape.items() if k != "intermediate_size"}
+    assert model_from_config({**early, "ffn_hidden_size": 22016, "model_type": "qwen"}, "q1e").intermediate_size == 11008
+    # no other family halves it
+    llama = model_from_config({**shape, "model_type": "llama"}, "l")
+    assert llama.intermediate_size == 22016 and llama.params_b > 10

@@ -635,7 +635,7 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     kv = int(cfg.get("num_key_value_heads") or heads)
     hd = int(cfg.get("head_dim") or h // heads)
     vocab = int(cfg.get("vocab_size", 32000))
-    inter = int(cfg.get("intermediate_size") or 4 * h)
+    inter = _mlp_width(cfg) or 4 * h
     mtype = str(cfg.get("model_type", ""))
     encoder = mtype in _ENCODER_TYPES
     tied = bool(cfg.get("tie_word_embeddings", bool(encoder)))
@@ -664,6 +664,21 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     else:
         mlp_total = layers * dense_mlp
     return round((emb + layers * attn + mlp_total) / 1e9, 6)
+
+
+# Families whose config's intermediate_size counts the gate and the up projection together, so
+# each MLP matrix is half as wide: Qwen-1 (model_type "qwen", QWenLMHeadModel). vLLM's qwen.py
+# builds QWenMLP with intermediate_size // 2 (ffn_hidden_size // 2 in the first version, v0.1.4),
+# as the checkpoint's w1 / w2 / c_proj shapes are. No other catalogue family does this.
+_HALF_WIDTH_MLP_TYPES = {"qwen"}
+
+
+def _mlp_width(cfg: Mapping[str, Any]) -> int | None:
+    """The width of each dense MLP matrix as vLLM builds it (None when the config has none)."""
+    inter = cfg.get("intermediate_size") or cfg.get("ffn_hidden_size")
+    if not inter:
+        return None
+    return int(inter) // 2 if str(cfg.get("model_type", "")) in _HALF_WIDTH_MLP_TYPES else int(inter)
 
 
 _ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "distilbert", "electra", "mpnet", "nomic_bert", "deberta-v2"}
@@ -805,7 +820,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
-    inter = cfg.get("intermediate_size")
+    inter = _mlp_width(cfg)
     top_k = None
     if experts:
         top_k = int(cfg.get("num_experts_per_tok") or cfg.get("num_experts_per_token") or cfg.get("moe_topk") or 2)
