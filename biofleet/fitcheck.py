@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from biofleet.catalog.gpus import GpuSpec
 from biofleet.catalog.models import ModelSpec, quantized_variant
-from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, VllmRules, check_vllm_version, rules_for
+from biofleet.catalog.vllm_rules import (
+    DEFAULT_VLLM_VERSION,
+    VllmRules,
+    check_vllm_version,
+    hybrid_kv_group_slots,
+    rules_for,
+)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -436,6 +442,16 @@ def _kv_layers(m: ModelSpec) -> tuple[int, int]:
     return layers, min(layers, m.sliding_layers if m.sliding_layers is not None else layers)
 
 
+def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
+    """(full-attention slots, sliding-window slots) the KV cache is divided over: the real layers,
+    or with the hybrid KV manager (V1 >= 0.10) the padded group slots (``hybrid_kv_group_slots``)."""
+    layers, sliding = _kv_layers(server.model)
+    if not (rules.hybrid_kv and sliding and server.model.sliding_window):
+        return layers - sliding, sliding
+    full, slide = hybrid_kv_group_slots((layers - sliding, sliding), rules.kv_group_size_near_equal_max)
+    return full, slide
+
+
 def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
     """KV-cache bytes per token on one TP rank over all layers (0 for encoder-only models)."""
     if server.model.encoder_only:
@@ -455,9 +471,10 @@ def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
     full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
     if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
         return layers * full_blocks * BLOCK_SIZE * per_layer
+    full_slots, slide_slots = _kv_slots(server, res.rules)  # padding slots cost as much as real layers
     kept = min(server.model.sliding_window - 1 + res.batched_tokens, res.max_model_len)
     slide_blocks = math.ceil(kept / BLOCK_SIZE) + 1
-    return ((layers - sliding) * full_blocks + sliding * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
+    return (full_slots * full_blocks + slide_slots * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
 
 
 def activation_gib(server: ServerInput, gpu: GpuSpec, max_model_len: int | None = None) -> float:
@@ -733,6 +750,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "sampler_bytes_per_logit": r.sampler_bytes_per_logit,
         "sliding_window_kv": ("per-layer (hybrid KV manager)" if r.hybrid_kv else "full length in every layer")
         if m.sliding_window else None,
+        "kv_layer_slots": sum(_kv_slots(server, r)) if not m.encoder_only else 0,
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
     }
@@ -768,7 +786,9 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     kv = budget - w - overhead
     per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
-        tokens = max(0, int(kv * GiB // per_tok) // BLOCK_SIZE * BLOCK_SIZE)
+        # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
+        slot_tok = per_tok // (_kv_layers(m)[0]) * sum(_kv_slots(server, res.rules))
+        tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         one_seq = _request_kv_bytes(server, res) / GiB
         conc: float | None = max(kv, 0.0) / one_seq if one_seq else None
     else:
