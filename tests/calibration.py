@@ -45,7 +45,9 @@ ASSUMED_CC = "8.6"
 
 # (pattern in the case's gpu text, catalogue name); first match wins.
 _GPU_NAMES: tuple[tuple[str, str], ...] = (
-    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100", "H100-80GB"), (r"B200", "B200"),
+    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100[ -]PCIe", "h100-pcie"), (r"H100", "H100-80GB"),
+    (r"B200", "B200"), (r"A100-PCIE-40GB", "a100-pcie-40gb"), (r"A100-PCIE-80GB", "a100-pcie-80gb"),
+    (r"V100S", "v100s"),
     (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),
     (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"A10G", "A10G"), (r"\bA10\b", "A10"), (r"RTX 3090|RTX_3090", "RTX-3090"),
     (r"RTX 4090", "RTX-4090"), (r"A5000", "RTX-A5000"), (r"A6000", "RTX-A6000"), (r"2080 Ti", "RTX-2080Ti"),

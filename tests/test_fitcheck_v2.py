@@ -273,6 +273,26 @@ def test_hybrid_kv_groups_are_padded_to_equal_size():
     assert new.kv_cache_tokens == int(new.kv_cache_gib * 1024 ** 3 // (70 * per_token)) // 16 * 16
 
 
+def test_tensor_parallel_communication_memory_depends_on_the_link():
+    """TP > 1 adds NCCL / custom all-reduce memory: ~1.85 GiB per rank between NVLink-connected cards,
+    ~0.25 GiB on PCIe-only cards (no custom all-reduce without P2P / beyond two PCIe GPUs)."""
+    from biofleet.fitcheck import NCCL_GIB, NCCL_PCIE_GIB, non_torch_gib
+
+    tp2 = srv("Qwen/Qwen2.5-7B-Instruct", tensor_parallel_size=2, vllm_version="0.7.1")
+    rules = rules_for("0.7.1")
+    assert get_gpu("H100").nvlink and get_gpu("A100-40GB").nvlink
+    assert get_gpu("a100-pcie-40gb").nvlink is False and get_gpu("h100-pcie").nvlink is False
+    assert get_gpu("T4").nvlink is False and get_gpu("L40S").nvlink is False
+    assert custom_gpu(48, "8.9").nvlink is None
+    assert non_torch_gib(tp2, rules, get_gpu("H100")) == pytest.approx(0.07 + NCCL_GIB)
+    assert non_torch_gib(tp2, rules, get_gpu("L40S")) == pytest.approx(0.07 + NCCL_PCIE_GIB)
+    assert non_torch_gib(tp2, rules, custom_gpu(48, "8.9")) == pytest.approx(0.07 + NCCL_GIB)  # unknown: the larger
+    assert non_torch_gib(srv("Qwen/Qwen2.5-7B-Instruct"), rules, get_gpu("T4")) == pytest.approx(0.07)
+    t4 = check_server_on_gpu(srv("Qwen/Qwen2.5-7B-Instruct", tensor_parallel_size=2, vllm_version="0.22",
+                                 dtype="float16", max_model_len=8192), get_gpu("T4")).servers[0]
+    assert t4.non_torch_gib == pytest.approx(0.25 + NCCL_PCIE_GIB) and t4.inputs["gpu_interconnect"] == "PCIe only"
+
+
 def test_linear_attention_layers_have_no_kv():
     cfg = json.loads((Path(__file__).parent / "data" / "model_configs" / "Qwen--Qwen3.5-122B-A10B.json").read_text())
     m = model_from_config(cfg, "Qwen/Qwen3.5-122B-A10B")
