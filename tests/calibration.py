@@ -56,6 +56,13 @@ _GPU_NAMES: tuple[tuple[str, str], ...] = (
 _UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
 
 
+def _model_default_only(case: dict[str, Any], key: str) -> bool:
+    """The case's value is the model's default as the gatherer read it from the config, not logged
+    or confirmed by an error line: the fit-check derives it as vLLM does (rope scaling included)."""
+    said = [str(d) for d in case.get("defaults_assumed") or [] if str(d).startswith(key)]
+    return bool(said) and not any("confirmed" in d for d in said)
+
+
 def _flag_in_quote(quote: str, key: str) -> str | None:
     """A value the user set, from a non-default-args dict or a command line in the quote."""
     k = re.escape(key)
@@ -166,7 +173,7 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--vllm-version", version]
     quote = str(case.get("quote") or "")
     for key, flag in (("max_model_len", "--max-model-len"), ("gpu_memory_utilization", "--gpu-memory-utilization")):
-        if case.get(key):
+        if case.get(key) and not (key == "max_model_len" and _model_default_only(case, key)):
             argv += [flag, str(case[key])]
     if (case.get("tensor_parallel_size") or 1) > 1:
         argv += ["--tensor-parallel-size", str(case["tensor_parallel_size"])]
