@@ -162,8 +162,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         if logged:
             argv += ["--gpu-visible-gib", str(logged)]
         run.unified = name in _UNIFIED_MEMORY
-    elif re.search(r"\d+\s*GB-class", gpu_text):
-        size = logged or float(re.search(r"(\d+)\s*GB-class", gpu_text).group(1))  # type: ignore[union-attr]
+    elif sized := re.search(r"(\d+)\s*GB-class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
+        size = logged or float(sized.group(1) or sized.group(2))
         argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
     else:
         run.gpu_known = False

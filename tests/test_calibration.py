@@ -19,6 +19,7 @@ from calibration import DATA, Run, facts, run_file, score, summarize, table
 
 OLD, TUNING, HELDOUT = "vllm_memory_cases.jsonl", "vllm_cases_v2_tuning.jsonl", "vllm_cases_v2_heldout.jsonl"
 HELDOUT2 = "vllm_cases_v2_heldout2.jsonl"  # scored once; tuning data since
+HELDOUT3 = "vllm_cases_v2_heldout3.jsonl"  # scored once, after the freeze at 659da44
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -107,6 +108,15 @@ def test_heldout2_cases():
     by = {r["id"]: r for r in rows}
     assert abs(by[2006]["w_err"]) < 0.01  # Qwen-1 MLP width (intermediate_size // 2)
     assert abs(by[2003]["kv_err"]) < 0.05  # L40S x2: PCIe, no NVLink all-reduce memory
+
+
+def test_heldout3_cases():
+    """The third held-out set as scored once after the freeze: 4 of 5 verdicts; its misses are explained in
+    docs/fit-check.md ("Held-out 3") and guarded here so that a new miss or a lost case is seen."""
+    _, rows = _run(HELDOUT3)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 5 and wrong <= {3011}, (s, wrong)
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
