@@ -20,6 +20,7 @@ from calibration import DATA, Run, facts, run_file, score, summarize, table
 OLD, TUNING, HELDOUT = "vllm_memory_cases.jsonl", "vllm_cases_v2_tuning.jsonl", "vllm_cases_v2_heldout.jsonl"
 HELDOUT2 = "vllm_cases_v2_heldout2.jsonl"  # scored once; tuning data since
 HELDOUT3 = "vllm_cases_v2_heldout3.jsonl"  # scored once, after the freeze at 659da44
+HELDOUT4 = "vllm_cases_v2_heldout4.jsonl"  # scored once, same freeze
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -117,6 +118,17 @@ def test_heldout3_cases():
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
     assert s.verdicts >= 5 and wrong <= {3011}, (s, wrong)
+
+
+def test_heldout4_cases():
+    """The fourth held-out set as scored once: 10 of 11 verdicts, weights and KV within the targets; the miss
+    (4002, gpt-oss-120b's MXFP4 weights over-counted) is explained in docs/fit-check.md ("Held-out 4")."""
+    _, rows = _run(HELDOUT4)
+    s = summarize(rows)
+    assert s.weights_n >= 10 and s.weights_median <= WEIGHTS_MEDIAN, s
+    assert s.kv_n >= 8 and s.kv_median <= KV_MEDIAN, s
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 11 and wrong <= {4002}, (s, wrong)
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
