@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from biofleet.catalog.gpus import GpuSpec
 from biofleet.catalog.models import ModelSpec, quantized_variant
-from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, VllmRules, check_vllm_version, rules_for
+from biofleet.catalog.vllm_rules import (
+    DEFAULT_VLLM_VERSION,
+    VllmRules,
+    check_vllm_version,
+    hybrid_kv_group_slots,
+    rules_for,
+)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -71,7 +77,10 @@ CUDA_CONTEXT_GIB = 0.51
 # 0.19 logs at TP 1 (0.67 - 0.51 GiB measured after a cuBLAS warm-up); 0.02-0.10 GiB in V0 and
 # V1 <= 0.16 logs. With TP > 1 NCCL and custom all-reduce buffers add ~1.85 GiB per rank
 # (0.19 logs 2.07-2.21 GiB; PR #10511's TP 2 log 3.58 - 1.79 GiB).
-NON_TORCH_GIB, NON_TORCH_NEW_GIB, NCCL_GIB = 0.07, 0.25, 1.85
+# On PCIe-only cards vLLM runs no custom all-reduce (custom_all_reduce.py: off without P2P and on
+# more than two PCIe-only GPUs) and NCCL keeps no NVLink buffers: TP > 1 adds ~0.25 GiB (logs: L40S x2
+# 0.30 and A100-PCIe x4 0.34 GiB against 0.07 at TP 1, RTX 4090 x2 0.25 GiB).
+NON_TORCH_GIB, NON_TORCH_NEW_GIB, NCCL_GIB, NCCL_PCIE_GIB = 0.07, 0.25, 1.85, 0.25
 # CUDA graphs: 0.46-0.54 GiB logged for 28-36-layer models with 256 sequences, ~0.9 GiB for
 # 32-layer models at H100 defaults (1024 sequences, 0.19 logs).
 GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB, GRAPH_BIG_BATCH = 0.15, 0.012, 1.7
@@ -436,6 +445,16 @@ def _kv_layers(m: ModelSpec) -> tuple[int, int]:
     return layers, min(layers, m.sliding_layers if m.sliding_layers is not None else layers)
 
 
+def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
+    """(full-attention slots, sliding-window slots) the KV cache is divided over: the real layers,
+    or with the hybrid KV manager (V1 >= 0.10) the padded group slots (``hybrid_kv_group_slots``)."""
+    layers, sliding = _kv_layers(server.model)
+    if not (rules.hybrid_kv and sliding and server.model.sliding_window):
+        return layers - sliding, sliding
+    full, slide = hybrid_kv_group_slots((layers - sliding, sliding), rules.kv_group_size_near_equal_max)
+    return full, slide
+
+
 def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
     """KV-cache bytes per token on one TP rank over all layers (0 for encoder-only models)."""
     if server.model.encoder_only:
@@ -455,9 +474,10 @@ def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
     full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
     if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
         return layers * full_blocks * BLOCK_SIZE * per_layer
+    full_slots, slide_slots = _kv_slots(server, res.rules)  # padding slots cost as much as real layers
     kept = min(server.model.sliding_window - 1 + res.batched_tokens, res.max_model_len)
     slide_blocks = math.ceil(kept / BLOCK_SIZE) + 1
-    return ((layers - sliding) * full_blocks + sliding * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
+    return (full_slots * full_blocks + slide_slots * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
 
 
 def activation_gib(server: ServerInput, gpu: GpuSpec, max_model_len: int | None = None) -> float:
@@ -506,13 +526,17 @@ def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
     return items * v.patches_per_item * per_patch * _DTYPE_BYTES[res.dtype] / 2
 
 
-def non_torch_gib(server: ServerInput, rules: VllmRules | None = None) -> float:
-    """Memory outside torch's allocator that the profiler counts, per rank."""
-    rules = rules or _rules(server, None)
+def non_torch_gib(server: ServerInput, rules: VllmRules | None = None, gpu: GpuSpec | None = None) -> float:
+    """Memory outside torch's allocator that the profiler counts, per rank. With TP > 1 the
+    communication buffers depend on the link between the GPUs (``GpuSpec.nvlink``): NVLink-
+    connected ranks (and unknown cards) get the NVLink figure, PCIe-only cards the small one."""
+    rules = rules or _rules(server, gpu)
     if not rules.non_torch_counted:
         return 0.0  # before 0.2.5 only torch.cuda.max_memory_allocated was read
     base = NON_TORCH_NEW_GIB if rules.engine == "V1" and rules.version >= (0, 17, 0) else NON_TORCH_GIB
-    return base + (NCCL_GIB if server.tensor_parallel_size > 1 else 0.0)
+    if server.tensor_parallel_size == 1:
+        return base
+    return base + (NCCL_PCIE_GIB if gpu is not None and gpu.nvlink is False else NCCL_GIB)
 
 
 def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:
@@ -721,6 +745,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
     return {
         "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0 on this GPU)" if r.v1_fallback else ""),
         "gpu": gpu.name, "gpu_visible_gib": _r2(gpu.visible_gib), "gpu_visible_source": gpu.note,
+        "gpu_interconnect": {True: "NVLink", False: "PCIe only", None: "unknown (NVLink assumed)"}[gpu.nvlink],
         "compute_capability": gpu.cc_str, "gpu_memory_utilization": res.utilization,
         "dtype": res.dtype, "dtype_reason": res.dtype_reason,
         "quantization": _weight_method(server), "quant_bits": m.quant_bits,
@@ -733,6 +758,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "sampler_bytes_per_logit": r.sampler_bytes_per_logit,
         "sliding_window_kv": ("per-layer (hybrid KV manager)" if r.hybrid_kv else "full length in every layer")
         if m.sliding_window else None,
+        "kv_layer_slots": sum(_kv_slots(server, r)) if not m.encoder_only else 0,
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
     }
@@ -762,13 +788,15 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     budget = res.utilization * gpu.visible_gib
     w = weights_gib(server, dtype)
     act = _activation(server, res)
-    nt = non_torch_gib(server, res.rules)
+    nt = non_torch_gib(server, res.rules, gpu)
     graphs = cuda_graph_gib(server, res.max_num_seqs)
     overhead = act + nt + (graphs if res.rules.graphs_in_budget else 0.0)
     kv = budget - w - overhead
     per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
-        tokens = max(0, int(kv * GiB // per_tok) // BLOCK_SIZE * BLOCK_SIZE)
+        # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
+        slot_tok = per_tok // (_kv_layers(m)[0]) * sum(_kv_slots(server, res.rules))
+        tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         one_seq = _request_kv_bytes(server, res) / GiB
         conc: float | None = max(kv, 0.0) / one_seq if one_seq else None
     else:

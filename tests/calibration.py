@@ -45,13 +45,22 @@ ASSUMED_CC = "8.6"
 
 # (pattern in the case's gpu text, catalogue name); first match wins.
 _GPU_NAMES: tuple[tuple[str, str], ...] = (
-    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100", "H100-80GB"), (r"B200", "B200"),
+    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100[ -]PCIe", "h100-pcie"), (r"H100", "H100-80GB"),
+    (r"B200", "B200"), (r"A100-PCIE-40GB", "a100-pcie-40gb"), (r"A100-PCIE-80GB", "a100-pcie-80gb"),
+    (r"V100S", "v100s"),
     (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),
     (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"A10G", "A10G"), (r"\bA10\b", "A10"), (r"RTX 3090|RTX_3090", "RTX-3090"),
     (r"RTX 4090", "RTX-4090"), (r"A5000", "RTX-A5000"), (r"A6000", "RTX-A6000"), (r"2080 Ti", "RTX-2080Ti"),
     (r"V100S|V100[^,;]*?32\s?GB", "V100-32GB"), (r"V100", "V100"), (r"P40", "P40"), (r"P100", "P100"),
 )
 _UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
+
+
+def _model_default_only(case: dict[str, Any], key: str) -> bool:
+    """The case's value is the model's default as the gatherer read it from the config, not logged
+    or confirmed by an error line: the fit-check derives it as vLLM does (rope scaling included)."""
+    said = [str(d) for d in case.get("defaults_assumed") or [] if str(d).startswith(key)]
+    return bool(said) and not any("confirmed" in d for d in said)
 
 
 def _flag_in_quote(quote: str, key: str) -> str | None:
@@ -153,8 +162,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         if logged:
             argv += ["--gpu-visible-gib", str(logged)]
         run.unified = name in _UNIFIED_MEMORY
-    elif re.search(r"\d+\s*GB-class", gpu_text):
-        size = logged or float(re.search(r"(\d+)\s*GB-class", gpu_text).group(1))  # type: ignore[union-attr]
+    elif sized := re.search(r"(\d+)\s*GB-class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
+        size = logged or float(sized.group(1) or sized.group(2))
         argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
     else:
         run.gpu_known = False
@@ -164,7 +173,7 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--vllm-version", version]
     quote = str(case.get("quote") or "")
     for key, flag in (("max_model_len", "--max-model-len"), ("gpu_memory_utilization", "--gpu-memory-utilization")):
-        if case.get(key):
+        if case.get(key) and not (key == "max_model_len" and _model_default_only(case, key)):
             argv += [flag, str(case[key])]
     if (case.get("tensor_parallel_size") or 1) > 1:
         argv += ["--tensor-parallel-size", str(case["tensor_parallel_size"])]

@@ -1,6 +1,6 @@
 """Calibrate the fit-check against real vLLM start-ups, through the command line users run.
 
-Three case files (tests/data): the 22 public calibration cases, the 37 tuning cases gathered
+Four case files (tests/data): the 22 public calibration cases, the 37 tuning cases gathered
 for fit-check v2 and the held-out cases (kept out of tuning; scored once the model was
 frozen, see docs/fit-check.md). ``tests/calibration.py`` turns every case into a
 ``biofleet fit-check --model ... --json`` command line with one rule set for all cases.
@@ -18,6 +18,9 @@ from calculators import CALCULATORS, Answer
 from calibration import DATA, Run, facts, run_file, score, summarize, table
 
 OLD, TUNING, HELDOUT = "vllm_memory_cases.jsonl", "vllm_cases_v2_tuning.jsonl", "vllm_cases_v2_heldout.jsonl"
+HELDOUT2 = "vllm_cases_v2_heldout2.jsonl"  # scored once; tuning data since
+HELDOUT3 = "vllm_cases_v2_heldout3.jsonl"  # scored once, after the freeze at 659da44
+HELDOUT4 = "vllm_cases_v2_heldout4.jsonl"  # scored once, same freeze
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -92,6 +95,40 @@ def test_heldout_cases_meet_the_targets(heldout):
     assert s.kv_n >= 14 and s.kv_median <= KV_MEDIAN, s
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
     assert s.verdicts >= 17 and wrong <= {1012}, (s, wrong)
+
+
+def test_heldout2_cases():
+    """The second held-out set, tuning data since its scoring. Weights and KV meet the targets; the verdict misses
+    are each explained in docs/fit-check.md ("Held-out 2 misses") and guarded here so a new one is seen."""
+    _, rows = _run(HELDOUT2)
+    s = summarize(rows)
+    assert s.weights_n >= 6 and s.weights_median <= WEIGHTS_MEDIAN, s
+    assert s.kv_n >= 3 and s.kv_median <= KV_MEDIAN, s
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 14 and wrong <= {2006, 2011, 2013, 2015, 2016}, (s, wrong)
+    by = {r["id"]: r for r in rows}
+    assert abs(by[2006]["w_err"]) < 0.01  # Qwen-1 MLP width (intermediate_size // 2)
+    assert abs(by[2003]["kv_err"]) < 0.05  # L40S x2: PCIe, no NVLink all-reduce memory
+
+
+def test_heldout3_cases():
+    """The third held-out set as scored once after the freeze: 4 of 5 verdicts; its misses are explained in
+    docs/fit-check.md ("Held-out 3") and guarded here so that a new miss or a lost case is seen."""
+    _, rows = _run(HELDOUT3)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 5 and wrong <= {3011}, (s, wrong)
+
+
+def test_heldout4_cases():
+    """The fourth held-out set as scored once: 10 of 11 verdicts, weights and KV within the targets; the miss
+    (4002, gpt-oss-120b's MXFP4 weights over-counted) is explained in docs/fit-check.md ("Held-out 4")."""
+    _, rows = _run(HELDOUT4)
+    s = summarize(rows)
+    assert s.weights_n >= 10 and s.weights_median <= WEIGHTS_MEDIAN, s
+    assert s.kv_n >= 8 and s.kv_median <= KV_MEDIAN, s
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 11 and wrong <= {4002}, (s, wrong)
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "

@@ -211,3 +211,35 @@ def test_hub_fetch_is_cached(tmp_path, monkeypatch):
     assert (tmp_path / "lab--fetched.json").is_file()
     get_model("lab/fetched", cache_dir=tmp_path)  # offline now, from the cache
     assert len(calls) == 1
+
+
+def test_qwen1_intermediate_size_counts_both_projections():
+    """Qwen-1 (model_type "qwen") configs give twice the width of each MLP matrix; vLLM's qwen.py builds
+    QWenMLP with intermediate_size // 2. Qwen-7B's published shape: 7.72B parameters, 14.39 GiB in bf16."""
+    shape = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 151936,
+             "intermediate_size": 22016, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+    qwen1 = model_from_config({**shape, "model_type": "qwen", "architectures": ["QWenLMHeadModel"]}, "q1")
+    assert qwen1.intermediate_size == 11008
+    assert qwen1.params_b == pytest.approx(7.72, abs=0.01)
+    # the early key names (ffn_hidden_size) follow the same convention
+    early = {k: v for k, v in shape.items() if k != "intermediate_size"}
+    assert model_from_config({**early, "ffn_hidden_size": 22016, "model_type": "qwen"}, "q1e").intermediate_size == 11008
+    # no other family halves it
+    llama = model_from_config({**shape, "model_type": "llama"}, "l")
+    assert llama.intermediate_size == 22016 and llama.params_b > 10
+
+
+def test_rope_scaling_stretches_the_default_length_as_vllm_derives_it():
+    """vLLM multiplies the positions by rope_scaling.factor (yarn: from original_max_position_embeddings),
+    except for su/longrope/llama3. deepseek-coder-6.7b's config: 16,384 positions, linear x4."""
+    shape = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32256,
+             "intermediate_size": 11008, "torch_dtype": "bfloat16", "model_type": "llama",
+             "max_position_embeddings": 16384}
+    coder = model_from_config({**shape, "rope_scaling": {"type": "linear", "factor": 4.0}}, "dc")
+    assert coder.context_length == 65536 and coder.max_position_embeddings == 16384
+    yarn = {"rope_type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}
+    assert model_from_config({**shape, "max_position_embeddings": 163840, "rope_scaling": yarn},
+                             "y").context_length == 163840
+    for kept in ({"rope_type": "llama3", "factor": 8.0}, {"type": "mrope", "mrope_section": [16, 24, 24]},
+                 {"type": "longrope", "factor": 32}, None):
+        assert model_from_config({**shape, "rope_scaling": kept}, "k").context_length == 16384, kept

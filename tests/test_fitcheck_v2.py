@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from biofleet.catalog.checkpoint import checkpoint_from_dir
 from biofleet.catalog.gpus import GpuSpec, custom_gpu, get_gpu
 from biofleet.catalog.models import get_model, model_from_config
-from biofleet.catalog.vllm_rules import parse_vllm_version, rules_for
+from biofleet.catalog.vllm_rules import hybrid_kv_group_slots, parse_vllm_version, rules_for
 from biofleet.cli.main import app
 from biofleet.errors import ProfileError
 from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
@@ -252,6 +252,45 @@ def test_sliding_window_layers_keep_only_their_window():
     assert new.max_concurrency is not None and old.max_concurrency is not None
     assert new.max_concurrency > 3 * old.max_concurrency
     assert "hybrid" in new.inputs["sliding_window_kv"]
+
+
+def test_hybrid_kv_groups_are_padded_to_equal_size():
+    """vLLM's hybrid KV manager (V1 >= 0.10) puts each attention type into groups of equal size and pads
+    ("Add N padding layers"): Gemma-3-27B's 10 full + 52 sliding layers take 10 + 60 slots."""
+    assert hybrid_kv_group_slots((10, 52)) == (10, 60)
+    assert hybrid_kv_group_slots((8, 40)) == (8, 40)  # Gemma-3-12B: 5:1, no padding
+    assert hybrid_kv_group_slots((12, 12)) == (12, 12)  # gpt-oss, Gemma-2: 1:1
+    assert hybrid_kv_group_slots((32, 0)) == (32, 0)  # one type: nothing to pad
+    # PR #29303 (0.12): near-equal types group at the larger count (gpt-oss + eagle: 19 full + 18 sliding)
+    assert hybrid_kv_group_slots((19, 18), near_equal_max=True) == (19, 19)
+    assert hybrid_kv_group_slots((19, 18), near_equal_max=False) == (36, 18)
+    assert not rules_for("0.11.2").kv_group_size_near_equal_max and rules_for("0.12").kv_group_size_near_equal_max
+    # Applied where the hybrid manager runs: the token count divides the KV cache by 70 slots, not 62 layers.
+    new = fit("google/gemma-3-27b-it", vllm_version="0.19", max_model_len=8192).servers[0]
+    old = fit("google/gemma-3-27b-it", vllm_version="0.9.2", max_model_len=8192).servers[0]
+    assert new.inputs["kv_layer_slots"] == 70 and old.inputs["kv_layer_slots"] == 62
+    per_token = new.kv_bytes_per_token // 62
+    assert new.kv_cache_tokens == int(new.kv_cache_gib * 1024 ** 3 // (70 * per_token)) // 16 * 16
+
+
+def test_tensor_parallel_communication_memory_depends_on_the_link():
+    """TP > 1 adds NCCL / custom all-reduce memory: ~1.85 GiB per rank between NVLink-connected cards,
+    ~0.25 GiB on PCIe-only cards (no custom all-reduce without P2P / beyond two PCIe GPUs)."""
+    from biofleet.fitcheck import NCCL_GIB, NCCL_PCIE_GIB, non_torch_gib
+
+    tp2 = srv("Qwen/Qwen2.5-7B-Instruct", tensor_parallel_size=2, vllm_version="0.7.1")
+    rules = rules_for("0.7.1")
+    assert get_gpu("H100").nvlink and get_gpu("A100-40GB").nvlink
+    assert get_gpu("a100-pcie-40gb").nvlink is False and get_gpu("h100-pcie").nvlink is False
+    assert get_gpu("T4").nvlink is False and get_gpu("L40S").nvlink is False
+    assert custom_gpu(48, "8.9").nvlink is None
+    assert non_torch_gib(tp2, rules, get_gpu("H100")) == pytest.approx(0.07 + NCCL_GIB)
+    assert non_torch_gib(tp2, rules, get_gpu("L40S")) == pytest.approx(0.07 + NCCL_PCIE_GIB)
+    assert non_torch_gib(tp2, rules, custom_gpu(48, "8.9")) == pytest.approx(0.07 + NCCL_GIB)  # unknown: the larger
+    assert non_torch_gib(srv("Qwen/Qwen2.5-7B-Instruct"), rules, get_gpu("T4")) == pytest.approx(0.07)
+    t4 = check_server_on_gpu(srv("Qwen/Qwen2.5-7B-Instruct", tensor_parallel_size=2, vllm_version="0.22",
+                                 dtype="float16", max_model_len=8192), get_gpu("T4")).servers[0]
+    assert t4.non_torch_gib == pytest.approx(0.25 + NCCL_PCIE_GIB) and t4.inputs["gpu_interconnect"] == "PCIe only"
 
 
 def test_linear_attention_layers_have_no_kv():

@@ -44,6 +44,9 @@ class GpuSpec(BaseModel):
     gres_type: str  # SLURM GRES type, lower case (gpu:<type>:N)
     note: str = ""  # where the figures came from
     sm_count: int | None = Field(default=None, gt=0)  # streaming multiprocessors (None: unknown)
+    # GPU-to-GPU link between the cards of one node: True NVLink (SXM / HGX boards), False PCIe only,
+    # None unknown. Tensor parallelism's communication memory depends on it (fitcheck.non_torch_gib).
+    nvlink: bool | None = None
 
     @field_validator("compute_capability", mode="before")
     @classmethod
@@ -115,10 +118,18 @@ _SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, 
         "RTX-4090": 128, "RTX-A5000": 64, "RTX-A6000": 84, "GB10": 48, "RTX-2080Ti": 68, "P40": 30, "P100": 56}
 
 
+# Cards sold on SXM / HGX boards whose GPUs are NVLink-connected (NVIDIA data sheets). The others in
+# the catalogue are PCIe cards (GeForce and workstation cards: an optional 2-card bridge at most, and
+# GeForce drivers disable PCIe peer-to-peer). A "pcie" alias (a100-pcie-40gb, h100-pcie) names the
+# PCIe variant of an SXM card: get_gpu returns it with nvlink False.
+_NVLINK = {"V100", "V100-32GB", "A100-40GB", "A100-80GB", "H100-80GB", "H200", "B200"}
+
+
 def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: tuple[int, int], price: float,
        gres: str, note: str) -> GpuSpec:
     return GpuSpec(name=name, aliases=aliases, memory_gib=memory, visible_gib=visible, sm_count=_SMS.get(name),
-                   compute_capability=cc, price_per_hour=price, gres_type=gres, note=note)
+                   compute_capability=cc, price_per_hour=price, gres_type=gres, note=note,
+                   nvlink=name in _NVLINK and name != "GB10")
 
 
 _CATALOG = (
@@ -195,7 +206,9 @@ def get_gpu(name: str) -> GpuSpec:
     key = _norm(name)
     for k in (key, key.removeprefix("nvidia-"), key.removeprefix("tesla-")):
         if k in _INDEX:
-            return _INDEX[k]
+            g = _INDEX[k]
+            pcie = "pcie" in k or k.startswith("v100s")  # V100S is a PCIe-only card
+            return g.model_copy(update={"nvlink": False}) if g.nvlink and pcie else g
     known = ", ".join(GPUS)
     raise UnknownGpuError(
         f"unknown GPU {name!r}; known: {known}. For another card give its memory and compute "

@@ -83,6 +83,9 @@ class ModelSpec(BaseModel):
     # models, top_k x expert width (+ shared experts) for MoE. None: 4 x hidden.
     intermediate_size: int | None = Field(default=None, gt=0)
     max_position_embeddings: int = Field(default=4096, gt=0)
+    # vLLM's derived maximum length when the config's rope_scaling stretches the positions
+    # (see rope_scaled_length); None: max_position_embeddings.
+    rope_scaled_context: int | None = Field(default=None, gt=0)
     vocab_size: int = Field(default=32000, gt=0)
     tie_word_embeddings: bool = False
     native_dtype: str = "bfloat16"  # config torch_dtype: bfloat16 / float16 / float32
@@ -143,7 +146,7 @@ class ModelSpec(BaseModel):
         """Longest sequence vLLM accepts by default (RoBERTa-style position ids start at 2)."""
         if self.model_type in ("xlm-roberta", "roberta"):
             return self.max_position_embeddings - 2
-        return self.max_position_embeddings
+        return self.rope_scaled_context or self.max_position_embeddings
 
     @property
     def embedding_params_b(self) -> float:
@@ -635,7 +638,7 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     kv = int(cfg.get("num_key_value_heads") or heads)
     hd = int(cfg.get("head_dim") or h // heads)
     vocab = int(cfg.get("vocab_size", 32000))
-    inter = int(cfg.get("intermediate_size") or 4 * h)
+    inter = _mlp_width(cfg) or 4 * h
     mtype = str(cfg.get("model_type", ""))
     encoder = mtype in _ENCODER_TYPES
     tied = bool(cfg.get("tie_word_embeddings", bool(encoder)))
@@ -664,6 +667,21 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     else:
         mlp_total = layers * dense_mlp
     return round((emb + layers * attn + mlp_total) / 1e9, 6)
+
+
+# Families whose config's intermediate_size counts the gate and the up projection together, so
+# each MLP matrix is half as wide: Qwen-1 (model_type "qwen", QWenLMHeadModel). vLLM's qwen.py
+# builds QWenMLP with intermediate_size // 2 (ffn_hidden_size // 2 in the first version, v0.1.4),
+# as the checkpoint's w1 / w2 / c_proj shapes are. No other catalogue family does this.
+_HALF_WIDTH_MLP_TYPES = {"qwen"}
+
+
+def _mlp_width(cfg: Mapping[str, Any]) -> int | None:
+    """The width of each dense MLP matrix as vLLM builds it (None when the config has none)."""
+    inter = cfg.get("intermediate_size") or cfg.get("ffn_hidden_size")
+    if not inter:
+        return None
+    return int(inter) // 2 if str(cfg.get("model_type", "")) in _HALF_WIDTH_MLP_TYPES else int(inter)
 
 
 _ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "distilbert", "electra", "mpnet", "nomic_bert", "deberta-v2"}
@@ -779,6 +797,26 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
 _NON_VISION_TOWERS = ("audio_config", "speech_config", "whisper_config")
 
 
+def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
+    """The default max_model_len vLLM derives from a config whose ``rope_scaling`` stretches the
+    positions, or None when it does not: every rope type but su/longrope/llama3 multiplies by its
+    ``factor`` (absent: 1), and yarn starts from ``original_max_position_embeddings``
+    (vLLM's ``_get_and_verify_max_len``; docs/fit-check.md, "Default max_model_len")."""
+    if not isinstance(rope_scaling, Mapping):
+        return None
+    kind = str(rope_scaling.get("rope_type") or rope_scaling.get("type") or "")
+    if kind in ("su", "longrope", "llama3"):
+        return None
+    factor = rope_scaling.get("factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
+        return None
+    base = positions
+    if kind == "yarn" and isinstance(rope_scaling.get("original_max_position_embeddings"), int):
+        base = int(rope_scaling["original_max_position_embeddings"])
+    scaled = int(base * factor)
+    return scaled if scaled != positions else None
+
+
 def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     """A :class:`ModelSpec` from a Hugging Face ``config.json`` mapping (pure; no I/O)."""
     cfg: dict[str, Any] = dict(config)
@@ -805,7 +843,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
-    inter = cfg.get("intermediate_size")
+    inter = _mlp_width(cfg)
     top_k = None
     if experts:
         top_k = int(cfg.get("num_experts_per_tok") or cfg.get("num_experts_per_token") or cfg.get("moe_topk") or 2)
@@ -822,6 +860,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     if latent and not head_dim:
         head_dim = int(cfg.get("qk_nope_head_dim", 128)) + int(cfg.get("qk_rope_head_dim", 64))
     dtype = _find_dtype(config, text if isinstance(text, Mapping) else None)
+    positions = int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 2048)
     other = next((k.split("_")[0] for k in _NON_VISION_TOWERS if isinstance(config.get(k), Mapping)), None)
     return ModelSpec(
         id=id,
@@ -834,7 +873,8 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         num_kv_heads=int(cfg.get("num_key_value_heads") or cfg.get("multi_query_group_num") or heads),
         head_dim=int(head_dim) if head_dim else None,
         intermediate_size=int(inter) if inter else None,
-        max_position_embeddings=int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 2048),
+        max_position_embeddings=positions,
+        rope_scaled_context=rope_scaled_length(positions, cfg.get("rope_scaling")),
         vocab_size=int(cfg.get("vocab_size", 32000)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", encoder)),
         native_dtype=dtype or "float32",

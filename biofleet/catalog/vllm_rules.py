@@ -37,6 +37,13 @@ Eras (``version`` = the vLLM release the server runs):
 - **Hybrid KV.** V1 from 0.10.0 sizes sliding-window layers separately (hybrid KV-cache
   manager): a sliding layer keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens
   per request. V0 and earlier V1 give every layer full-length KV.
+- **Hybrid KV groups.** The hybrid manager (V1 from 0.10.0) puts layers of one attention type
+  into KV-cache groups of *equal* size, so one page size serves all; a type whose layer count
+  is not a multiple of the group size is padded ("Add N padding layers, may waste at most X%
+  KV cache memory", ``_get_kv_cache_groups_uniform_page_size`` in ``v1/core/kv_cache_utils.py``).
+  The group size is the smallest type's layer count; from PR #29303 (merged 2025-11-24, so
+  0.12) the largest when it is below 1.5 x the smallest. Memory is split over the padded
+  slots: tokens = KV / (slots x per-layer bytes). See :func:`hybrid_kv_group_slots`.
 - **dtype ``auto``.** A config without ``torch_dtype`` counts as float32, and float32 models
   are served in float16 (``_get_and_verify_dtype``). From 0.9 a dtype the GPU cannot run
   (bfloat16 below compute capability 8.0) falls back to float16 with a warning
@@ -48,11 +55,14 @@ Eras (``version`` = the vLLM release the server runs):
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "parse_vllm_version", "rules_for"]
+__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "hybrid_kv_group_slots", "parse_vllm_version",
+           "rules_for"]
 
 DEFAULT_VLLM_VERSION = "0.32"  # the version biofleet's templates target (README, scripts/install-vllm.sh)
 
@@ -87,6 +97,7 @@ class VllmRules:
     non_torch_counted: bool
     free_memory_check: bool
     hybrid_kv: bool
+    kv_group_size_near_equal_max: bool  # PR #29303: the largest type's count when < 1.5 x the smallest
     auto_dtype_fallback: bool
     default_utilization: float
 
@@ -123,6 +134,24 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         non_torch_counted=v >= (0, 2, 5),
         free_memory_check=engine == "V1" and v >= (0, 9, 1),
         hybrid_kv=engine == "V1" and v >= (0, 10, 0),
+        kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),
         default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
     )
+
+
+def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_max: bool = True) -> tuple[int, ...]:
+    """Layer slots the hybrid KV manager gives each attention type, padding included.
+
+    Every KV-cache group holds the same number of layers (``group_size``): the smallest type's
+    layer count, or (from 0.12, ``near_equal_max``) the largest when that is below 1.5 x the
+    smallest. A type of ``n`` layers gets ``ceil(n / group_size)`` groups, i.e.
+    ``ceil(n / group_size) x group_size`` slots; each slot is backed by as much memory as a
+    real layer. Gemma-3-27B (52 sliding + 10 full): (60, 10), 8 padding layers."""
+    counts = [int(n) for n in layers_per_type]
+    present = [n for n in counts if n > 0]
+    if len(present) < 2:
+        return tuple(counts)
+    lo, hi = min(present), max(present)
+    size = hi if near_equal_max and hi < lo * 1.5 else lo
+    return tuple(math.ceil(n / size) * size if n else 0 for n in counts)
