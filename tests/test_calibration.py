@@ -121,14 +121,15 @@ def test_heldout3_cases():
 
 
 def test_heldout4_cases():
-    """The fourth held-out set as scored once: 10 of 11 verdicts, weights and KV within the targets; the miss
-    (4002, gpt-oss-120b's MXFP4 weights over-counted) is explained in docs/fit-check.md ("Held-out 4")."""
+    """The fourth held-out set at its second scoring (three model configs completed, model unchanged): 13 of 14
+    verdicts, weights and KV within the targets; the miss (4002, gpt-oss-120b's MXFP4 weights over-counted) is
+    explained in docs/fit-check.md ("Held-out 4")."""
     _, rows = _run(HELDOUT4)
     s = summarize(rows)
-    assert s.weights_n >= 10 and s.weights_median <= WEIGHTS_MEDIAN, s
-    assert s.kv_n >= 8 and s.kv_median <= KV_MEDIAN, s
+    assert s.weights_n >= 13 and s.weights_median <= WEIGHTS_MEDIAN, s
+    assert s.kv_n >= 11 and s.kv_median <= KV_MEDIAN, s
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 11 and wrong <= {4002}, (s, wrong)
+    assert s.verdicts >= 14 and wrong <= {4002}, (s, wrong)
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
