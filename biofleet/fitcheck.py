@@ -37,6 +37,8 @@ from biofleet.catalog.vllm_rules import (
     VllmRules,
     check_vllm_version,
     hybrid_kv_group_slots,
+    mxfp4_expert_bytes,
+    mxfp4_moe_backend,
     rules_for,
 )
 
@@ -382,7 +384,16 @@ def _weights_source(server: ServerInput) -> str:
     return "parameters x bytes per parameter"
 
 
-def weights_gib(server: ServerInput, dtype: str | None = None) -> float:
+def _mxfp4_experts(m: ModelSpec) -> tuple[int, int] | None:
+    """(expert-layers, per-expert intermediate size) of an MXFP4 MoE checkpoint, from its shapes."""
+    if m.quantization != "mxfp4" or not (m.num_experts and m.quantized_params_b):
+        return None
+    count = m.num_experts * m.num_layers
+    inter = round(m.quantized_params_b * 1e9 / (count * 3 * m.hidden_size))
+    return count, inter
+
+
+def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
     """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size.
 
     The checkpoint's own size wins when it is known (local directory or ``--online``): its
@@ -412,7 +423,15 @@ def weights_gib(server: ServerInput, dtype: str | None = None) -> float:
         else:
             bits = _ONLINE_QUANT_BITS[method]
         vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
-        if m.quantized_params_b:  # e.g. gpt-oss: only the experts are quantised
+        experts = _mxfp4_experts(m)
+        if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them (vllm_rules.mxfp4_expert_bytes)
+            count, inter = experts
+            tp = server.tensor_parallel_size
+            backend = mxfp4_moe_backend(server.vllm_version, gpu.compute_capability if gpu else (9, 0))
+            # the rest (attention, router, embeddings, lm_head, sinks) is bf16; expert biases are in the rule
+            rest = max(params - m.quantized_params_b * 1e9 - count * (2 * inter + m.hidden_size), 0.0)
+            return (rest * 2 / tp + count * mxfp4_expert_bytes(m.hidden_size, inter, tp, backend)) / GiB
+        if m.quantized_params_b:  # e.g. Meta's 405B FP8: only the MLPs are quantised
             rest = max(params - m.quantized_params_b * 1e9, 0.0)
             quantized = m.quantized_params_b * 1e9 * m.quant_storage_factor
         else:  # embeddings and lm_head stay 16-bit
@@ -786,7 +805,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
                            f"vLLM {res.rules.label} runs the V0 engine on compute capability {gpu.cc_str} (V1 needs "
                            ">= 8.0 before 0.10.2): whole-sequence profiling, CUDA graphs outside the budget"))
     budget = res.utilization * gpu.visible_gib
-    w = weights_gib(server, dtype)
+    w = weights_gib(server, dtype, gpu)
     act = _activation(server, res)
     nt = non_torch_gib(server, res.rules, gpu)
     graphs = cuda_graph_gib(server, res.max_num_seqs)

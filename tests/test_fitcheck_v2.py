@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 from biofleet.catalog.checkpoint import checkpoint_from_dir
 from biofleet.catalog.gpus import GpuSpec, custom_gpu, get_gpu
 from biofleet.catalog.models import get_model, model_from_config
-from biofleet.catalog.vllm_rules import hybrid_kv_group_slots, parse_vllm_version, rules_for
+from biofleet.catalog.vllm_rules import (
+    hybrid_kv_group_slots,
+    mxfp4_expert_bytes,
+    mxfp4_moe_backend,
+    parse_vllm_version,
+    rules_for,
+)
 from biofleet.cli.main import app
 from biofleet.errors import ProfileError
 from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
@@ -365,3 +371,35 @@ def test_profile_vllm_version_picks_the_rules(tmp_path):
 def test_custom_gpu_needs_some_memory():
     with pytest.raises(ValueError):
         custom_gpu(None, "8.6")
+
+
+def test_mxfp4_backend_by_gpu_and_version():
+    """vLLM's get_mxfp4_backend: Marlin before Hopper and on Hopper before triton_kernels shipped (0.11),
+    FlashInfer on Blackwell."""
+    assert mxfp4_moe_backend("0.19", (8, 0)) == "marlin"
+    assert mxfp4_moe_backend("0.10.1", (9, 0)) == "marlin"
+    assert mxfp4_moe_backend("0.11.0", (9, 0)) == "triton"
+    assert mxfp4_moe_backend("0.19", (10, 0)) == "flashinfer"
+
+
+def test_mxfp4_expert_bytes_from_the_kernel_layouts():
+    """gpt-oss experts (hidden 2880, intermediate 2880) per kernel: Marlin pads to 2944 x 3072, Triton keeps
+    2880 but holds the scales twice (loaded + swizzled, rows padded to 256), FlashInfer pads both to 3072."""
+    assert mxfp4_expert_bytes(2880, 2880, 1, "marlin") == 3 * 2944 * 3072 // 2 + 3 * 2944 * 96 + 2 * (2 * 2944 + 3072)
+    assert mxfp4_expert_bytes(2880, 2880, 1, "triton") == (
+        3 * 2880 * 2880 // 2 + 3 * 2880 * 90 + (5888 + 3072) * 90 + 4 * (2 * 2880 + 2880))
+    assert mxfp4_expert_bytes(2880, 2880, 1, "flashinfer") == 3 * 3072 * 3072 // 2 + 3 * 3072 * 96 + 4 * 3 * 3072
+    assert mxfp4_expert_bytes(2880, 2880, 4, "marlin") == 3 * 768 * 3072 // 2 + 3 * 768 * 96 + 2 * (2 * 768 + 3072)
+
+
+def test_gpt_oss_weights_follow_the_mxfp4_kernel():
+    """Logged 'Model loading took': gpt-oss-120b 64.38 GiB (H100, ~0.11, Triton), 65.97 (H100, 0.10.1, Marlin);
+    gpt-oss-20b 13.47 (H100, ~0.11), 13.72 (A100, 0.19, Marlin)."""
+    def w(model: str, gpu: str, version: str) -> float:
+        s = ServerInput(name="s", model=get_model(model), vllm_version=version)
+        return check_server_on_gpu(s, get_gpu(gpu)).servers[0].weights_gib
+
+    assert w("openai/gpt-oss-120b", "h100", "0.11.0") == pytest.approx(64.38, rel=0.01)
+    assert w("openai/gpt-oss-120b", "h100", "0.10.1") == pytest.approx(65.97, rel=0.01)
+    assert w("openai/gpt-oss-20b", "h100", "0.11.0") == pytest.approx(13.47, rel=0.01)
+    assert w("openai/gpt-oss-20b", "a100-80gb", "0.19") == pytest.approx(13.72, rel=0.01)

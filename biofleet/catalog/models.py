@@ -585,9 +585,10 @@ def _build() -> tuple[ModelSpec, ...]:
 
     # ---- gpt-oss (calibration #30, #42): MXFP4 experts (4 bits + one 8-bit scale per 32 = 4.25
     # bits); attention, router and embeddings bf16. Experts: 20b 24 x 32 x 3 x 2880^2 = 19.11e9,
-    # 120b 36 x 128 x 3 x 2880^2 = 114.66e9. vLLM pads the expert matrices from 2880 to 3072 on
-    # both dims for its MXFP4 kernels: storage factor (3072/2880)^2 = 1.138 (this padding
-    # reproduces the logged 13.72 / 17.22 GiB within 3%). intermediate_size = top-4 x 2880.
+    # 120b 36 x 128 x 3 x 2880^2 = 114.66e9. Without a checkpoint the fit-check sizes the experts per
+    # MXFP4 kernel from these shapes (vllm_rules.mxfp4_expert_bytes); quant_storage_factor, the
+    # FlashInfer padding 2880 -> 3072 on both dims, (3072/2880)^2 = 1.138, only scales the packed
+    # tensors of a checkpoint read from disk (the largest layout). intermediate_size = top-4 x 2880.
     add(_m("openai/gpt-oss-20b", 20.91, 24, 2880, 64, 8, 11520, 201088, 131072, architecture="GptOssForCausalLM",
            model_type="gpt_oss", head_dim=64, sliding_window=128, sliding_layers=12, num_experts=32,
            experts_per_token=4, quantization="mxfp4", quant_bits=4.25, quantized_params_b=19.11,

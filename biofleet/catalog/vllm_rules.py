@@ -61,8 +61,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "hybrid_kv_group_slots", "parse_vllm_version",
-           "rules_for"]
+__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "hybrid_kv_group_slots", "mxfp4_expert_bytes",
+           "mxfp4_moe_backend", "parse_vllm_version", "rules_for"]
 
 DEFAULT_VLLM_VERSION = "0.32"  # the version biofleet's templates target (README, scripts/install-vllm.sh)
 
@@ -155,3 +155,49 @@ def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_max: bool =
     lo, hi = min(present), max(present)
     size = hi if near_equal_max and hi < lo * 1.5 else lo
     return tuple(math.ceil(n / size) * size if n else 0 for n in counts)
+
+
+Mxfp4Backend = Literal["marlin", "triton", "flashinfer"]
+
+
+def mxfp4_moe_backend(version: str | Version, compute_capability: tuple[int, int]) -> Mxfp4Backend:
+    """The MXFP4 MoE kernel vLLM picks (``get_mxfp4_backend`` in ``quantization/mxfp4.py``).
+
+    Blackwell (CC 10.x): FlashInfer (TRT-LLM gen). Hopper (9.x): OpenAI's ``triton_kernels`` when
+    installed, which the builds do from 0.11 (the vllm-openai image; pip from PR #27370), Marlin
+    before (the 0.10.1 H100 logs warn "leveraging the Marlin kernel"). Everything else: Marlin."""
+    v = parse_vllm_version(version) if isinstance(version, str) else version
+    if compute_capability >= (10, 0):
+        return "flashinfer"
+    if compute_capability[0] == 9 and v >= (0, 11, 0):
+        return "triton"
+    return "marlin"
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def mxfp4_expert_bytes(hidden: int, intermediate: int, tp: int, backend: Mxfp4Backend) -> int:
+    """Bytes one MXFP4 expert (gate_up + down, scales, biases) holds on one TP rank after loading.
+
+    ``Mxfp4MoEMethod.create_weights`` pads the per-rank intermediate size (and for some kernels the
+    hidden size) and stores 4-bit values two to a byte plus one uint8 e8m0 scale per 32 values;
+    ``process_weights_after_loading`` then reshapes them per kernel:
+    - marlin: intermediate to a multiple of 128, hidden of 256; biases bf16;
+    - triton: intermediate to a multiple of 64; the values are swizzled in place, but the scales are
+      swizzled into a second tensor (rows padded to 32 x num_warps = 256) while the loaded scales stay
+      on the layer; biases converted to float32;
+    - flashinfer: intermediate and hidden to multiples of 256; biases float32."""
+    inter = intermediate // tp
+    if backend == "marlin":
+        i, h, bias_b = _round_up(inter, 128), _round_up(hidden, 256), 2
+    elif backend == "triton":
+        i, h, bias_b = _round_up(inter, 64), hidden, 4
+    else:
+        i, h, bias_b = _round_up(inter, 256), _round_up(hidden, 256), 4
+    values = 3 * i * h // 2  # w13: 2i x h, w2: h x i, two 4-bit values per byte
+    scales = 2 * i * (h // 32) + h * (i // 32)
+    if backend == "triton":
+        scales += _round_up(2 * i, 256) * (h // 32) + _round_up(h, 256) * (i // 32)
+    return values + scales + bias_b * (2 * i + h)
