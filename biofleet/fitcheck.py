@@ -424,7 +424,7 @@ def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | No
             bits = _ONLINE_QUANT_BITS[method]
         vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
         experts = _mxfp4_experts(m)
-        if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them (vllm_rules.mxfp4_expert_bytes)
+        if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them
             count, inter = experts
             tp = server.tensor_parallel_size
             backend = mxfp4_moe_backend(server.vllm_version, gpu.compute_capability if gpu else (9, 0))
