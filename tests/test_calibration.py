@@ -119,7 +119,10 @@ def test_heldout3_cases():
     _, rows = _run(HELDOUT3)
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 5 and wrong <= {3011}, (s, wrong)
+    # 3012: right only through the Nemotron-H over-count; with the Mamba rules and its stated inputs (no SSM
+    # dtype shown, so 0.10.1's bf16 default) it is predicted to start; the reporter ran a float32 state
+    assert s.verdicts >= 5 and wrong <= {3011, 3012}, (s, wrong)
+    assert abs({r["id"]: r for r in rows}[3012]["w_err"]) < 0.01  # layer mix + Mamba2 parameters
 
 
 def test_heldout4_cases():
