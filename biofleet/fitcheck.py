@@ -37,7 +37,12 @@ from biofleet.catalog.vllm_rules import (
     VllmRules,
     check_vllm_version,
     hybrid_kv_group_slots,
+    mamba2_state_bytes,
+    mamba_ssm_dtype,
+    mxfp4_expert_bytes,
+    mxfp4_moe_backend,
     rules_for,
+    v0_mamba_batch,
 )
 
 __all__ = [
@@ -135,6 +140,7 @@ class ServerInput(_Frozen):
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)  # None: that vLLM version's default
     tensor_parallel_size: int = Field(default=1, ge=1)
     kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
+    mamba_ssm_cache_dtype: str = "auto"  # auto | float16 | bfloat16 | float32 (Mamba hybrids' SSM state)
     enforce_eager: bool = False
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
@@ -161,6 +167,14 @@ class ServerInput(_Frozen):
             return None
         v = v.strip().lower()
         return v if v == "compressed-tensors" else v.replace("-", "_")
+
+    @field_validator("mamba_ssm_cache_dtype")
+    @classmethod
+    def _ssm(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("auto", "float16", "bfloat16", "float32"):
+            raise ValueError(f"mamba_ssm_cache_dtype must be auto, float16, bfloat16 or float32 (got {v!r})")
+        return v
 
     @field_validator("kv_cache_dtype")
     @classmethod
@@ -302,7 +316,20 @@ def _big_gpu(gpu: GpuSpec) -> bool:
 
 
 def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
-    return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0))
+    return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
+                     mamba_hybrid=server.model.mamba is not None)
+
+
+def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
+    """(GiB of Mamba state one sequence holds on one rank over all Mamba layers, the SSM state's dtype)."""
+    mb = server.model.mamba
+    if mb is None:
+        return 0.0, ""
+    ssm = mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, server.model.model_type,
+                          mb.config_ssm_dtype)
+    per_layer = mamba2_state_bytes(mb.heads, mb.head_dim, mb.n_groups, mb.state_size, mb.conv_kernel,
+                                   server.tensor_parallel_size, _DTYPE_BYTES[dtype], _DTYPE_BYTES[ssm])
+    return per_layer * mb.layers / GiB, ssm
 
 
 def effective_dtype(server: ServerInput, gpu: GpuSpec | None = None) -> str:
@@ -382,7 +409,16 @@ def _weights_source(server: ServerInput) -> str:
     return "parameters x bytes per parameter"
 
 
-def weights_gib(server: ServerInput, dtype: str | None = None) -> float:
+def _mxfp4_experts(m: ModelSpec) -> tuple[int, int] | None:
+    """(expert-layers, per-expert intermediate size) of an MXFP4 MoE checkpoint, from its shapes."""
+    if m.quantization != "mxfp4" or not (m.num_experts and m.quantized_params_b):
+        return None
+    count = m.num_experts * m.num_layers
+    inter = round(m.quantized_params_b * 1e9 / (count * 3 * m.hidden_size))
+    return count, inter
+
+
+def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
     """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size.
 
     The checkpoint's own size wins when it is known (local directory or ``--online``): its
@@ -412,7 +448,15 @@ def weights_gib(server: ServerInput, dtype: str | None = None) -> float:
         else:
             bits = _ONLINE_QUANT_BITS[method]
         vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
-        if m.quantized_params_b:  # e.g. gpt-oss: only the experts are quantised
+        experts = _mxfp4_experts(m)
+        if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them
+            count, inter = experts
+            tp = server.tensor_parallel_size
+            backend = mxfp4_moe_backend(server.vllm_version, gpu.compute_capability if gpu else (9, 0))
+            # the rest (attention, router, embeddings, lm_head, sinks) is bf16; expert biases are in the rule
+            rest = max(params - m.quantized_params_b * 1e9 - count * (2 * inter + m.hidden_size), 0.0)
+            return (rest * 2 / tp + count * mxfp4_expert_bytes(m.hidden_size, inter, tp, backend)) / GiB
+        if m.quantized_params_b:  # e.g. Meta's 405B FP8: only the MLPs are quantised
             rest = max(params - m.quantized_params_b * 1e9, 0.0)
             quantized = m.quantized_params_b * 1e9 * m.quant_storage_factor
         else:  # embeddings and lm_head stay 16-bit
@@ -694,7 +738,7 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
         out.append(_f("warning", "modality-not-counted",
                       f"{m.id} has a {m.multimodal_unmodelled} tower that is neither counted in the weights nor "
                       "in the activation peak", "keep headroom for it"))
-    if m.kv_layers and m.kv_layers < m.num_layers:
+    if m.kv_layers and m.kv_layers < m.num_layers and m.mamba is None:
         out.append(_f("warning", "linear-attention-state",
                       f"{m.id}: {m.num_layers - m.kv_layers} of {m.num_layers} layers use linear attention; "
                       "their per-sequence recurrent state is not counted", "keep headroom for it"))
@@ -743,7 +787,7 @@ def _ceil2(x: float) -> float:
 def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> dict[str, Any]:
     m, r = server.model, res.rules
     return {
-        "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0 on this GPU)" if r.v1_fallback else ""),
+        "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0)" if r.v1_fallback else ""),
         "gpu": gpu.name, "gpu_visible_gib": _r2(gpu.visible_gib), "gpu_visible_source": gpu.note,
         "gpu_interconnect": {True: "NVLink", False: "PCIe only", None: "unknown (NVLink assumed)"}[gpu.nvlink],
         "compute_capability": gpu.cc_str, "gpu_memory_utilization": res.utilization,
@@ -761,7 +805,17 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "kv_layer_slots": sum(_kv_slots(server, r)) if not m.encoder_only else 0,
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
+        "mamba_state": _mamba_inputs(server, res) if m.mamba else None,
     }
+
+
+def _mamba_inputs(server: ServerInput, res: Resolved) -> dict[str, Any]:
+    state, ssm = mamba_state_gib(server, res.dtype)
+    v0 = res.rules.engine == "V0"
+    return {"mamba_layers": server.model.mamba.layers if server.model.mamba else 0, "ssm_dtype": ssm,
+            "gib_per_sequence": round(state, 4),
+            "allocated": (f"up front for {v0_mamba_batch(res.max_num_seqs, server.enforce_eager)} sequences "
+                          "(V0 MambaCacheManager)") if v0 else "per request, in the KV-cache pool (V1)"}
 
 
 def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, ...], gpus_on_node: int,
@@ -782,22 +836,28 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _capability(server, gpu, res)
     findings += _model_coverage(server, res)
     if res.rules.v1_fallback:
+        why = (f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)" if m.mamba and gpu.compute_capability
+               >= (8, 0) else f"on compute capability {gpu.cc_str} (V1 needs >= 8.0 before 0.10.2)")
         findings.append(_f("info", "v1-falls-back-to-v0",
-                           f"vLLM {res.rules.label} runs the V0 engine on compute capability {gpu.cc_str} (V1 needs "
-                           ">= 8.0 before 0.10.2): whole-sequence profiling, CUDA graphs outside the budget"))
+                           f"vLLM {res.rules.label} runs the V0 engine {why}: whole-sequence profiling, CUDA graphs "
+                           "outside the budget"))
     budget = res.utilization * gpu.visible_gib
-    w = weights_gib(server, dtype)
+    w = weights_gib(server, dtype, gpu)
     act = _activation(server, res)
     nt = non_torch_gib(server, res.rules, gpu)
     graphs = cuda_graph_gib(server, res.max_num_seqs)
     overhead = act + nt + (graphs if res.rules.graphs_in_budget else 0.0)
+    state, _ = mamba_state_gib(server, dtype)
+    if state and res.rules.engine == "V0":  # MambaCacheManager: allocated in the profiling pass, for the padded batch
+        overhead += state * v0_mamba_batch(res.max_num_seqs, server.enforce_eager)
     kv = budget - w - overhead
     per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
         slot_tok = per_tok // (_kv_layers(m)[0]) * sum(_kv_slots(server, res.rules))
         tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
-        one_seq = _request_kv_bytes(server, res) / GiB
+        # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
+        one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
         conc: float | None = max(kv, 0.0) / one_seq if one_seq else None
     else:
         tokens, conc, one_seq = 0, None, 0.0

@@ -105,8 +105,10 @@ def test_heldout2_cases():
     assert s.weights_n >= 6 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 3 and s.kv_median <= KV_MEDIAN, s
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 14 and wrong <= {2006, 2011, 2013, 2015, 2016}, (s, wrong)
+    # 2025: right only through the MXFP4 over-count; its log names no version (see "after round 2")
+    assert s.verdicts >= 14 and wrong <= {2006, 2011, 2013, 2015, 2016, 2025}, (s, wrong)
     by = {r["id"]: r for r in rows}
+    assert abs(by[2026]["w_err"]) < 0.03  # gpt-oss-120b MXFP4 experts as the kernel stores them
     assert abs(by[2006]["w_err"]) < 0.01  # Qwen-1 MLP width (intermediate_size // 2)
     assert abs(by[2003]["kv_err"]) < 0.05  # L40S x2: PCIe, no NVLink all-reduce memory
 
@@ -117,19 +119,24 @@ def test_heldout3_cases():
     _, rows = _run(HELDOUT3)
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 5 and wrong <= {3011}, (s, wrong)
+    # 3012: right only through the Nemotron-H over-count; with the Mamba rules and its stated inputs (no SSM
+    # dtype shown, so 0.10.1's bf16 default) it is predicted to start; the reporter ran a float32 state
+    assert s.verdicts >= 5 and wrong <= {3011, 3012}, (s, wrong)
+    assert abs({r["id"]: r for r in rows}[3012]["w_err"]) < 0.01  # layer mix + Mamba2 parameters
 
 
 def test_heldout4_cases():
-    """The fourth held-out set at its second scoring (three model configs completed, model unchanged): 13 of 14
-    verdicts, weights and KV within the targets; the miss (4002, gpt-oss-120b's MXFP4 weights over-counted) is
-    explained in docs/fit-check.md ("Held-out 4")."""
+    """The fourth held-out set (second scoring: three model configs completed): 13 of 14 verdicts, weights and KV
+    within the targets; the miss (4002) is explained in docs/fit-check.md ("Held-out 4"): its weights now match
+    (MXFP4 rule), its row sums to 0.95 x the card while the case records 0.9."""
     _, rows = _run(HELDOUT4)
     s = summarize(rows)
     assert s.weights_n >= 13 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 11 and s.kv_median <= KV_MEDIAN, s
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
     assert s.verdicts >= 14 and wrong <= {4002}, (s, wrong)
+    by = {r["id"]: r for r in rows}
+    assert abs(by[4001]["w_err"]) < 0.01 and abs(by[4002]["w_err"]) < 0.01  # MXFP4 experts, Triton layout
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "

@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 from biofleet.catalog.checkpoint import checkpoint_from_dir
 from biofleet.catalog.gpus import GpuSpec, custom_gpu, get_gpu
 from biofleet.catalog.models import get_model, model_from_config
-from biofleet.catalog.vllm_rules import hybrid_kv_group_slots, parse_vllm_version, rules_for
+from biofleet.catalog.vllm_rules import (
+    hybrid_kv_group_slots,
+    mxfp4_expert_bytes,
+    mxfp4_moe_backend,
+    parse_vllm_version,
+    rules_for,
+)
 from biofleet.cli.main import app
 from biofleet.errors import ProfileError
 from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
@@ -365,3 +371,103 @@ def test_profile_vllm_version_picks_the_rules(tmp_path):
 def test_custom_gpu_needs_some_memory():
     with pytest.raises(ValueError):
         custom_gpu(None, "8.6")
+
+
+def test_mxfp4_backend_by_gpu_and_version():
+    """vLLM's get_mxfp4_backend: Marlin before Hopper and on Hopper before triton_kernels shipped (0.11),
+    FlashInfer on Blackwell."""
+    assert mxfp4_moe_backend("0.19", (8, 0)) == "marlin"
+    assert mxfp4_moe_backend("0.10.1", (9, 0)) == "marlin"
+    assert mxfp4_moe_backend("0.11.0", (9, 0)) == "triton"
+    assert mxfp4_moe_backend("0.19", (10, 0)) == "flashinfer"
+
+
+def test_mxfp4_expert_bytes_from_the_kernel_layouts():
+    """gpt-oss experts (hidden 2880, intermediate 2880) per kernel: Marlin pads to 2944 x 3072, Triton keeps
+    2880 but holds the scales twice (loaded + swizzled, rows padded to 256), FlashInfer pads both to 3072."""
+    assert mxfp4_expert_bytes(2880, 2880, 1, "marlin") == 3 * 2944 * 3072 // 2 + 3 * 2944 * 96 + 2 * (2 * 2944 + 3072)
+    assert mxfp4_expert_bytes(2880, 2880, 1, "triton") == (
+        3 * 2880 * 2880 // 2 + 3 * 2880 * 90 + (5888 + 3072) * 90 + 4 * (2 * 2880 + 2880))
+    assert mxfp4_expert_bytes(2880, 2880, 1, "flashinfer") == 3 * 3072 * 3072 // 2 + 3 * 3072 * 96 + 4 * 3 * 3072
+    assert mxfp4_expert_bytes(2880, 2880, 4, "marlin") == 3 * 768 * 3072 // 2 + 3 * 768 * 96 + 2 * (2 * 768 + 3072)
+
+
+def test_gpt_oss_weights_follow_the_mxfp4_kernel():
+    """Logged 'Model loading took': gpt-oss-120b 64.38 GiB (H100, ~0.11, Triton), 65.97 (H100, 0.10.1, Marlin);
+    gpt-oss-20b 13.47 (H100, ~0.11), 13.72 (A100, 0.19, Marlin)."""
+    def w(model: str, gpu: str, version: str) -> float:
+        s = ServerInput(name="s", model=get_model(model), vllm_version=version)
+        return check_server_on_gpu(s, get_gpu(gpu)).servers[0].weights_gib
+
+    assert w("openai/gpt-oss-120b", "h100", "0.11.0") == pytest.approx(64.38, rel=0.01)
+    assert w("openai/gpt-oss-120b", "h100", "0.10.1") == pytest.approx(65.97, rel=0.01)
+    assert w("openai/gpt-oss-20b", "h100", "0.11.0") == pytest.approx(13.47, rel=0.01)
+    assert w("openai/gpt-oss-20b", "a100-80gb", "0.19") == pytest.approx(13.72, rel=0.01)
+
+
+NEMOTRON_H = {
+    "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": 4480,
+    "intermediate_size": 15680, "num_hidden_layers": 56, "num_attention_heads": 40, "num_key_value_heads": 8,
+    "head_dim": 128, "max_position_embeddings": 131072, "vocab_size": 131072, "torch_dtype": "bfloat16",
+    "hybrid_override_pattern": "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-",
+    "mamba_num_heads": 128, "mamba_head_dim": 80, "n_groups": 8, "ssm_state_size": 128, "conv_kernel": 4,
+}
+
+
+def test_nemotron_h_layer_mix_parameters_and_kv_layers():
+    """hybrid_override_pattern: 27 Mamba2, 4 attention, 25 MLP layers; 8.888B parameters (16.5557 GiB logged in
+    bf16, case 3012); KV only on the 4 attention layers."""
+    from biofleet.catalog.models import hybrid_layer_mix
+
+    assert hybrid_layer_mix(NEMOTRON_H) == {"mamba": 27, "attention": 4, "mlp": 25, "moe": 0}
+    spec = model_from_config(NEMOTRON_H, "nvidia/NVIDIA-Nemotron-Nano-9B-v2")
+    assert spec.params_b * 1e9 * 2 / 2**30 == pytest.approx(16.5557, rel=0.002)
+    assert spec.kv_layers == 4 and spec.mamba is not None and spec.mamba.layers == 27
+    with pytest.raises(ValueError, match="not modelled"):
+        hybrid_layer_mix({**NEMOTRON_H, "hybrid_override_pattern": "M*X"})
+
+
+def test_mamba2_state_and_v0_cache_size():
+    """Case 3012's V0 MambaCacheManager: 256 sequences x 27 layers; conv state 0.4746 GiB (bf16), SSM state
+    33.75 GiB in float32 (16.875 in bf16)."""
+    from biofleet.catalog.vllm_rules import mamba2_state_bytes, v0_mamba_batch
+
+    assert v0_mamba_batch(256, False) == 256 and v0_mamba_batch(3, False) == 4 and v0_mamba_batch(3, True) == 3
+    assert v0_mamba_batch(100, False) == 104
+    conv = mamba2_state_bytes(128, 80, 8, 128, 4, 1, 2, 0)
+    ssm32 = mamba2_state_bytes(128, 80, 8, 128, 4, 1, 0, 4)
+    assert conv * 27 * 256 / 2**30 == pytest.approx(0.4746, abs=1e-4)
+    assert ssm32 * 27 * 256 / 2**30 == pytest.approx(33.75)
+    assert mamba2_state_bytes(128, 80, 8, 128, 4, 2, 2, 4) * 2 == conv + ssm32  # heads and groups split over TP
+
+
+def test_mamba_ssm_dtype_defaults_by_version():
+    """auto = the model dtype; Nemotron-H from PR #39032 (0.20): the config's value, else float32."""
+    from biofleet.catalog.vllm_rules import mamba_ssm_dtype
+
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.10.1", "nemotron_h") == "bfloat16"
+    assert mamba_ssm_dtype("float32", "bfloat16", "0.10.1", "nemotron_h") == "float32"
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "nemotron_h") == "float32"
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "nemotron_h", "float16") == "float16"
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "granitemoehybrid") == "bfloat16"
+
+
+def test_nemotron_h_state_decides_start_on_l40s(tmp_path: Path):
+    """Case 3012 (L40S, 0.10.1, V0): with a float32 SSM state the 256-sequence Mamba cache (34.2 GiB) leaves no
+    KV memory; with the bf16 default it starts. V1 (0.11) keeps the state per request instead."""
+    d = tmp_path / "nemotron"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(NEMOTRON_H))
+    spec = get_model(str(d))
+
+    def fit_of(version: str, ssm: str):
+        s = ServerInput(name="s", model=spec, vllm_version=version, mamba_ssm_cache_dtype=ssm)
+        return check_server_on_gpu(s, get_gpu("l40s")).servers[0]
+
+    f32, bf16, v1 = fit_of("0.10.1", "float32"), fit_of("0.10.1", "auto"), fit_of("0.11", "auto")
+    assert not f32.ok and any(f.code == "no-kv-memory" for f in f32.findings)
+    assert f32.overhead_gib - bf16.overhead_gib == pytest.approx(16.875, abs=0.01)
+    assert bf16.ok and bf16.inputs["engine"].startswith("V0")
+    assert v1.inputs["engine"] == "V1" and v1.kv_cache_gib > 20
+    with pytest.raises(ValueError, match="mamba_ssm_cache_dtype"):
+        ServerInput(name="s", model=spec, mamba_ssm_cache_dtype="int8")

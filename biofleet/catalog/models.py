@@ -29,11 +29,13 @@ __all__ = [
     "HUB_CACHE_DIR",
     "MODELS",
     "QUANT_BITS",
+    "MambaSpec",
     "ModelSpec",
     "UnknownModelError",
     "VisionSpec",
     "estimate_params_b",
     "get_model",
+    "hybrid_layer_mix",
     "model_from_config",
     "quantized_variant",
 ]
@@ -64,6 +66,23 @@ class VisionSpec(BaseModel):
     patches_per_item: int = Field(default=0, ge=0)  # encoder positions of the largest image
     tokens_per_item: int = Field(default=0, ge=0)  # language-model tokens that image becomes
     modelled: bool = True  # False: encoder profiling is not estimated (a warning says so)
+
+
+class MambaSpec(BaseModel):
+    """The Mamba2 mixers of a hybrid model (Nemotron-H ``hybrid_override_pattern`` 'M' layers): what each
+    keeps per sequence. vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``: a conv state of
+    ``(conv_kernel - 1) x (heads x head_dim + 2 x n_groups x state_size)`` (model dtype) and an SSM state of
+    ``heads x head_dim x state_size`` (``mamba_ssm_cache_dtype``), heads and groups split over TP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    n_groups: int = Field(default=1, gt=0)
+    state_size: int = Field(gt=0)
+    conv_kernel: int = Field(default=4, gt=1)
+    config_ssm_dtype: str | None = None  # the config's own mamba_ssm_cache_dtype, when it states one
 
 
 class ModelSpec(BaseModel):
@@ -116,6 +135,7 @@ class ModelSpec(BaseModel):
     checkpoint: CheckpointSize | None = None  # the safetensors at hand (local dir or --online)
     attn_softcapping: bool = False  # Gemma-2 attention logit soft-capping
     kv_latent_dim: int | None = None  # MLA (DeepSeek-V2): cached latent per token per layer
+    mamba: MambaSpec | None = None  # Mamba2 hybrid: its per-sequence state (kv_layers: the attention layers)
     base_model: str | None = None  # the unquantised model this checkpoint derives from
     source: str = ""
 
@@ -585,9 +605,10 @@ def _build() -> tuple[ModelSpec, ...]:
 
     # ---- gpt-oss (calibration #30, #42): MXFP4 experts (4 bits + one 8-bit scale per 32 = 4.25
     # bits); attention, router and embeddings bf16. Experts: 20b 24 x 32 x 3 x 2880^2 = 19.11e9,
-    # 120b 36 x 128 x 3 x 2880^2 = 114.66e9. vLLM pads the expert matrices from 2880 to 3072 on
-    # both dims for its MXFP4 kernels: storage factor (3072/2880)^2 = 1.138 (this padding
-    # reproduces the logged 13.72 / 17.22 GiB within 3%). intermediate_size = top-4 x 2880.
+    # 120b 36 x 128 x 3 x 2880^2 = 114.66e9. Without a checkpoint the fit-check sizes the experts per
+    # MXFP4 kernel from these shapes (vllm_rules.mxfp4_expert_bytes); quant_storage_factor, the
+    # FlashInfer padding 2880 -> 3072 on both dims, (3072/2880)^2 = 1.138, only scales the packed
+    # tensors of a checkpoint read from disk (the largest layout). intermediate_size = top-4 x 2880.
     add(_m("openai/gpt-oss-20b", 20.91, 24, 2880, 64, 8, 11520, 201088, 131072, architecture="GptOssForCausalLM",
            model_type="gpt_oss", head_dim=64, sliding_window=128, sliding_layers=12, num_experts=32,
            experts_per_token=4, quantization="mxfp4", quant_bits=4.25, quantized_params_b=19.11,
@@ -626,6 +647,46 @@ _INDEX = _index()
 
 
 # --------------------------------------------------------------------------- config.json parsing
+
+def hybrid_layer_mix(cfg: Mapping[str, Any]) -> dict[str, int] | None:
+    """Layer counts of a Nemotron-H style hybrid: ``hybrid_override_pattern`` gives one character per layer,
+    ``M`` a Mamba2 mixer, ``*`` attention, ``-`` an MLP, ``E`` a MoE block (vLLM's ``nemotron_h.py``
+    ``ALL_DECODER_LAYER_TYPES``). None for other configs."""
+    pattern = cfg.get("hybrid_override_pattern")
+    if not isinstance(pattern, str) or not pattern:
+        return None
+    names = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+    unknown = sorted(set(pattern) - set(names))
+    if unknown:
+        raise ValueError(f"hybrid_override_pattern has layer kinds {unknown} that are not modelled "
+                         "(known: M = Mamba2, * = attention, - = MLP, E = MoE)")
+    return {name: pattern.count(ch) for ch, name in names.items()}
+
+
+def _mamba_of(cfg: Mapping[str, Any], mix: Mapping[str, int] | None) -> MambaSpec | None:
+    if not mix or not mix.get("mamba"):
+        return None
+    h = int(cfg["hidden_size"])
+    heads = int(cfg.get("mamba_num_heads") or 0) or None
+    head_dim = int(cfg.get("mamba_head_dim") or 0) or None
+    if heads is None or head_dim is None:  # Mamba2 defaults: d_inner = expand x hidden, 64-wide heads
+        head_dim = head_dim or 64
+        heads = heads or int(cfg.get("expand", 2)) * h // head_dim
+    ssm = cfg.get("mamba_ssm_cache_dtype")
+    return MambaSpec(layers=mix["mamba"], heads=heads, head_dim=head_dim, n_groups=int(cfg.get("n_groups") or 1),
+                     state_size=int(cfg.get("ssm_state_size") or cfg.get("state_size") or 128),
+                     conv_kernel=int(cfg.get("conv_kernel") or cfg.get("mamba_d_conv") or 4),
+                     config_ssm_dtype=str(ssm) if ssm else None)
+
+
+def _mamba2_params(h: int, m: MambaSpec) -> int:
+    """One Mamba2 mixer: in_proj (z, x, B, C, dt), the depthwise conv over x, B, C (with bias), A, D, dt_bias,
+    the gated norm and out_proj (vLLM ``MambaMixer2``)."""
+    inner = m.heads * m.head_dim
+    conv_dim = inner + 2 * m.n_groups * m.state_size
+    return h * (2 * inner + 2 * m.n_groups * m.state_size + m.heads) + conv_dim * (m.conv_kernel + 1) \
+        + 3 * m.heads + inner + inner * h
+
 
 def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     """Parameter count (billions) from the shapes in a HF config: embeddings, attention, MLP.
@@ -666,6 +727,17 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         mlp_total = dense_layers * dense_mlp + (layers - dense_layers) * moe_mlp
     else:
         mlp_total = layers * dense_mlp
+    mix = hybrid_layer_mix(cfg)
+    if mix is not None:  # Nemotron-H: one block per layer, of the kind the pattern names (MLPs: up, down)
+        mamba = _mamba_of(cfg, mix)
+        moe = 0
+        if mix["moe"]:
+            moe_inter = int(cfg.get("moe_intermediate_size") or inter)
+            shared = int(cfg.get("moe_shared_expert_intermediate_size") or 0)
+            moe = 2 * h * (moe_inter * max(experts, 1) + shared) + h * experts
+        mamba_p = mix["mamba"] * _mamba2_params(h, mamba) if mamba else 0
+        total = emb + mix["attention"] * attn + mix["mlp"] * 2 * h * inter + mix["moe"] * moe + mamba_p
+        return round(total / 1e9, 6)
     return round((emb + layers * attn + mlp_total) / 1e9, 6)
 
 
@@ -842,6 +914,9 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     if cfg.get("use_sliding_window") is False:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
+    mix = hybrid_layer_mix(cfg)
+    if mix is not None:
+        kv_layers = mix["attention"] or None
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
     inter = _mlp_width(cfg)
     top_k = None
@@ -892,6 +967,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         multimodal_unmodelled=other,
         attn_softcapping=bool(cfg.get("attn_logit_softcapping")),
         kv_latent_dim=latent,
+        mamba=_mamba_of(cfg, mix),
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
 

@@ -61,8 +61,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_VLLM_VERSION", "VllmRules", "check_vllm_version", "hybrid_kv_group_slots", "parse_vllm_version",
-           "rules_for"]
+__all__ = [
+    "DEFAULT_VLLM_VERSION",
+    "VllmRules",
+    "check_vllm_version",
+    "hybrid_kv_group_slots",
+    "mamba2_state_bytes",
+    "mamba_ssm_dtype",
+    "mxfp4_expert_bytes",
+    "mxfp4_moe_backend",
+    "parse_vllm_version",
+    "rules_for",
+    "v0_mamba_batch",
+]
 
 DEFAULT_VLLM_VERSION = "0.32"  # the version biofleet's templates target (README, scripts/install-vllm.sh)
 
@@ -121,11 +132,14 @@ class VllmRules:
         return 1024 if self.engine == "V1" and big_gpu else 256
 
 
-def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0)) -> VllmRules:
-    """The rules of ``version`` on a GPU of ``compute_capability``."""
+def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0),
+              mamba_hybrid: bool = False) -> VllmRules:
+    """The rules of ``version`` on a GPU of ``compute_capability``. ``mamba_hybrid``: a model with Mamba
+    layers, which V1-era builds before 0.10.2 still ran on V0 (case 3012: 0.10.1, V0 ``model_runner.py``
+    building its ``MambaCacheManager``)."""
     v = parse_vllm_version(version) if isinstance(version, str) else version
     v1 = v >= (0, 8, 0)
-    fallback = v1 and v < (0, 10, 2) and compute_capability < (8, 0)
+    fallback = v1 and v < (0, 10, 2) and (compute_capability < (8, 0) or mamba_hybrid)
     engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"
     sampler = 15.0 if engine == "V1" and v >= (0, 17, 0) else 40.0
     return VllmRules(
@@ -155,3 +169,85 @@ def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_max: bool =
     lo, hi = min(present), max(present)
     size = hi if near_equal_max and hi < lo * 1.5 else lo
     return tuple(math.ceil(n / size) * size if n else 0 for n in counts)
+
+
+Mxfp4Backend = Literal["marlin", "triton", "flashinfer"]
+
+
+def mxfp4_moe_backend(version: str | Version, compute_capability: tuple[int, int]) -> Mxfp4Backend:
+    """The MXFP4 MoE kernel vLLM picks (``get_mxfp4_backend`` in ``quantization/mxfp4.py``).
+
+    Blackwell (CC 10.x): FlashInfer (TRT-LLM gen). Hopper (9.x): OpenAI's ``triton_kernels`` when
+    installed, which the builds do from 0.11 (the vllm-openai image; pip from PR #27370), Marlin
+    before (the 0.10.1 H100 logs warn "leveraging the Marlin kernel"). Everything else: Marlin."""
+    v = parse_vllm_version(version) if isinstance(version, str) else version
+    if compute_capability >= (10, 0):
+        return "flashinfer"
+    if compute_capability[0] == 9 and v >= (0, 11, 0):
+        return "triton"
+    return "marlin"
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def mxfp4_expert_bytes(hidden: int, intermediate: int, tp: int, backend: Mxfp4Backend) -> int:
+    """Bytes one MXFP4 expert (gate_up + down, scales, biases) holds on one TP rank after loading.
+
+    ``Mxfp4MoEMethod.create_weights`` pads the per-rank intermediate size (and for some kernels the
+    hidden size) and stores 4-bit values two to a byte plus one uint8 e8m0 scale per 32 values;
+    ``process_weights_after_loading`` then reshapes them per kernel:
+    - marlin: intermediate to a multiple of 128, hidden of 256; biases bf16;
+    - triton: intermediate to a multiple of 64; the values are swizzled in place, but the scales are
+      swizzled into a second tensor (rows padded to 32 x num_warps = 256) while the loaded scales stay
+      on the layer; biases converted to float32;
+    - flashinfer: intermediate and hidden to multiples of 256; biases float32."""
+    inter = intermediate // tp
+    if backend == "marlin":
+        i, h, bias_b = _round_up(inter, 128), _round_up(hidden, 256), 2
+    elif backend == "triton":
+        i, h, bias_b = _round_up(inter, 64), hidden, 4
+    else:
+        i, h, bias_b = _round_up(inter, 256), _round_up(hidden, 256), 4
+    values = 3 * i * h // 2  # w13: 2i x h, w2: h x i, two 4-bit values per byte
+    scales = 2 * i * (h // 32) + h * (i // 32)
+    if backend == "triton":
+        scales += _round_up(2 * i, 256) * (h // 32) + _round_up(h, 256) * (i // 32)
+    return values + scales + bias_b * (2 * i + h)
+
+
+_STATE_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def mamba_ssm_dtype(requested: str, model_dtype: str, version: str | Version, model_type: str = "",
+                    config_dtype: str | None = None) -> str:
+    """The dtype of the Mamba SSM state. ``--mamba-ssm-cache-dtype auto`` (the default) is the model dtype
+    (``CacheConfig.mamba_ssm_cache_dtype``, since the flag came with PR #20840); for Nemotron-H, PR #39032
+    (merged 2026-04-05, first in 0.20) resolves ``auto`` to the config's ``mamba_ssm_cache_dtype`` else float32.
+    PR #29978 (2025-12) had read the config with a float16 fallback; its release is not pinned, so builds
+    between the two are counted with the model dtype (float16 and bfloat16 are the same size)."""
+    if requested != "auto":
+        return requested
+    v = parse_vllm_version(version) if isinstance(version, str) else version
+    if model_type == "nemotron_h" and v >= (0, 20, 0):
+        return config_dtype if config_dtype in _STATE_DTYPE_BYTES else "float32"
+    return model_dtype
+
+
+def mamba2_state_bytes(heads: int, head_dim: int, n_groups: int, state_size: int, conv_kernel: int, tp: int,
+                       conv_bytes: int, ssm_bytes: int) -> int:
+    """One Mamba2 layer's state for one sequence on one TP rank (``MambaStateShapeCalculator.mamba2_state_shape``):
+    conv ``(conv_kernel - 1) x (heads x head_dim + 2 x n_groups x state_size) / tp`` and SSM
+    ``heads / tp x head_dim x state_size``. Groups are replicated when tp does not divide them (not modelled)."""
+    conv = (conv_kernel - 1) * (heads * head_dim + 2 * n_groups * state_size) // tp
+    ssm = heads // tp * head_dim * state_size
+    return conv * conv_bytes + ssm * ssm_bytes
+
+
+def v0_mamba_batch(max_num_seqs: int, enforce_eager: bool) -> int:
+    """Sequences V0's ``MambaCacheManager`` is built for: ``pad_for_cudagraph(max_num_seqs)`` (the next CUDA-graph
+    capture size: 1, 2, 4, then multiples of 8), or ``max_num_seqs`` with ``enforce_eager``."""
+    if enforce_eager or max_num_seqs <= 4:
+        return max_num_seqs if enforce_eager else 1 << (max_num_seqs - 1).bit_length()
+    return _round_up(max_num_seqs, 8)

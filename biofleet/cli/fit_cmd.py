@@ -70,6 +70,10 @@ def fit_check(
     quantization: Annotated[str | None, typer.Option(help="awq, gptq, fp8, bitsandbytes, ...")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs one server is split across.")] = 1,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8 (halves KV memory).")] = "auto",
+    mamba_ssm_cache_dtype: Annotated[str, typer.Option(
+        help=(
+            "Mamba hybrids' SSM state: auto (vLLM's default for the version), float16, bfloat16 or float32."
+        ))] = "auto",
     enforce_eager: Annotated[bool, typer.Option(help="No CUDA graphs (saves their memory).")] = False,
     max_num_seqs: Annotated[int | None, typer.Option(
         help=(
@@ -120,6 +124,7 @@ def fit_check(
             "vllm_version": vllm_version, "max_model_len": max_model_len,
             "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "quantization": quantization,
             "tensor_parallel_size": tensor_parallel_size, "kv_cache_dtype": kv_cache_dtype,
+            "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype,
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
         }
