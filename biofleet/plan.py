@@ -89,7 +89,8 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         dtype=s.dtype,
         quantization=s.quantization, max_model_len=s.max_model_len,
         gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
-        kv_cache_dtype=s.kv_cache_dtype, enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
+        kv_cache_dtype=s.kv_cache_dtype, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
+        enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens, env={**s.env},
     )
 

@@ -119,6 +119,8 @@ def server_argv(inst: Instance, profile: Profile, fleet_dir: str) -> list[Any]:
         argv += ["--quantization", spec.quantization]
     if spec.kv_cache_dtype != "auto":
         argv += ["--kv-cache-dtype", spec.kv_cache_dtype]
+    if spec.mamba_ssm_cache_dtype != "auto":
+        argv += ["--mamba-ssm-cache-dtype", spec.mamba_ssm_cache_dtype]
     if spec.enforce_eager:
         argv.append("--enforce-eager")
     if spec.max_num_seqs:

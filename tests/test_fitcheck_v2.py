@@ -25,6 +25,8 @@ from biofleet.catalog.vllm_rules import (
 from biofleet.cli.main import app
 from biofleet.errors import ProfileError
 from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
+from biofleet.profile import load_profile
+from biofleet.render import render_fleet
 
 T4, L4, A100, H100, RTX3090 = (get_gpu(n) for n in ("T4", "L4", "A100-80GB", "H100", "RTX-3090"))
 LLAMA8 = "meta-llama/Llama-3.1-8B-Instruct"
@@ -471,3 +473,22 @@ def test_nemotron_h_state_decides_start_on_l40s(tmp_path: Path):
     assert v1.inputs["engine"] == "V1" and v1.kv_cache_gib > 20
     with pytest.raises(ValueError, match="mamba_ssm_cache_dtype"):
         ServerInput(name="s", model=spec, mamba_ssm_cache_dtype="int8")
+
+
+def test_profile_mamba_ssm_cache_dtype_reaches_the_check_and_the_command(tmp_path: Path):
+    """A profile's mamba_ssm_cache_dtype is what the fit-check sizes the state with and what vLLM is given."""
+    d = tmp_path / "nemotron"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(NEMOTRON_H))
+    p = tmp_path / "p.yaml"
+    p.write_text(f"name: m\nvllm_version: '0.10.1'\nservers:\n  s: {{model: {d}, mamba_ssm_cache_dtype: float32}}\n"
+                 "jobs:\n  - {name: j, gpu: L40S, nodes: [s]}\n")
+    code, rep = cli("--profile", str(p), "--json")
+    assert code == 1 and any(f["code"] == "no-kv-memory" for f in rep["servers"][0]["findings"])
+    scripts = render_fleet(load_profile(str(p)), "/tmp/fleet")
+    assert "--mamba-ssm-cache-dtype float32" in " ".join(scripts.values())
+    p.write_text(p.read_text().replace("float32", "bfloat16"))
+    assert cli("--profile", str(p), "--json")[0] == 0
+    p.write_text(p.read_text().replace("bfloat16", "int8"))
+    r = CliRunner().invoke(app, ["fit-check", "--profile", str(p)])
+    assert isinstance(r.exception, ProfileError) and "mamba_ssm_cache_dtype" in str(r.exception)

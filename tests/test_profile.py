@@ -74,7 +74,7 @@ BROKEN = [
     ("unknown top-level key", ("routing:", "routnig: {}\nrouting:"),
      "{f}:25  routnig: unknown key (did you mean 'routing'?); valid keys: cluster, description, extends, include, jobs, models, name, proxy, renew, renew_margin, routing, servers, vllm_version"),
     ("unknown server key", ("    dtype: float16\n    max_model_len", "    dtpye: float16\n    max_model_len"),
-     "{f}:13  servers.coder.dtpye: unknown key (did you mean 'dtype'?); valid keys: aliases, dtype, enforce_eager, engine, env, extra_args, gpu_memory_utilization, kind, kv_cache_dtype, max_model_len, max_num_batched_tokens, max_num_seqs, max_restarts, model, port, quantization, replicas, roles, scaling, served_name, tensor_parallel_size, trust_remote_code"),
+     "{f}:13  servers.coder.dtpye: unknown key (did you mean 'dtype'?); valid keys: aliases, dtype, enforce_eager, engine, env, extra_args, gpu_memory_utilization, kind, kv_cache_dtype, mamba_ssm_cache_dtype, max_model_len, max_num_batched_tokens, max_num_seqs, max_restarts, model, port, quantization, replicas, roles, scaling, served_name, tensor_parallel_size, trust_remote_code"),
     ("wrong type for max_model_len", ("max_model_len: 8192", "max_model_len: lots"),
      "{f}:14  servers.coder.max_model_len: Input should be a valid integer, unable to parse string as an integer"),
     ("negative max_model_len", ("max_model_len: 8192", "max_model_len: -5"),
