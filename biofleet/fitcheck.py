@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from biofleet.catalog.gpus import GpuSpec
-from biofleet.catalog.models import ModelSpec, quantized_variant
+from biofleet.catalog.models import ModelSpec, quantized_variant, rope_scaled_length
 from biofleet.catalog.vllm_rules import (
     DEFAULT_VLLM_VERSION,
     VllmRules,
@@ -146,6 +146,9 @@ class ServerInput(_Frozen):
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     gpu_free_gib: float | None = Field(default=None, ge=0)  # free memory on its GPU(s) before it starts (shared GPUs)
     env: Mapping[str, str] = Field(default_factory=dict)
+    # vLLM's --rope-scaling / --hf-overrides '{"rope_scaling": ...}': replaces the config's, so it sets the
+    # longest max_model_len vLLM accepts (YaRN x4 takes Qwen3 from 40,960 to 131,072 tokens)
+    rope_scaling: Mapping[str, Any] | None = None
 
     @field_validator("vllm_version")
     @classmethod
@@ -183,6 +186,39 @@ class ServerInput(_Frozen):
         if v not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "float16", "bfloat16", "half"):
             raise ValueError(f"kv_cache_dtype must be auto, fp8, fp8_e4m3 or fp8_e5m2 (got {v!r})")
         return v
+
+
+    @model_validator(mode="after")
+    def _rope_override(self) -> ServerInput:
+        if self.rope_scaling is not None:
+            stretched = rope_scaled_length(self.model.max_position_embeddings, self.rope_scaling)
+            object.__setattr__(self, "model", self.model.model_copy(update={"rope_scaled_context": stretched}))
+        return self
+
+
+def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
+    """The rope_scaling a server's extra vLLM arguments set (``--rope-scaling JSON``, or ``--hf-overrides JSON``
+    with a ``rope_scaling`` key; ``--flag=JSON`` too), or None. Text that is not a JSON object is not an override
+    (vLLM itself refuses it at start-up)."""
+    import json
+
+    found: Mapping[str, Any] | None = None
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--rope-scaling", "--rope_scaling", "--hf-overrides", "--hf_overrides"):
+            continue
+        text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        if flag.startswith("--hf"):
+            data = data.get("rope_scaling")
+        if isinstance(data, dict):
+            found = data
+    return found
 
 
 class NodeInput(_Frozen):

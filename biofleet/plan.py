@@ -81,7 +81,7 @@ def elastic_max(profile: Profile) -> dict[str, int]:
 
 def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = None) -> ServerInput:
     from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION
-    from biofleet.fitcheck import ServerInput
+    from biofleet.fitcheck import ServerInput, rope_override
 
     s = inst.spec
     return ServerInput(
@@ -92,6 +92,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         kv_cache_dtype=s.kv_cache_dtype, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
         enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens, env={**s.env},
+        rope_scaling=rope_override([str(a) for a in s.extra_args]),
     )
 
 

@@ -492,3 +492,23 @@ def test_profile_mamba_ssm_cache_dtype_reaches_the_check_and_the_command(tmp_pat
     p.write_text(p.read_text().replace("bfloat16", "int8"))
     r = CliRunner().invoke(app, ["fit-check", "--profile", str(p)])
     assert isinstance(r.exception, ProfileError) and "mamba_ssm_cache_dtype" in str(r.exception)
+
+
+def test_rope_scaling_override_stretches_the_accepted_length(tmp_path: Path):
+    """Qwen's model cards serve Qwen3 at 131,072 tokens with YaRN x4 passed to vLLM (--rope-scaling, or
+    --hf-overrides on newer builds): the fit-check must accept that length, not call it beyond the context."""
+    yarn = '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}'
+    base = ("--model", "Qwen/Qwen3-8B", "--gpu", "H100-80GB", "--max-model-len", "131072", "--json")
+    code, plain = cli(*base)
+    assert code == 1 and any(f["code"] == "max-len-exceeds-model" for f in plain["servers"][0]["findings"])
+    code, stretched = cli(*base, "--rope-scaling", yarn)
+    assert code == 0, stretched["servers"][0]["findings"]
+    r = CliRunner().invoke(app, ["fit-check", *base, "--rope-scaling", "yarn x4"])
+    assert isinstance(r.exception, ProfileError) and "--rope-scaling" in str(r.exception)
+    # in a profile, the same flag in extra_args (or --hf-overrides with a rope_scaling key) is read
+    p = tmp_path / "p.yaml"
+    for extra in (f"[--rope-scaling, '{yarn}']", f"""['--hf-overrides={{"rope_scaling": {yarn}}}']"""):
+        p.write_text("name: y\nservers:\n  s: {model: Qwen/Qwen3-8B, max_model_len: 131072, extra_args: "
+                     f"{extra}}}\njobs:\n  - {{name: j, gpu: H100-80GB, nodes: [s]}}\n")
+        code, rep = cli("--profile", str(p), "--json")
+        assert code == 0, (extra, rep["servers"][0]["findings"])

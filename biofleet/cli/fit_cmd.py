@@ -74,6 +74,11 @@ def fit_check(
         help=(
             "Mamba hybrids' SSM state: auto (vLLM's default for the version), float16, bfloat16 or float32."
         ))] = "auto",
+    rope_scaling: Annotated[str | None, typer.Option(
+        help=(
+            "vLLM's --rope-scaling JSON, e.g. '{\"rope_type\":\"yarn\",\"factor\":4.0,"
+            "\"original_max_position_embeddings\":32768}': stretches the longest max_model_len."
+        ))] = None,
     enforce_eager: Annotated[bool, typer.Option(help="No CUDA graphs (saves their memory).")] = False,
     max_num_seqs: Annotated[int | None, typer.Option(
         help=(
@@ -124,7 +129,7 @@ def fit_check(
             "vllm_version": vllm_version, "max_model_len": max_model_len,
             "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "quantization": quantization,
             "tensor_parallel_size": tensor_parallel_size, "kv_cache_dtype": kv_cache_dtype,
-            "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype,
+            "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
         }
@@ -165,6 +170,24 @@ def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
         return custom_gpu(a.memory_gib, a.compute_capability, name=a.name or "custom", visible_gib=a.visible_gib)
     raise ProfileError([ProfileIssue(None, None, "--gpu", "give --gpu NAME, or --gpu-visible-gib X (or "
                                      "--gpu-memory-gib X) with --compute-capability M.N")])
+
+
+def _rope_json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    import json
+
+    from biofleet.errors import ProfileError, ProfileIssue
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        data = e
+    if not isinstance(data, dict):
+        raise ProfileError([ProfileIssue(None, None, "--rope-scaling", f"not a JSON object: {text[:80]!r} "
+                                         "(write it as vLLM takes it, e.g. '{\"rope_type\":\"yarn\",\"factor\":4.0,"
+                                         "\"original_max_position_embeddings\":32768}')")])
+    return data
 
 
 def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int | None, settings: dict[str, Any],
