@@ -16,7 +16,7 @@ def test_show_cpu_only_profile():
     assert r.exit_code == 0, r.output
     servers = json.loads(r.stdout)["servers"]
     assert {s["server"] for s in servers} == {"coder-0", "coder-1", "math", "embeddings"}
-    assert all(s["gpu"] is None for s in servers)
+    assert all(s["gpu"] is None and s["gpus"] == [] for s in servers)  # no GPU index on a CPU node
 
     r = runner.invoke(app, ["profiles", "show", "cpu-demo"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output

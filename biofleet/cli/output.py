@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from biofleet.profile import Profile
-
 
 def console(stderr: bool = False) -> Console:
     from rich.console import Console
@@ -22,9 +20,3 @@ def print_json(data: Any) -> None:
     """Machine-readable output only: one JSON document on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
-
-
-def load_profile_or_exit(ref: str) -> Profile:
-    from biofleet.profile import load_profile
-
-    return load_profile(ref)

@@ -96,7 +96,7 @@ def show(
         rows.append(_ServerRow(
             node=node_label(job, inst.task), partition=job.partition or p.cluster.partition,
             gpu=job.gpu if job.gpu is None or isinstance(job.gpu, str) else job.gpu.name,
-            gpus=list(inst.gpus),
+            gpus=list(inst.gpus) if job.gpu is not None else [],  # a CPU node's server uses no GPU
             server=inst.name + (f" x{s.elastic.min}..{s.elastic.max}" if s.elastic else ""),
             served_name=inst.served_name,
             model=s.model, kind=s.kind, engine=s.engine, dtype=s.dtype,
