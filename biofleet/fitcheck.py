@@ -196,10 +196,13 @@ class ServerInput(_Frozen):
         return self
 
 
+ROPE_OVERRIDE_MAX_CHARS = 4096  # a rope_scaling object is a few fields; anything longer is not one
+
+
 def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
     """The rope_scaling a server's extra vLLM arguments set (``--rope-scaling JSON``, or ``--hf-overrides JSON``
-    with a ``rope_scaling`` key; ``--flag=JSON`` too), or None. Text that is not a JSON object is not an override
-    (vLLM itself refuses it at start-up)."""
+    with a ``rope_scaling`` key; ``--flag=JSON`` too), or None. Text that is not a JSON object of at most
+    ``ROPE_OVERRIDE_MAX_CHARS`` is not an override (vLLM itself refuses it at start-up)."""
     import json
 
     found: Mapping[str, Any] | None = None
@@ -208,9 +211,11 @@ def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
         if flag not in ("--rope-scaling", "--rope_scaling", "--hf-overrides", "--hf_overrides"):
             continue
         text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if len(text) > ROPE_OVERRIDE_MAX_CHARS:
+            continue
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the decoder's depth
             continue
         if not isinstance(data, dict):
             continue

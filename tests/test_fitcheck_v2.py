@@ -503,8 +503,9 @@ def test_rope_scaling_override_stretches_the_accepted_length(tmp_path: Path):
     assert code == 1 and any(f["code"] == "max-len-exceeds-model" for f in plain["servers"][0]["findings"])
     code, stretched = cli(*base, "--rope-scaling", yarn)
     assert code == 0, stretched["servers"][0]["findings"]
-    r = CliRunner().invoke(app, ["fit-check", *base, "--rope-scaling", "yarn x4"])
-    assert isinstance(r.exception, ProfileError) and "--rope-scaling" in str(r.exception)
+    for bad in ("yarn x4", "[" * 50_000 + "]" * 50_000, '{"factor": "' + "4" * 5000 + '"}'):
+        r = CliRunner().invoke(app, ["fit-check", *base, "--rope-scaling", bad])
+        assert isinstance(r.exception, ProfileError) and "--rope-scaling" in str(r.exception), bad[:20]
     # in a profile, the same flag in extra_args (or --hf-overrides with a rope_scaling key) is read
     p = tmp_path / "p.yaml"
     for extra in (f"[--rope-scaling, '{yarn}']", f"""['--hf-overrides={{"rope_scaling": {yarn}}}']"""):

@@ -9,6 +9,8 @@ import typer
 from biofleet.cli.output import console, print_json
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.console import Console
 
     from biofleet.catalog.gpus import GpuSpec
@@ -172,21 +174,18 @@ def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
                                      "--gpu-memory-gib X) with --compute-capability M.N")])
 
 
-def _rope_json(text: str | None) -> dict[str, Any] | None:
+def _rope_json(text: str | None) -> Mapping[str, Any] | None:
     if text is None:
         return None
-    import json
-
     from biofleet.errors import ProfileError, ProfileIssue
+    from biofleet.fitcheck import rope_override
 
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        data = e
-    if not isinstance(data, dict):
-        raise ProfileError([ProfileIssue(None, None, "--rope-scaling", f"not a JSON object: {text[:80]!r} "
-                                         "(write it as vLLM takes it, e.g. '{\"rope_type\":\"yarn\",\"factor\":4.0,"
-                                         "\"original_max_position_embeddings\":32768}')")])
+    data = rope_override(["--rope-scaling", text])  # the one reader, as for a profile's extra_args
+    if data is None:
+        example = '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}'
+        raise ProfileError([ProfileIssue(None, None, "--rope-scaling",
+                                         f"not a JSON object of at most 4 KiB: {text[:80]!r} "
+                                         f"(write it as vLLM takes it, e.g. '{example}')")])
     return data
 
 
