@@ -187,7 +187,6 @@ class ServerInput(_Frozen):
             raise ValueError(f"kv_cache_dtype must be auto, fp8, fp8_e4m3 or fp8_e5m2 (got {v!r})")
         return v
 
-
     @model_validator(mode="after")
     def _rope_override(self) -> ServerInput:
         if self.rope_scaling is not None:
@@ -895,7 +894,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
-        slot_tok = per_tok // (_kv_layers(m)[0]) * sum(_kv_slots(server, res.rules))
+        slot_tok = _layer_token_bytes(server, dtype) * sum(_kv_slots(server, res.rules))
         tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
         one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
