@@ -393,13 +393,13 @@ class ElasticRuntime:
     async def step(self, now: float) -> None:
         """Sample the load, decide, act, release or fail held requests, write what changed."""
         for server, sp in self.plan.servers.items():
-            views = self._observe(sp, now)
+            views, load = self._observe(sp, now)
             bo = self.backoff.get(server, _Backoff())
             w = self.windows[server]
             q = self.holds[server]
             sit = Situation(
                 server=server, policy=sp.policy, min=sp.min, max=sp.max, now=now, replicas=tuple(views),
-                held=len(q), load=self._load(sp, len(q)), high_since=w.high_since,
+                held=len(q), load=load, high_since=w.high_since,
                 peak=w.peak(now, sp.policy.idle_s), watched_s=w.watched(now), backoff_until=bo.until,
             )
             for action in decide(sit):
@@ -411,8 +411,8 @@ class ElasticRuntime:
         self._snapshot(now)
         await self._save()
 
-    def _observe(self, sp: ElasticServerPlan, now: float) -> list[ReplicaView]:
-        """The replicas as the decision sees them; the load into the window; ready times noted."""
+    def _observe(self, sp: ElasticServerPlan, now: float) -> tuple[list[ReplicaView], float]:
+        """The replicas as the decision sees them and the load (also into the window); ready times noted."""
         views: list[ReplicaView] = []
         for rec in self.state.live(sp.server):
             if rec.state == "cancelled":
@@ -438,9 +438,9 @@ class ElasticRuntime:
         ready = [b for b in reps if _routable(b)]
         held = len(self.holds[sp.server])
         concurrency = sum(b.inflight for b in reps) + held
-        self.windows[sp.server].observe(now, concurrency, self._load(sp, held), len(ready), sp.policy.target,
-                                        sp.policy.idle_s)
-        return views
+        load = self._load(sp, held)
+        self.windows[sp.server].observe(now, concurrency, load, len(ready), sp.policy.target, sp.policy.idle_s)
+        return views, load
 
     def _load(self, sp: ElasticServerPlan, held: int) -> float:
         reps = [b for b in self._replicas_of(sp) if _routable(b)]
