@@ -240,6 +240,11 @@ def test_rope_scaling_stretches_the_default_length_as_vllm_derives_it():
     yarn = {"rope_type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}
     assert model_from_config({**shape, "max_position_embeddings": 163840, "rope_scaling": yarn},
                              "y").context_length == 163840
+    bad_base = {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": -5}
+    assert model_from_config({**shape, "rope_scaling": bad_base}, "b").context_length == 16384
     for kept in ({"rope_type": "llama3", "factor": 8.0}, {"type": "mrope", "mrope_section": [16, 24, 24]},
-                 {"type": "longrope", "factor": 32}, None):
+                 {"type": "longrope", "factor": 32}, None,
+                 # numbers that are no stretch: not finite, absurd, or a yarn base that is not a length
+                 {"type": "linear", "factor": float("inf")}, {"type": "linear", "factor": float("nan")},
+                 {"type": "linear", "factor": 1e9}, {"type": "linear", "factor": True}):
         assert model_from_config({**shape, "rope_scaling": kept}, "k").context_length == 16384, kept

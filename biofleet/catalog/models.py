@@ -869,6 +869,9 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
 _NON_VISION_TOWERS = ("audio_config", "speech_config", "whisper_config")
 
 
+MAX_ROPE_FACTOR = 1024.0  # published stretches are 2-64 (DeepSeek's yarn 40, gpt-oss 32); beyond this is not one
+
+
 def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
     """The default max_model_len vLLM derives from a config whose ``rope_scaling`` stretches the
     positions, or None when it does not: every rope type but su/longrope/llama3 multiplies by its
@@ -880,11 +883,14 @@ def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
     if kind in ("su", "longrope", "llama3"):
         return None
     factor = rope_scaling.get("factor")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
-        return None
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1 < factor <= MAX_ROPE_FACTOR:
+        return None  # also NaN and infinity (Python's json reads them): not a stretch to act on
     base = positions
-    if kind == "yarn" and isinstance(rope_scaling.get("original_max_position_embeddings"), int):
-        base = int(rope_scaling["original_max_position_embeddings"])
+    if kind == "yarn":  # vLLM requires original_max_position_embeddings for yarn
+        original = rope_scaling.get("original_max_position_embeddings")
+        if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+            return None
+        base = original
     scaled = int(base * factor)
     return scaled if scaled != positions else None
 
