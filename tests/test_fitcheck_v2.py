@@ -513,3 +513,13 @@ def test_rope_scaling_override_stretches_the_accepted_length(tmp_path: Path):
                      f"{extra}}}\njobs:\n  - {{name: j, gpu: H100-80GB, nodes: [s]}}\n")
         code, rep = cli("--profile", str(p), "--json")
         assert code == 0, (extra, rep["servers"][0]["findings"])
+
+
+def test_an_unreadable_model_config_is_blamed_on_model_not_gpu(tmp_path: Path):
+    """A config.json the fit-check cannot read (here a layer kind it does not model) is an error about --model."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({**NEMOTRON_H, "hybrid_override_pattern": "M*X"}))
+    r = CliRunner().invoke(app, ["fit-check", "--model", str(d), "--gpu", "L40S"])
+    assert isinstance(r.exception, ProfileError)
+    assert r.exception.issues[0].path == "--model" and "not modelled" in str(r.exception)

@@ -200,17 +200,18 @@ def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int |
 
     try:
         g = _gpu_of(gpu, gpu_args)
+    except (UnknownGpuError, ValueError) as exc:  # unknown card, custom GPU without memory, bad compute capability
+        raise ProfileError([ProfileIssue(None, None, "--gpu", str(exc.args[0] if exc.args else exc))]) from None
+    try:
         spec = get_model(model, allow_network=online)
+    except (UnknownModelError, ValueError) as exc:  # not in the catalogue, or a config.json it cannot read
+        raise ProfileError([ProfileIssue(None, None, "--model", str(exc.args[0] if exc.args else exc))]) from None
+    try:
         settings = {k: v for k, v in settings.items() if v is not None}
         server = ServerInput(name=model.rstrip("/").split("/")[-1], model=spec, **settings)
-    except (UnknownGpuError, UnknownModelError) as exc:
-        raise ProfileError([ProfileIssue(None, None, "--gpu" if isinstance(exc, UnknownGpuError) else "--model",
-                                         str(exc.args[0] if exc.args else exc))]) from None
     except ValidationError as exc:
         raise ProfileError([ProfileIssue(None, None, f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}", e["msg"])
                             for e in exc.errors()]) from None
-    except ValueError as exc:  # a custom GPU without memory, a bad compute capability
-        raise ProfileError([ProfileIssue(None, None, "--gpu", str(exc))]) from None
     report = check_server_on_gpu(server, g, gpus_on_node=gpus_on_node)
     if not gpu and not gpu_args.name and g.visible_gib >= 70:
         note = Finding(severity="info", code="scheduler-defaults-assumed",
