@@ -123,6 +123,26 @@ def test_colocated_servers_add_their_contexts_and_outside_graphs():
     assert "util-sum-too-high" in r.codes() and "CUDA graphs outside the budgets" in r.gpus[0].findings[0].message
 
 
+@pytest.mark.parametrize("run", [0, 1])
+def test_colocation_boundary_matches_the_h200_measurement(run: int):
+    # scripts/device/colocate_check.py on a real H200: process A held a budget of u1 x total, process B
+    # created its context and read the free memory vLLM compares with its own budget. The largest u2
+    # that starts beside A must be where the fit-check draws the line (within 0.002 = 0.28 GiB).
+    data = json.loads((Path(__file__).parent / "data" / "device" / "colocate_h200.json").read_text())
+    step = data["runs"][run]["startup_check"]
+    h200 = get_gpu("H200")
+    assert step["a"]["total_gib"] == pytest.approx(h200.visible_gib, abs=0.01)
+    u1, u2_max = step["u1"], step["largest_u2_that_starts"]
+
+    def pair(u2: float) -> FitReport:
+        a = srv("Qwen/Qwen2.5-0.5B-Instruct", "a", gpu_memory_utilization=u1, max_model_len=4096)
+        b = a.model_copy(update={"name": "b", "gpu_memory_utilization": round(u2, 4)})
+        return check([NodeInput(label="n", gpu=h200, servers=((a, (0,)), (b, (0,))))])
+
+    assert "util-sum-too-high" not in pair(u2_max - 0.002).codes()
+    assert "util-sum-too-high" in pair(u2_max + 0.002).codes()
+
+
 # ---------------------------------------------------------------- dtype resolution
 
 def test_config_without_torch_dtype_is_float32_served_in_float16():
