@@ -24,6 +24,25 @@ def test_gpu_aliases(alias, name):
     assert get_gpu(alias).name == name
 
 
+@pytest.mark.parametrize("device_name,name,nvlink", [
+    ("Tesla V100-SXM2-32GB", "V100-32GB", True), ("Tesla V100-PCIE-16GB", "V100", False),
+    ("NVIDIA A100 80GB PCIe", "A100-80GB", False), ("NVIDIA A100-SXM4-80GB", "A100-80GB", True),
+    ("NVIDIA A100-PCIE-40GB", "A100-40GB", False), ("NVIDIA H100 80GB HBM3", "H100-80GB", True),
+    ("NVIDIA H100 PCIe", "H100-80GB", False), ("Tesla P100-PCIE-16GB", "P100", False),
+    ("NVIDIA GeForce RTX 3090", "RTX-3090", False), ("NVIDIA RTX A6000", "RTX-A6000", False),
+])
+def test_gpu_by_the_device_name_cuda_prints(device_name, name, nvlink):
+    # what torch.cuda.get_device_name(), nvidia-smi and vLLM's logs print, pasted as --gpu
+    g = get_gpu(device_name)
+    assert (g.name, g.nvlink) == (name, nvlink)
+
+
+def test_gpu_variant_words_that_change_the_card_are_kept():
+    # an H100 NVL is a 94 GB card: it must not resolve to the 80 GB H100 by dropping "NVL"
+    with pytest.raises(UnknownGpuError):
+        get_gpu("NVIDIA H100 NVL")
+
+
 def test_gpu_flags():
     t4, l4, a100, p40 = get_gpu("T4"), get_gpu("L4"), get_gpu("A100-80GB"), get_gpu("P40")
     assert t4.visible_gib == pytest.approx(14.57) and t4.gres_type == "t4" and t4.price_per_hour == 0.35

@@ -201,13 +201,30 @@ class UnknownGpuError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def get_gpu(name: str) -> GpuSpec:
-    """Catalogue lookup, case-insensitive, by canonical name or alias (``h100``, ``a100``, ``t4``)."""
+# Words in a device name as CUDA, nvidia-smi or a vLLM log print it that do not tell cards apart.
+_VENDOR_WORDS = re.compile(r"(?:^|-)(?:nvidia|tesla|geforce|quadro)(?=-|$)")
+# Form-factor words: dropped from the key, but a PCIe card is not NVLink-connected.
+_FORM_WORDS = re.compile(r"(?:^|-)(pcie|sxm\d?|hbm3e?|hbm2e?)(?=-|$)")
+
+
+def _lookup_keys(name: str) -> list[str]:
+    """Keys to try for a card name: as given, without the vendor words, and as CUDA prints it
+    ("Tesla V100-SXM2-32GB", "NVIDIA A100 80GB PCIe") reduced to model and memory ("v100-32gb")."""
     key = _norm(name)
-    for k in (key, key.removeprefix("nvidia-"), key.removeprefix("tesla-")):
+    bare = _VENDOR_WORDS.sub("", key).strip("-")
+    plain = _FORM_WORDS.sub("", bare).strip("-")
+    plain = re.sub(r"-+", "-", plain)
+    return list(dict.fromkeys(k for k in (key, bare, plain) if k))
+
+
+def get_gpu(name: str) -> GpuSpec:
+    """Catalogue lookup, case-insensitive, by canonical name or alias (``h100``, ``a100``, ``t4``),
+    or by the device name CUDA reports (``NVIDIA A100 80GB PCIe``, ``Tesla V100-SXM2-32GB``)."""
+    keys = _lookup_keys(name)
+    for k in keys:
         if k in _INDEX:
             g = _INDEX[k]
-            pcie = "pcie" in k or k.startswith("v100s")  # V100S is a PCIe-only card
+            pcie = any("pcie" in x for x in keys) or k.startswith("v100s")  # V100S is a PCIe-only card
             return g.model_copy(update={"nvlink": False}) if g.nvlink and pcie else g
     known = ", ".join(GPUS)
     raise UnknownGpuError(
