@@ -514,8 +514,10 @@ def _layer_token_bytes(server: ServerInput, dtype: str) -> int:
     """KV bytes per token of ONE attention layer on one TP rank."""
     m = server.model
     el = _kv_element_bytes(server, dtype)
-    if m.kv_latent_dim:  # MLA: one latent vector per layer, replicated on every rank
-        return m.kv_latent_dim * el
+    if m.kv_latent_dim and rules_for(server.vllm_version).mla_latent_kv:
+        return m.kv_latent_dim * el  # MLA: one latent vector per layer, replicated on every rank
+    # Before 0.7.1 vLLM ran MLA models as multi-head attention: every head's K (nope + rope, 192)
+    # and V padded to the same width were cached, split over the TP ranks like any MHA model.
     assert m.num_kv_heads is not None and m.head_dim is not None
     kv_rank = max(1, m.num_kv_heads // server.tensor_parallel_size)
     return 2 * kv_rank * m.head_dim * el

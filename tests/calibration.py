@@ -45,7 +45,13 @@ ASSUMED_CC = "8.6"
 
 # (pattern in the case's gpu text, catalogue name); first match wins.
 _GPU_NAMES: tuple[tuple[str, str], ...] = (
-    (r"GB10|DGX Spark", "GB10"), (r"H200", "H200"), (r"H100[ -]PCIe", "h100-pcie"), (r"H100", "H100-80GB"),
+    (r"GB10|DGX Spark", "GB10"), (r"GH200", "GH200"), (r"H200", "H200"), (r"H100[ -]PCIe", "H100-PCIe"),
+    (r"H100 NVL", "H100-NVL"), (r"H100", "H100-80GB"), (r"H800", "H800"), (r"\bH20-3e|H20 141", "H20-141GB"),
+    (r"\bH20\b", "H20"), (r"A800[^,;]*?40\s?GB", "A800-40GB"), (r"A800", "A800-80GB"),
+    (r"RTX PRO 6000", "RTX-PRO-6000"), (r"RTX 6000 Ada", "RTX-6000-Ada"), (r"\bL40\b", "L40"), (r"\bA40\b", "A40"),
+    (r"\bL20\b", "L20"), (r"\bA30\b", "A30"), (r"RTX 5090", "RTX-5090"), (r"RTX 5080", "RTX-5080"),
+    (r"RTX 4080", "RTX-4080"), (r"RTX 3080 Ti", "RTX-3080Ti"), (r"RTX 3080", "RTX-3080"), (r"RTX 3060", "RTX-3060"),
+    (r"TITAN RTX", "TITAN-RTX"), (r"Quadro RTX 8000", "RTX-8000"),
     (r"B200", "B200"), (r"A100-PCIE-40GB", "a100-pcie-40gb"), (r"A100-PCIE-80GB", "a100-pcie-80gb"),
     (r"V100S", "v100s"),
     (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),

@@ -28,7 +28,7 @@ def test_gpu_aliases(alias, name):
     ("Tesla V100-SXM2-32GB", "V100-32GB", True), ("Tesla V100-PCIE-16GB", "V100", False),
     ("NVIDIA A100 80GB PCIe", "A100-80GB", False), ("NVIDIA A100-SXM4-80GB", "A100-80GB", True),
     ("NVIDIA A100-PCIE-40GB", "A100-40GB", False), ("NVIDIA H100 80GB HBM3", "H100-80GB", True),
-    ("NVIDIA H100 PCIe", "H100-80GB", False), ("Tesla P100-PCIE-16GB", "P100", False),
+    ("NVIDIA H100 PCIe", "H100-PCIe", False), ("Tesla P100-PCIE-16GB", "P100", False),
     ("NVIDIA GeForce RTX 3090", "RTX-3090", False), ("NVIDIA RTX A6000", "RTX-A6000", False),
 ])
 def test_gpu_by_the_device_name_cuda_prints(device_name, name, nvlink):
@@ -38,9 +38,24 @@ def test_gpu_by_the_device_name_cuda_prints(device_name, name, nvlink):
 
 
 def test_gpu_variant_words_that_change_the_card_are_kept():
-    # an H100 NVL is a 94 GB card: it must not resolve to the 80 GB H100 by dropping "NVL"
+    # an H100 NVL is a 94 GB card: it must not resolve to the 80 GB H100 by dropping "NVL"; a 4060 Ti
+    # comes with 8 or 16 GB under one device name, so the bare name is refused rather than guessed
+    assert get_gpu("NVIDIA H100 NVL").name == "H100-NVL" and get_gpu("NVIDIA H100 NVL").memory_gib == 94
+    assert get_gpu("NVIDIA H20-3e").visible_gib > get_gpu("NVIDIA H20").visible_gib
     with pytest.raises(UnknownGpuError):
-        get_gpu("NVIDIA H100 NVL")
+        get_gpu("NVIDIA GeForce RTX 4060 Ti")
+    assert get_gpu("rtx-4060-ti-16gb").memory_gib == 16
+
+
+def test_added_cards_carry_their_facts():
+    # compute capability decides dtype and kernels; the SM count sizes the CUDA context
+    assert get_gpu("NVIDIA A40").compute_capability == (8, 6) and get_gpu("NVIDIA L40").compute_capability == (8, 9)
+    assert get_gpu("NVIDIA GeForce RTX 5090").compute_capability == (12, 0)
+    assert get_gpu("Quadro RTX 8000").compute_capability == (7, 5) and not get_gpu("Quadro RTX 8000").supports_bf16
+    assert get_gpu("NVIDIA H100 PCIe").sm_count == 114 and get_gpu("NVIDIA H100 PCIe").nvlink is False
+    assert get_gpu("NVIDIA A800-SXM4-80GB").nvlink and get_gpu("NVIDIA A800 80GB PCIe").nvlink is False
+    for g in GPUS.values():
+        assert g.visible_gib < g.memory_gib * 1.0 or g.name == "GB10", g.name
 
 
 def test_gpu_flags():

@@ -143,6 +143,23 @@ def test_colocation_boundary_matches_the_h200_measurement(run: int):
     assert "util-sum-too-high" in pair(u2_max + 0.002).codes()
 
 
+def test_mla_models_cached_every_head_before_0_7_1():
+    # vLLM 0.7.1 ("MLA", ~10x the token capacity for DeepSeek models) caches one 512 + 64 latent per
+    # layer; older builds ran DeepSeek-V2 as multi-head attention with K (128 nope + 64 rope) and V padded
+    # to the same 192, split over the TP ranks. Case 2009 (0.5-era, L40 x2) failed with 63,040 KV tokens.
+    from biofleet.fitcheck import kv_bytes_per_token
+
+    lite = "deepseek-ai/DeepSeek-V2-Lite-Chat"  # 27 layers, 16 heads
+    old = srv(lite, tensor_parallel_size=2, vllm_version="0.6.3", dtype="float16")
+    new = srv(lite, tensor_parallel_size=2, vllm_version="0.7.1", dtype="float16")
+    assert kv_bytes_per_token(old) == 27 * 2 * 8 * 192 * 2
+    assert kv_bytes_per_token(new) == 27 * 576 * 2
+    r = check_server_on_gpu(old.model_copy(update={"max_model_len": 163840}), get_gpu("L40"), 2)
+    assert "kv-cache-too-small" in r.codes() and r.servers[0].kv_cache_tokens < 163840
+    r = check_server_on_gpu(new.model_copy(update={"max_model_len": 163840}), get_gpu("L40"), 2)
+    assert r.ok
+
+
 # ---------------------------------------------------------------- dtype resolution
 
 def test_config_without_torch_dtype_is_float32_served_in_float16():

@@ -115,14 +115,20 @@ def parse_compute_capability(v: object) -> tuple[int, int]:
 # memory for every thread slot of every SM, so it grows with them (see cuda_context_gib).
 _SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, "A100-40GB": 108,
         "A100-80GB": 108, "H100-80GB": 132, "H200": 132, "B200": 148, "L40S": 142, "RTX-3090": 82,
-        "RTX-4090": 128, "RTX-A5000": 64, "RTX-A6000": 84, "GB10": 48, "RTX-2080Ti": 68, "P40": 30, "P100": 56}
+        "RTX-4090": 128, "RTX-A5000": 64, "RTX-A6000": 84, "GB10": 48, "RTX-2080Ti": 68, "P40": 30, "P100": 56,
+        "A40": 84, "L40": 142, "A30": 56, "RTX-6000-Ada": 142, "RTX-A4000": 48, "RTX-A4500": 56, "RTX-4000-Ada": 48,
+        "RTX-3060": 28, "RTX-3080": 68, "RTX-3080Ti": 80, "RTX-4060Ti-16GB": 34, "RTX-4070TiS": 66, "RTX-4080": 76,
+        "RTX-4080S": 80, "RTX-5080": 84, "RTX-5090": 170, "RTX-PRO-6000": 188, "H100-PCIe": 114, "H100-NVL": 132,
+        "H800": 132, "A800-40GB": 108, "A800-80GB": 108, "H20": 78, "H20-141GB": 78, "GH200": 132, "TITAN-RTX": 72,
+        "TITAN-V": 80, "RTX-8000": 72, "Quadro-RTX-6000": 72}
 
 
 # Cards sold on SXM / HGX boards whose GPUs are NVLink-connected (NVIDIA data sheets). The others in
 # the catalogue are PCIe cards (GeForce and workstation cards: an optional 2-card bridge at most, and
 # GeForce drivers disable PCIe peer-to-peer). A "pcie" alias (a100-pcie-40gb, h100-pcie) names the
 # PCIe variant of an SXM card: get_gpu returns it with nvlink False.
-_NVLINK = {"V100", "V100-32GB", "A100-40GB", "A100-80GB", "H100-80GB", "H200", "B200"}
+_NVLINK = {"V100", "V100-32GB", "A100-40GB", "A100-80GB", "H100-80GB", "H200", "B200", "H800", "A800-40GB",
+           "A800-80GB", "H20", "H20-141GB", "H100-NVL"}  # H100 NVL: PCIe cards bridged in NVLink pairs
 
 
 def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: tuple[int, int], price: float,
@@ -144,14 +150,14 @@ _CATALOG = (
        "visible: vLLM log on OCI 22.07 GiB; price: estimate (as A10G)"),
     _g("V100", ("v100-16gb", "tesla-v100", "v100-sxm2-16gb"), 16, 15.77, (7, 0), 2.48, "v100",
        "visible: estimate from nvidia-smi 16160 MiB; price: estimate (AWS p3 per GPU ~$3.06, GCP $2.48)"),
-    _g("V100-32GB", ("v100-32gb", "v100s"), 32, 31.74, (7, 0), 2.48, "v100",
+    _g("V100-32GB", ("v100-32gb", "v100s", "v100s-32gb", "v100-sxm2-32gb"), 32, 31.74, (7, 0), 2.48, "v100",
        "visible: estimate from nvidia-smi 32510 MiB; price: estimate"),
     _g("A100-40GB", ("a100", "a100-40", "a100-sxm4-40gb", "a100-pcie-40gb"), 40, 39.38, (8, 0), 3.00, "a100",
        "visible: vLLM logs 39.38 and 39.50 GiB (smaller taken); price: GCP on-demand"),
     _g("A100-80GB", ("a100-80", "a100-sxm4-80gb", "a100-pcie-80gb", "a100_80gb"), 80, 79.15, (8, 0), 3.70, "a100",
        "visible: estimate (OOM messages commonly print 79.15 GiB; case #27's +0.25 util -> +19.82 GiB "
        "gives ~79.3); price: estimate"),
-    _g("H100-80GB", ("h100", "h100-80", "h100-sxm", "h100-pcie", "h100-sxm5-80gb", "h100-80gb-hbm3"), 80, 79.18,
+    _g("H100-80GB", ("h100", "h100-80", "h100-sxm", "h100-sxm5-80gb", "h100-80gb-hbm3"), 80, 79.18,
        (9, 0), 4.50, "h100",
        "visible: measured with torch (CUDA 13) 79.18 GiB, nvidia-smi 81559 MiB; vLLM logs 79.18-79.22; "
        "price: estimate"),
@@ -174,6 +180,85 @@ _CATALOG = (
        "and other programs hold is not available to vLLM; price: n/a (owned)"),
     _g("RTX-2080Ti", ("2080ti", "rtx2080ti", "rtx-2080-ti", "geforce-rtx-2080-ti"), 11, 10.73, (7, 5), 0.15,
        "rtx2080ti", "visible: vLLM log 10.73 GiB; price: estimate (community cloud)"),
+    # ---- Cards added from published facts (2026-11-27): compute capability from NVIDIA's CUDA GPU
+    # table, SMs from data sheets, nvidia-smi totals from published nvidia-smi output. "visible" is
+    # logged where a vLLM log names the card; otherwise estimated from a board with the same
+    # nvidia-smi total whose logs we have (46068 MiB: L40/L40S 44.39-44.42; 49140 MiB: A6000 47.54 and an
+    # SM89 48 GB card 47.37; 81559 MiB: H100 79.18; 143771 MiB: H200 139.80; 24576 MiB: RTX 3090 23.58;
+    # 15360 MiB: T4 14.57), else as nvidia-smi MiB / 1024 minus ~0.42 GiB (HBM cards ~0.47).
+    # Give --gpu-visible-gib when a log or torch prints the real figure.
+    _g("A40", ("a40-48gb",), 48, 44.39, (8, 6), 0.80, "a40",
+       "visible: estimate, same 46068 MiB nvidia-smi total as L40 (vLLM log 44.39 GiB); price: estimate"),
+    _g("L40", ("l40-48gb",), 48, 44.39, (8, 9), 1.20, "l40",
+       "visible: vLLM log 'total_gpu_memory (44.39GiB)'; nvidia-smi 46068 MiB; price: estimate"),
+    _g("L20", ("l20-48gb",), 48, 44.39, (8, 9), 0.90, "l20",
+       "visible: estimate, nvidia-smi 46068 MiB as L40; compute capability from its AD102 chip; price: estimate"),
+    _g("A30", ("a30-24gb",), 24, 23.58, (8, 0), 0.90, "a30",
+       "visible: estimate, nvidia-smi 24576 MiB as RTX 3090 (log 23.58); price: estimate"),
+    _g("A16", ("a16-16gb",), 16, 14.57, (8, 6), 0.40, "a16",
+       "one of the board's four 16 GB GPUs; visible: estimate, nvidia-smi 15356 MiB as T4; price: estimate"),
+    _g("A2", ("a2-16gb",), 16, 14.57, (8, 6), 0.30, "a2",
+       "visible: estimate, nvidia-smi 15356 MiB as T4; price: estimate"),
+    _g("RTX-6000-Ada", ("rtx-6000-ada-generation", "rtx6000ada", "rtx-6000-ada-48gb"), 48, 47.37, (8, 9), 1.00,
+       "rtx6000ada", "visible: estimate, nvidia-smi 49140 MiB (an SM89 48 GB card's log: 47.37 GiB); "
+       "price: estimate"),
+    _g("RTX-A4000", ("a4000", "rtxa4000"), 16, 15.57, (8, 6), 0.20, "rtxa4000",
+       "visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-A4500", ("a4500", "rtxa4500"), 20, 19.57, (8, 6), 0.25, "rtxa4500",
+       "visible: estimate, nvidia-smi 20470 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4000-Ada", ("rtx-4000-ada-generation", "rtx4000ada"), 20, 19.57, (8, 9), 0.30, "rtx4000ada",
+       "visible: estimate, nvidia-smi 20475 MiB minus ~0.42 GiB (with ECC on nvidia-smi shows 19195 MiB: give "
+       "--gpu-visible-gib); price: estimate"),
+    _g("RTX-3060", ("3060", "rtx3060", "rtx-3060-12gb"), 12, 11.58, (8, 6), 0.10, "rtx3060",
+       "the 12 GB card; visible: estimate, nvidia-smi 12288 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-3080", ("3080", "rtx3080", "rtx-3080-10gb"), 10, 9.58, (8, 6), 0.15, "rtx3080",
+       "the 10 GB card (a 12 GB 3080 exists: give --gpu-visible-gib); visible: estimate, nvidia-smi 10240 MiB "
+       "minus ~0.42 GiB; price: estimate"),
+    _g("RTX-3080Ti", ("3080ti", "rtx3080ti", "rtx-3080-ti"), 12, 11.58, (8, 6), 0.18, "rtx3080ti",
+       "visible: estimate, nvidia-smi 12288 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4060Ti-16GB", ("rtx-4060-ti-16gb", "4060ti-16gb"), 16, 15.58, (8, 9), 0.15, "rtx4060ti",
+       "the 16 GB card; visible: estimate, nvidia-smi 16380 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4070TiS", ("rtx-4070-ti-super", "4070tisuper"), 16, 15.57, (8, 9), 0.20, "rtx4070tis",
+       "visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4080", ("4080", "rtx4080"), 16, 15.57, (8, 9), 0.25, "rtx4080",
+       "visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4080S", ("rtx-4080-super", "4080super"), 16, 15.57, (8, 9), 0.27, "rtx4080s",
+       "visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5080", ("5080", "rtx5080"), 16, 15.50, (12, 0), 0.35, "rtx5080",
+       "visible: estimate, nvidia-smi 16303 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5090", ("5090", "rtx5090", "rtx-5090-d"), 32, 31.42, (12, 0), 0.70, "rtx5090",
+       "visible: estimate, nvidia-smi 32607 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-PRO-6000", ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-server-edition",
+                        "rtx-pro-6000-blackwell-workstation-edition",
+                        "rtx-pro-6000-blackwell-max-q-workstation-edition"), 96, 94.99, (12, 0), 1.80, "rtxpro6000",
+       "visible: estimate, nvidia-smi 97887 MiB minus ~0.6 GiB as the other large GDDR boards; price: estimate"),
+    _g("H100-PCIe", ("h100-pcie-80gb", "h100-pcie"), 80, 79.18, (9, 0), 4.00, "h100",
+       "80 GB HBM2e, 114 SMs, no NVLink; visible: nvidia-smi 81559 MiB as the SXM card (79.18); price: estimate"),
+    _g("H100-NVL", ("h100-nvl-94gb",), 94, 93.11, (9, 0), 4.50, "h100nvl",
+       "PCIe cards bridged in NVLink pairs; visible: estimate, nvidia-smi 95830 MiB minus ~0.47 GiB; "
+       "price: estimate"),
+    _g("H800", ("h800-80gb", "h800-sxm5-80gb", "h800-80gb-hbm3"), 80, 79.18, (9, 0), 4.50, "h800",
+       "visible: nvidia-smi 81559 MiB as H100 (79.18); price: estimate"),
+    _g("A800-80GB", ("a800", "a800-80", "a800-sxm4-80gb", "a800-pcie-80gb"), 80, 79.15, (8, 0), 3.70, "a800",
+       "visible: nvidia-smi 81920 MiB as A100-80GB; price: estimate"),
+    _g("A800-40GB", ("a800-40", "a800-sxm4-40gb", "a800-pcie-40gb"), 40, 39.38, (8, 0), 3.00, "a800",
+       "visible: nvidia-smi 40960 MiB as A100-40GB; price: estimate"),
+    _g("H20", ("h20-96gb",), 96, 95.11, (9, 0), 2.00, "h20",
+       "78 SMs; visible: estimate, nvidia-smi 97871 MiB minus ~0.47 GiB; price: estimate"),
+    _g("H20-141GB", ("h20-3e", "h20-141g"), 141, 139.80, (9, 0), 2.50, "h20",
+       "the HBM3e variant; visible: nvidia-smi 143771 MiB as H200 (139.80); price: estimate"),
+    _g("GH200", ("gh200-96gb", "gh200-480gb"), 96, 95.11, (9, 0), 5.00, "gh200",
+       "the 96 GB HBM3 superchip (device name 'GH200 480GB' counts the CPU's memory too); visible: estimate, "
+       "nvidia-smi 97871 MiB minus ~0.47 GiB; price: estimate"),
+    _g("TITAN-RTX", ("titan-rtx", "titanrtx"), 24, 23.58, (7, 5), 0.20, "titanrtx",
+       "visible: estimate, nvidia-smi 24576 MiB as RTX 3090; price: estimate"),
+    _g("TITAN-V", ("titan-v", "titanv"), 12, 11.36, (7, 0), 0.20, "titanv",
+       "visible: estimate, nvidia-smi 12066 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-8000", ("quadro-rtx-8000", "rtx8000"), 48, 47.37, (7, 5), 0.50, "rtx8000",
+       "visible: estimate, nvidia-smi 49152 MiB (ECC off; 46080 with ECC on: give --gpu-visible-gib); "
+       "price: estimate"),
+    _g("Quadro-RTX-6000", ("quadro-rtx-6000",), 24, 23.58, (7, 5), 0.30, "rtx6000",
+       "visible: estimate, nvidia-smi 24576 MiB (ECC off); price: estimate"),
     _g("P40", ("tesla-p40", "p40-24gb"), 24, 23.87, (6, 1), 0.20, "p40",
        "visible: estimate from nvidia-smi 24451 MiB; Pascal: not supported by vLLM; price: estimate "
        "(no current public on-demand offer)"),

@@ -111,6 +111,7 @@ class VllmRules:
     kv_group_size_near_equal_max: bool  # PR #29303: the largest type's count when < 1.5 x the smallest
     auto_dtype_fallback: bool
     default_utilization: float
+    mla_latent_kv: bool  # 0.7.1: MLA models cache one latent per token (before: full K and V of every head)
 
     @property
     def label(self) -> str:
@@ -151,6 +152,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),
         default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
+        mla_latent_kv=v >= (0, 7, 1),
     )
 
 
