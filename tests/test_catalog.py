@@ -282,3 +282,33 @@ def test_rope_scaling_stretches_the_default_length_as_vllm_derives_it():
                  {"type": "linear", "factor": float("inf")}, {"type": "linear", "factor": float("nan")},
                  {"type": "linear", "factor": 1e9}, {"type": "linear", "factor": True}):
         assert model_from_config({**shape, "rope_scaling": kept}, "k").context_length == 16384, kept
+
+
+# Published config.json fields (the keys each family's file really uses) and the parameter counts of
+# the model cards: OPT-125m 125M, Phi-2 2.7B (2,779,683,840 in its safetensors), Falcon-7B 6.9B,
+# GLM-4-9B 9.4B.
+_OLD_FAMILY_CONFIGS = [
+    ({"model_type": "opt", "architectures": ["OPTForCausalLM"], "hidden_size": 768, "ffn_dim": 3072,
+      "num_hidden_layers": 12, "num_attention_heads": 12, "vocab_size": 50272, "max_position_embeddings": 2048,
+      "torch_dtype": "float16"}, 0.125, 12),
+    ({"model_type": "phi", "architectures": ["PhiForCausalLM"], "hidden_size": 2560, "intermediate_size": 10240,
+      "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 51200, "max_position_embeddings": 2048,
+      "tie_word_embeddings": False, "torch_dtype": "float16"}, 2.78, 32),
+    ({"model_type": "falcon", "architectures": ["FalconForCausalLM"], "hidden_size": 4544, "num_hidden_layers": 32,
+      "num_attention_heads": 71, "multi_query": True, "new_decoder_architecture": False, "vocab_size": 65024,
+      "torch_dtype": "bfloat16"}, 6.92, 1),
+    ({"model_type": "chatglm", "architectures": ["ChatGLMModel"], "hidden_size": 4096, "ffn_hidden_size": 13696,
+      "num_layers": 40, "num_attention_heads": 32, "multi_query_group_num": 2, "kv_channels": 128,
+      "padded_vocab_size": 151552, "seq_length": 131072, "tie_word_embeddings": False,
+      "torch_dtype": "bfloat16"}, 9.40, 2),
+]
+
+
+@pytest.mark.parametrize("cfg,params_b,kv_heads", _OLD_FAMILY_CONFIGS,
+                         ids=["opt-125m", "phi-2", "falcon-7b", "glm-4-9b"])
+def test_config_families_with_plain_mlps_tied_embeddings_or_one_kv_head(cfg, params_b, kv_heads):
+    # two-matrix MLPs (OPT, Phi-2, Falcon), lm_head tied by the config class's default (OPT, Falcon),
+    # one K/V head for multi-query Falcon, GLM's own key names: each was off by 5-60 % before
+    spec = model_from_config(cfg, "x/y")
+    assert spec.params_b == pytest.approx(params_b, rel=0.02)
+    assert spec.num_kv_heads == kv_heads

@@ -696,13 +696,13 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     h = int(cfg["hidden_size"])
     layers = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
+    kv = _kv_heads(cfg, heads)
     hd = int(cfg.get("head_dim") or h // heads)
     vocab = int(cfg.get("vocab_size", 32000))
     inter = _mlp_width(cfg) or 4 * h
     mtype = str(cfg.get("model_type", ""))
     encoder = mtype in _ENCODER_TYPES
-    tied = bool(cfg.get("tie_word_embeddings", bool(encoder)))
+    tied = _tied(cfg)
     emb = vocab * h * (1 if tied else 2)
     if encoder:
         emb += int(cfg.get("max_position_embeddings", 512)) * h
@@ -714,7 +714,7 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         q_rank = int(cfg.get("q_lora_rank") or 0)
         q = h * q_rank + q_rank * heads * (nope + rope) if q_rank else h * heads * (nope + rope)
         attn = q + h * (r + rope) + r * heads * (nope + v) + heads * v * h
-    gated = mtype not in _ENCODER_TYPES and mtype not in ("gpt2", "biogpt", "starcoder2", "gpt_bigcode", "opt")
+    gated = mtype not in _ENCODER_TYPES and mtype not in _UNGATED_MLP_TYPES
     n_mat = 3 if gated else 2
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
     dense_mlp = n_mat * h * inter
@@ -748,9 +748,35 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
 _HALF_WIDTH_MLP_TYPES = {"qwen"}
 
 
+# MLPs of two matrices (up, down) instead of the gated three: GPT-2 and its descendants, OPT, Phi-1/2,
+# Falcon, GPT-NeoX / Pythia, GPT-J, BLOOM, MPT, StarCoder (their modelling code in transformers / vLLM).
+_UNGATED_MLP_TYPES = {"gpt2", "biogpt", "starcoder2", "gpt_bigcode", "opt", "phi", "falcon", "gpt_neox", "gptj",
+                      "bloom", "mpt"}
+# Config classes whose tie_word_embeddings defaults to True (transformers' PretrainedConfig default, kept
+# by these families) when config.json leaves the key out: lm_head shares the embedding matrix. Llama,
+# Mistral, Qwen2/3, Phi-3, GPT-NeoX and most newer families default to False.
+_TIED_BY_DEFAULT = {"gpt2", "biogpt", "opt", "falcon", "bloom", "gpt_bigcode", "starcoder2", "mpt", "gemma", "gemma2",
+                    "gemma3", "gemma3_text"}
+
+
+def _tied(cfg: Mapping[str, Any]) -> bool:
+    mtype = str(cfg.get("model_type", ""))
+    return bool(cfg.get("tie_word_embeddings", mtype in _ENCODER_TYPES or mtype in _TIED_BY_DEFAULT))
+
+
+def _kv_heads(cfg: Mapping[str, Any], heads: int) -> int:
+    """KV heads: GQA fields, or one shared K/V head for multi-query models (Falcon-7B, GPT-BigCode)."""
+    n = cfg.get("num_key_value_heads") or cfg.get("multi_query_group_num")
+    if not n and cfg.get("new_decoder_architecture"):  # Falcon-40B/180B: grouped K/V heads
+        n = cfg.get("num_kv_heads")
+    if not n and cfg.get("multi_query"):
+        n = 1
+    return int(n or heads)
+
+
 def _mlp_width(cfg: Mapping[str, Any]) -> int | None:
     """The width of each dense MLP matrix as vLLM builds it (None when the config has none)."""
-    inter = cfg.get("intermediate_size") or cfg.get("ffn_hidden_size")
+    inter = cfg.get("intermediate_size") or cfg.get("ffn_hidden_size") or cfg.get("ffn_dim") or cfg.get("n_inner")
     if not inter:
         return None
     return int(inter) // 2 if str(cfg.get("model_type", "")) in _HALF_WIDTH_MLP_TYPES else int(inter)
@@ -903,8 +929,10 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         cfg = {**cfg, **{k: v for k, v in text.items() if v is not None}}
     for src, dst in (("n_layer", "num_hidden_layers"), ("n_embd", "hidden_size"), ("n_head", "num_attention_heads"),
                      ("num_layers", "num_hidden_layers"), ("n_positions", "max_position_embeddings"),
-                     ("seq_length", "max_position_embeddings"), ("ffn_hidden_size", "intermediate_size")):
-        if src in cfg and dst not in cfg:
+                     ("seq_length", "max_position_embeddings"), ("ffn_hidden_size", "intermediate_size"),
+                     ("ffn_dim", "intermediate_size"), ("n_inner", "intermediate_size"),
+                     ("padded_vocab_size", "vocab_size")):
+        if cfg.get(src) is not None and cfg.get(dst) is None:
             cfg[dst] = cfg[src]
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
     if missing:
@@ -951,13 +979,13 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         num_layers=layers,
         hidden_size=h,
         num_attention_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or cfg.get("multi_query_group_num") or heads),
+        num_kv_heads=_kv_heads(cfg, heads),
         head_dim=int(head_dim) if head_dim else None,
         intermediate_size=int(inter) if inter else None,
         max_position_embeddings=positions,
         rope_scaled_context=rope_scaled_length(positions, cfg.get("rope_scaling")),
         vocab_size=int(cfg.get("vocab_size", 32000)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", encoder)),
+        tie_word_embeddings=_tied(cfg),
         native_dtype=dtype or "float32",
         torch_dtype_missing=dtype is None,
         quantization=method,
