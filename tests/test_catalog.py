@@ -312,3 +312,18 @@ def test_config_families_with_plain_mlps_tied_embeddings_or_one_kv_head(cfg, par
     spec = model_from_config(cfg, "x/y")
     assert spec.params_b == pytest.approx(params_b, rel=0.02)
     assert spec.num_kv_heads == kv_heads
+
+
+@pytest.mark.parametrize("name,id,params_b", [
+    ("facebook/opt-125m", "facebook/opt-125m", 0.125), ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", 6.74),
+    ("lmsys/vicuna-7b-v1.5", "meta-llama/Llama-2-7b-chat-hf", 6.74), ("microsoft/phi-4", "microsoft/phi-4", 14.66),
+    ("Qwen/QwQ-32B", "Qwen/QwQ-32B", 32.76), ("tiiuae/falcon-7b", "tiiuae/falcon-7b-instruct", 6.92),
+    ("THUDM/glm-4-9b-chat", "THUDM/glm-4-9b-chat", 9.40), ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B", 0.60),
+    ("mistral-nemo", "mistralai/Mistral-Nemo-Instruct-2407", 12.25),
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", 8.03),
+])
+def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
+    # model-card sizes: OPT 125M, Llama-2 6.74B, phi-4 14.7B, QwQ 32.5B (32.76 with embeddings), Falcon 6.9B,
+    # GLM-4 9.4B, Qwen3 0.6B, Nemo 12.2B, R1-Distill-Llama 8.0B
+    m = get_model(name)
+    assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source

@@ -620,30 +620,10 @@ def _build() -> tuple[ModelSpec, ...]:
            quant_storage_factor=1.1378, aliases=("gpt-oss-120b",),
            source=_CFG + " (MoE 128 experts top-4); calibration #30"))
     out += _build_v2()
+    out += _build_v3()
     return tuple(out)
 
 
-_CATALOG = _build()
-MODELS: Mapping[str, ModelSpec] = MappingProxyType({m.id: m for m in _CATALOG})
-
-
-def _key(s: str) -> str:
-    return s.strip().rstrip("/").lower()
-
-
-def _index() -> dict[str, ModelSpec]:
-    idx: dict[str, ModelSpec] = {}
-    for m in _CATALOG:  # ids first so that no alias or short name shadows an id
-        idx.setdefault(_key(m.id), m)
-    for m in _CATALOG:
-        for a in m.aliases:
-            idx.setdefault(_key(a), m)
-    for m in _CATALOG:
-        idx.setdefault(_key(m.name), m)
-    return idx
-
-
-_INDEX = _index()
 
 
 # --------------------------------------------------------------------------- config.json parsing
@@ -704,7 +684,7 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     encoder = mtype in _ENCODER_TYPES
     tied = _tied(cfg)
     emb = vocab * h * (1 if tied else 2)
-    if encoder:
+    if encoder or mtype in _LEARNED_POSITION_TYPES:  # a learned position table beside the token table
         emb += int(cfg.get("max_position_embeddings", 512)) * h
     attn = h * heads * hd * 2 + 2 * h * kv * hd
     if "kv_lora_rank" in cfg:  # DeepSeek MLA: compressed KV projections
@@ -752,6 +732,8 @@ _HALF_WIDTH_MLP_TYPES = {"qwen"}
 # Falcon, GPT-NeoX / Pythia, GPT-J, BLOOM, MPT, StarCoder (their modelling code in transformers / vLLM).
 _UNGATED_MLP_TYPES = {"gpt2", "biogpt", "starcoder2", "gpt_bigcode", "opt", "phi", "falcon", "gpt_neox", "gptj",
                       "bloom", "mpt"}
+# Decoders with learned absolute position embeddings (no rotary): their table counts as weights.
+_LEARNED_POSITION_TYPES = {"opt", "gpt2", "gpt_bigcode", "biogpt"}
 # Config classes whose tie_word_embeddings defaults to True (transformers' PretrainedConfig default, kept
 # by these families) when config.json leaves the key out: lm_head shares the embedding matrix. Llama,
 # Mistral, Qwen2/3, Phi-3, GPT-NeoX and most newer families default to False.
@@ -1004,6 +986,143 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         mamba=_mamba_of(cfg, mix),
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
+
+
+def _cfg_model(config: dict[str, Any], id: str, aliases: tuple[str, ...], source: str) -> ModelSpec:
+    """A catalogue entry read from the published config.json fields (through model_from_config, so
+    the catalogue and a local copy of the same file give the same model)."""
+    return model_from_config(config, id).model_copy(update={"aliases": aliases, "source": source})
+
+
+def _build_v3() -> list[ModelSpec]:
+    """Models users start vLLM with most that the catalogue lacked (2026-11): vLLM's quick-start OPT,
+    Llama-2, Phi-2/3/4, Mistral-Nemo / Small-24B / Ministral, QwQ, Qwen3 0.6B/1.7B, the DeepSeek-R1
+    distills, Falcon, GLM-4, InternLM2.5, Yi, Vicuna, Granite 3.1, Hermes-3, TinyLlama, SmolLM2. Fields are
+    the published config.json values (read from the hub file or verbatim copies of it; each ``source``
+    says which); parameter counts follow from the shapes."""
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "tie_word_embeddings": False}
+    q2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": False,
+          "torch_dtype": "bfloat16"}
+    mistral = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "tie_word_embeddings": False,
+               "torch_dtype": "bfloat16", "head_dim": 128}
+    phi3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16"}
+    l31_rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+    def shape(layers: int, hidden: int, heads: int, kv: int, inter: int, vocab: int, ctx: int) -> dict[str, Any]:
+        return {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+                "num_key_value_heads": kv, "intermediate_size": inter, "vocab_size": vocab,
+                "max_position_embeddings": ctx}
+
+    hub = _CFG
+    rows: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
+        ("facebook/opt-125m", {"architectures": ["OPTForCausalLM"], "model_type": "opt", "hidden_size": 768,
+                               "ffn_dim": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                               "vocab_size": 50272, "max_position_embeddings": 2048, "torch_dtype": "float16"},
+         ("opt-125m",), hub + " (vLLM's quick-start model; lm_head tied)"),
+        ("facebook/opt-1.3b", {"architectures": ["OPTForCausalLM"], "model_type": "opt", "hidden_size": 2048,
+                               "ffn_dim": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+                               "vocab_size": 50272, "max_position_embeddings": 2048, "torch_dtype": "float16"},
+         ("opt-1.3b",), hub),
+        ("meta-llama/Llama-2-7b-chat-hf", {**llama, **shape(32, 4096, 32, 32, 11008, 32000, 4096),
+                                           "torch_dtype": "float16"},
+         ("meta-llama/Llama-2-7b-hf", "llama-2-7b", "llama-2-7b-chat", "lmsys/vicuna-7b-v1.5", "vicuna-7b"),
+         hub + " (Vicuna-7B v1.5 is this shape)"),
+        ("meta-llama/Llama-2-13b-chat-hf", {**llama, **shape(40, 5120, 40, 40, 13824, 32000, 4096),
+                                            "torch_dtype": "float16"},
+         ("meta-llama/Llama-2-13b-hf", "llama-2-13b", "llama-2-13b-chat"), hub),
+        ("meta-llama/Meta-Llama-3-70B-Instruct", {**llama, **shape(80, 8192, 64, 8, 28672, 128256, 8192),
+                                                  "torch_dtype": "bfloat16"},
+         ("meta-llama/Meta-Llama-3-70B", "llama-3-70b"), hub + " (Llama-3-70B: 8192 context)"),
+        ("NousResearch/Hermes-3-Llama-3.1-8B", {**llama, **shape(32, 4096, 32, 8, 14336, 128256, 131072),
+                                                "torch_dtype": "bfloat16", "rope_scaling": l31_rope},
+         ("hermes-3-8b",), hub + " (Llama-3.1-8B shape)"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", {**llama, **shape(32, 4096, 32, 8, 14336, 128256, 131072),
+                                                      "torch_dtype": "bfloat16", "rope_scaling": l31_rope},
+         ("deepseek-r1-distill-llama-8b",), hub),
+        ("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", {**llama, **shape(80, 8192, 64, 8, 28672, 128256, 131072),
+                                                       "torch_dtype": "bfloat16", "rope_scaling": l31_rope},
+         ("deepseek-r1-distill-llama-70b",), hub),
+        ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", {**q2, **shape(28, 1536, 12, 2, 8960, 151936, 131072)},
+         ("deepseek-r1-distill-qwen-1.5b",), hub),
+        ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", {**q2, **shape(28, 3584, 28, 4, 18944, 152064, 131072)},
+         ("deepseek-r1-distill-qwen-7b",), hub),
+        ("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", {**q2, **shape(48, 5120, 40, 8, 13824, 152064, 131072)},
+         ("deepseek-r1-distill-qwen-14b",), hub),
+        ("Qwen/QwQ-32B", {**q2, **shape(64, 5120, 40, 8, 27648, 152064, 131072)}, ("qwq-32b",), hub),
+        ("Qwen/Qwen2.5-7B-Instruct-1M", {**q2, **shape(28, 3584, 28, 4, 18944, 152064, 1010000)},
+         ("qwen2.5-7b-1m",), hub + " (dual-chunk attention config; 1,010,000 positions)"),
+        ("Qwen/Qwen3-0.6B", {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 128,
+                             "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                             **shape(28, 1024, 16, 8, 3072, 151936, 40960)}, ("qwen3-0.6b",), hub),
+        ("Qwen/Qwen3-1.7B", {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 128,
+                             "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                             **shape(28, 2048, 16, 8, 6144, 151936, 40960)}, ("qwen3-1.7b",), hub),
+        ("mistralai/Mistral-Nemo-Instruct-2407", {**mistral, **shape(40, 5120, 32, 8, 14336, 131072, 131072)},
+         ("mistral-nemo", "mistralai/Mistral-Nemo-Base-2407"),
+         hub + " (131072 positions in the current file; snapshots before its update say 1024000: pass "
+         "--max-model-len)"),
+        ("mistralai/Mistral-Small-24B-Instruct-2501", {**mistral, **shape(40, 5120, 32, 8, 32768, 131072, 32768)},
+         ("mistral-small-24b",), hub),
+        ("mistralai/Ministral-8B-Instruct-2410", {**mistral, **shape(36, 4096, 32, 8, 12288, 131072, 32768),
+                                                  "sliding_window": 32768}, ("ministral-8b",), hub),
+        ("microsoft/phi-4", {**phi3, **shape(40, 5120, 40, 10, 17920, 100352, 16384)}, ("phi-4",), hub),
+        ("microsoft/Phi-3-medium-4k-instruct", {**phi3, **shape(40, 5120, 40, 10, 17920, 32064, 4096)},
+         ("phi-3-medium", "phi-3-medium-4k"), hub),
+        ("microsoft/phi-2", {"architectures": ["PhiForCausalLM"], "model_type": "phi", "tie_word_embeddings": False,
+                             "torch_dtype": "float16", **shape(32, 2560, 32, 32, 10240, 51200, 2048)},
+         ("phi-2",), hub + " (two-matrix MLP)"),
+        ("tiiuae/falcon-7b-instruct", {"architectures": ["FalconForCausalLM"], "model_type": "falcon",
+                                       "hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71,
+                                       "multi_query": True, "new_decoder_architecture": False, "vocab_size": 65024,
+                                       "max_position_embeddings": 2048, "torch_dtype": "bfloat16"},
+         ("tiiuae/falcon-7b", "falcon-7b"), hub + " (multi-query: one K/V head; lm_head tied)"),
+        ("THUDM/glm-4-9b-chat", {"architectures": ["ChatGLMModel"], "model_type": "chatglm", "hidden_size": 4096,
+                                 "ffn_hidden_size": 13696, "num_layers": 40, "num_attention_heads": 32,
+                                 "multi_query_group_num": 2, "kv_channels": 128, "padded_vocab_size": 151552,
+                                 "seq_length": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+         ("glm-4-9b-chat", "glm-4-9b"), hub),
+        ("internlm/internlm2_5-7b-chat", {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+                                          "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+                                          **shape(32, 4096, 32, 8, 14336, 92544, 32768)},
+         ("internlm2.5-7b-chat",), hub + " (dynamic NTK rope: no stretch of the default length)"),
+        ("01-ai/Yi-34B-Chat", {**llama, **shape(60, 7168, 56, 8, 20480, 64000, 4096), "torch_dtype": "bfloat16"},
+         ("yi-34b-chat", "01-ai/Yi-34B"), hub),
+        ("ibm-granite/granite-3.1-8b-instruct", {"architectures": ["GraniteForCausalLM"], "model_type": "granite",
+                                                 "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                                                 **shape(40, 4096, 32, 8, 12800, 49155, 131072)},
+         ("granite-3.1-8b",), hub),
+        ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", {**llama, **shape(22, 2048, 32, 4, 5632, 32000, 2048),
+                                                "torch_dtype": "bfloat16"}, ("tinyllama-1.1b",), hub),
+        ("HuggingFaceTB/SmolLM2-1.7B-Instruct", {**llama, **shape(24, 2048, 32, 32, 8192, 49152, 8192),
+                                                 "tie_word_embeddings": True, "torch_dtype": "bfloat16"},
+         ("smollm2-1.7b",), hub),
+    ]
+    return [_cfg_model(cfg, id, aliases, src) for id, cfg, aliases, src in rows]
+
+
+_CATALOG = _build()
+MODELS: Mapping[str, ModelSpec] = MappingProxyType({m.id: m for m in _CATALOG})
+
+
+def _key(s: str) -> str:
+    return s.strip().rstrip("/").lower()
+
+
+def _index() -> dict[str, ModelSpec]:
+    idx: dict[str, ModelSpec] = {}
+    for m in _CATALOG:  # ids first so that no alias or short name shadows an id
+        idx.setdefault(_key(m.id), m)
+    for m in _CATALOG:
+        for a in m.aliases:
+            idx.setdefault(_key(a), m)
+    for m in _CATALOG:
+        idx.setdefault(_key(m.name), m)
+    return idx
+
+
+_INDEX = _index()
 
 
 def _read_local(path: Path, id: str) -> ModelSpec:
