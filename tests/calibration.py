@@ -7,7 +7,8 @@ the same for every case (no per-case settings):
   know it, ``tests/data/model_configs/<org>--<name>.json`` is written into a temporary
   directory as its config.json; a model with neither is not run.
 - the GPU: the catalogue card its name matches (``--gpu``); ``--gpu-visible-gib`` when the
-  log printed the total; an unnamed "N GB-class" card becomes ``--gpu-visible-gib`` (logged,
+  log printed the total; a MIG slice its own size with the parent's compute capability; a named
+  card the catalogue lacks ``--gpu-visible-gib`` as logged; an unnamed "N GB-class" card becomes ``--gpu-visible-gib`` (logged,
   else the size) with ``--compute-capability 8.6`` (assumed; it only matters for dtype).
   No GPU at all: an H100 stands in and only the weights are scored.
 - ``--vllm-version``: the first version number in the case's version (or engine) field; a
@@ -60,6 +61,16 @@ _GPU_NAMES: tuple[tuple[str, str], ...] = (
     (r"V100S|V100[^,;]*?32\s?GB", "V100-32GB"), (r"V100", "V100"), (r"P40", "P40"), (r"P100", "P100"),
 )
 _UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
+
+
+def _catalogue_gpu(gpu_text: str) -> str | None:
+    """The catalogue card the case's GPU text names by the device name CUDA prints (the text before any
+    count, parenthesis or comma), if any."""
+    head = re.split(r"\s+x\s*\d|\s*\(|,|;", gpu_text, maxsplit=1)[0].strip()
+    try:
+        return get_gpu(head).name if head else None
+    except UnknownGpuError:
+        return None
 
 
 def _model_default_only(case: dict[str, Any], key: str) -> bool:
@@ -162,12 +173,17 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     argv = ["fit-check", "--model", ref, "--json"]
     gpu_text = str(case.get("gpu") or "")
     logged = case.get("gpu_total_gib_logged")
-    name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
-    if name:
+    name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None) or _catalogue_gpu(gpu_text)
+    mig = re.search(r"MIG\s*\d+g\.(\d+)gb", gpu_text, re.I)
+    if name and mig and not logged:  # a MIG slice: its own memory, the parent card's compute capability
+        argv += ["--gpu-memory-gib", mig.group(1), "--compute-capability", get_gpu(name).cc_str]
+    elif name:
         argv += ["--gpu", name]
         if logged:
             argv += ["--gpu-visible-gib", str(logged)]
         run.unified = name in _UNIFIED_MEMORY
+    elif logged and not re.search(r"unnamed|GB-class", gpu_text):  # a named card the catalogue lacks
+        argv += ["--gpu-visible-gib", str(logged), "--compute-capability", ASSUMED_CC]
     elif sized := re.search(r"(\d+)\s*GB-class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
         size = logged or float(sized.group(1) or sized.group(2))
         argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
