@@ -776,6 +776,13 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
                       f"{m.id}: vision tower weights are counted ({v.params_b:g}B parameters) but its activation "
                       f"peak is not ({why}); the KV cache may be smaller than shown",
                       "keep headroom, or limit images with --limit-mm-per-prompt"))
+    if m.matched_by_name:
+        what = f"{m.base_model} quantised with {m.quantization}" if m.base_model and m.matched_by_name == m.id \
+            else (m.id if m.id != m.matched_by_name else m.base_model or m.id)
+        out.append(_f("info", "model-matched-by-name",
+                      f"{m.matched_by_name} is not in the catalogue; its repository name matches {what}, whose "
+                      "shape is used", "point --model at a local copy of its config.json, or use --online, "
+                      "if it differs"))
     if m.multimodal_unmodelled:
         out.append(_f("warning", "modality-not-counted",
                       f"{m.id} has a {m.multimodal_unmodelled} tower that is neither counted in the weights nor "

@@ -327,3 +327,16 @@ def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
     # GLM-4 9.4B, Qwen3 0.6B, Nemo 12.2B, R1-Distill-Llama 8.0B
     m = get_model(name)
     assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source
+
+
+def test_another_orgs_copy_resolves_by_repository_name():
+    # Unsloth and community re-uploads keep the repository name; a quantisation suffix names the storage
+    m = get_model("unsloth/Llama-3.2-3B-Instruct")
+    assert m.id == "meta-llama/Llama-3.2-3B-Instruct" and m.matched_by_name == "unsloth/Llama-3.2-3B-Instruct"
+    bnb = get_model("unsloth/mistral-7b-instruct-v0.3-bnb-4bit")
+    assert bnb.quantization == "bitsandbytes" and bnb.base_model == "mistralai/Mistral-7B-Instruct-v0.3"
+    assert get_model("unsloth/Qwen3-8B-FP8").id == "Qwen/Qwen3-8B-FP8"  # the catalogue's own FP8 release
+    assert get_model("unsloth/Qwen3-4B-Base").id == "Qwen/Qwen3-4B"
+    assert get_model("meta-llama/Llama-3.2-3B-Instruct").matched_by_name is None
+    with pytest.raises(UnknownModelError):
+        get_model("someone/not-a-known-model-name")

@@ -47,7 +47,7 @@ HUB_TIMEOUT_S = 10.0
 # weight bits they store when the config does not say. Any other method is *not* guessed:
 # the model carries ``quant_bits=None`` and the fit-check warns and counts 16-bit weights.
 QUANT_BITS: Mapping[str, float] = MappingProxyType({
-    "awq": 4, "awq_marlin": 4, "gptq": 4, "gptq_marlin": 4, "marlin": 4, "bitsandbytes": 4, "fp8": 8,
+    "awq": 4, "awq_marlin": 4, "gptq": 4, "gptq_marlin": 4, "marlin": 4, "bitsandbytes": 4.13, "fp8": 8,
     "fbgemm_fp8": 8, "mxfp4": 4.25, "compressed-tensors": 8, "experts_int8": 8, "squeezellm": 4, "aqlm": 2,
 })
 
@@ -137,6 +137,7 @@ class ModelSpec(BaseModel):
     kv_latent_dim: int | None = None  # MLA (DeepSeek-V2): cached latent per token per layer
     mamba: MambaSpec | None = None  # Mamba2 hybrid: its per-sequence state (kv_layers: the attention layers)
     base_model: str | None = None  # the unquantised model this checkpoint derives from
+    matched_by_name: str | None = None  # another org's copy, resolved to this catalogue id by its repo name
     source: str = ""
 
     @model_validator(mode="after")
@@ -796,7 +797,7 @@ def _quant_of(qc: Mapping[str, Any]) -> tuple[str | None, float | None, int | No
     bits = qc.get("bits") or qc.get("w_bit") or qc.get("num_bits") or qc.get("weight_bits")
     group = qc.get("group_size") or qc.get("q_group_size")
     if method == "bitsandbytes":
-        bits = 4 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits
+        bits = 4.13 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits  # NF4 + double-quant absmax
     elif method == "compressed-tensors":
         for g in (qc.get("config_groups") or {}).values():
             w = (g or {}).get("weights") or {}
@@ -1226,6 +1227,9 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
                     f"model {ref!r}: could not fetch its config.json from the hub ({type(exc).__name__}: {exc}). "
                     + _HOW_TO_FIX) from None
             return _with_hub_checkpoint(spec, ref, cache, allow_network)
+    same = _by_repo_name(ref) if _HUB_ID.match(ref) else None
+    if same is not None:
+        return same
     close = suggest(ref)
     did = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     where = "not in the catalogue"
@@ -1234,6 +1238,55 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
     elif not allow_network and _HUB_ID.match(ref):
         where += ", not in the hub-config cache, and network lookups are off"
     raise UnknownModelError(f"unknown model {ref!r}: {where}.{did} " + _HOW_TO_FIX)
+
+
+# Suffixes re-uploaders add to a quantised copy (Unsloth's "-bnb-4bit" / "-unsloth-bnb-4bit", "-AWQ",
+# "-GPTQ-Int4", "-FP8"): (pattern, vLLM quantization method, bits).
+_COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
+    (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", 4.13),
+    (re.compile(r"[-_]awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
+    (re.compile(r"[-_]gptq(?:[-_]int4|[-_]4bit)?$", re.I), "gptq", 4),
+    (re.compile(r"[-_]fp8(?:[-_]dynamic)?$", re.I), "fp8", 8),
+)
+
+
+def _name_index() -> dict[str, ModelSpec]:
+    idx: dict[str, ModelSpec] = {}
+    for m in _CATALOG:
+        idx.setdefault(m.id.rsplit("/", 1)[-1].lower(), m)
+    for m in _CATALOG:
+        for a in m.aliases:
+            if "/" in a:
+                idx.setdefault(a.rsplit("/", 1)[-1].lower(), m)
+    return idx
+
+
+def _by_repo_name(ref: str) -> ModelSpec | None:
+    """Another org's copy of a catalogue model: same repository name (Unsloth, community mirrors and
+    re-uploads keep it), optionally with a quantisation suffix. The shape is the catalogue model's;
+    ``matched_by_name`` says so, and the fit-check reports it."""
+    names = _name_index()
+    name = ref.rsplit("/", 1)[-1]
+    hit = names.get(name.lower())
+    if hit is None and name.lower().endswith("-base"):  # Qwen3's base releases: the chat model's shape
+        hit = names.get(name[:-5].lower())
+    if hit is not None:
+        return hit.model_copy(update={"matched_by_name": ref})
+    for pattern, method, bits in _COPY_SUFFIXES:
+        m = pattern.search(name)
+        base = names.get(name[:m.start()].lower()) if m else None
+        if base is None:
+            continue
+        if base.quantization == method:  # the suffix names what the catalogue entry already is
+            return base.model_copy(update={"matched_by_name": ref})
+        known = quantized_variant(base, method)
+        if known is not None:
+            return known.model_copy(update={"matched_by_name": ref})
+        if base.quantization is None:
+            dtype = "bfloat16" if method == "fp8" else (base.native_dtype or "float16")
+            return _quant(base, ref, method, bits, group=None if method in ("fp8", "bitsandbytes") else 128,
+                          dtype=dtype).model_copy(update={"matched_by_name": ref})
+    return None
 
 
 _HOW_TO_FIX = ("Describe it under the profile's `models:` section (params_b, num_layers, hidden_size, "
