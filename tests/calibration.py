@@ -63,6 +63,21 @@ _GPU_NAMES: tuple[tuple[str, str], ...] = (
 _UNIFIED_MEMORY = {"GB10"}  # CPU and GPU share the memory: no fixed CUDA total, KV not scored
 
 
+def _named_gpu(gpu_text: str) -> str | None:
+    """The catalogue card a case's GPU text names: its device name (the text before any parenthesis,
+    where gatherers put their comments) by pattern, then by the catalogue's own lookup, then the
+    patterns over the whole text."""
+    head = gpu_text.split("(", 1)[0]
+    for text in (head,):
+        name = next((n for pat, n in _GPU_NAMES if re.search(pat, text, re.I)), None)
+        if name:
+            return name
+    named = _catalogue_gpu(gpu_text)
+    if named or re.search(r"NVIDIA|GeForce|Tesla|Quadro|\bRTX\b", head, re.I):
+        return named  # a device name the catalogue lacks: the comments after it must not pick another card
+    return next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
+
+
 def _catalogue_gpu(gpu_text: str) -> str | None:
     """The catalogue card the case's GPU text names by the device name CUDA prints (the text before any
     count, parenthesis or comma), if any."""
@@ -83,8 +98,10 @@ def _model_default_only(case: dict[str, Any], key: str) -> bool:
 def _flag_in_quote(quote: str, key: str) -> str | None:
     """A value the user set, from a non-default-args dict or a command line in the quote."""
     k = re.escape(key)
+    # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
     m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
-        re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\]+)", quote)
+        re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
+        (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None)
     return m.group(1).strip("'\"") if m else None
 
 
@@ -151,7 +168,7 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     shared = _shared_models(case)
     if shared:
         gpu_text = str(case.get("gpu") or "")
-        name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
+        name = _named_gpu(gpu_text)
         if name is None:
             run.skip = "co-located servers on an unnamed GPU"
             return run
@@ -173,8 +190,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     argv = ["fit-check", "--model", ref, "--json"]
     gpu_text = str(case.get("gpu") or "")
     logged = case.get("gpu_total_gib_logged")
-    name = next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None) or _catalogue_gpu(gpu_text)
-    mig = re.search(r"MIG\s*\d+g\.(\d+)gb", gpu_text, re.I)
+    name = _named_gpu(gpu_text)
+    mig = re.search(r"MIG\b[^,;]*?\d+g\.(\d+)gb", gpu_text, re.I)
     if name and mig and not logged:  # a MIG slice: its own memory, the parent card's compute capability
         argv += ["--gpu-memory-gib", mig.group(1), "--compute-capability", get_gpu(name).cc_str]
     elif name:
@@ -187,6 +204,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     elif sized := re.search(r"(\d+)\s*GB-class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
         size = logged or float(sized.group(1) or sized.group(2))
         argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
+    elif head_size := re.search(r"(\d+)\s*GB\b", gpu_text.split("(", 1)[0]):  # a named card by its size
+        argv += ["--gpu-memory-gib", head_size.group(1), "--compute-capability", ASSUMED_CC]
     else:
         run.gpu_known = False
         argv += ["--gpu", "H100-80GB"]  # stand-in: weights only
@@ -264,6 +283,17 @@ def _rel(pred: float, logged: float) -> float:
     return (pred - logged) / abs(logged)
 
 
+# what the fit-check checks: memory, and the layout / dtype / length rules it refuses plans for
+_MEMORY_WORDS = re.compile(r"memory|OOM|KV cache|cache blocks|max seq len|GiB|utili[sz]ation|divisible|"
+                           r"compute capability|max_model_len|dtype|Mamba", re.I)
+
+
+def _memory_outcome(case: dict[str, Any]) -> bool:
+    """The outcome is one the fit-check can predict: a start, or a failure about memory or a rule it
+    checks (a ``failed_other`` on a compilation option after the memory was sized is not)."""
+    return case["outcome"] != "failed_other" or bool(_MEMORY_WORDS.search(str(case.get("error") or "")))
+
+
 def score(run: Run) -> dict[str, Any]:
     """Verdict, weights and KV errors of one run (keys absent where the case has no figure)."""
     c = run.case
@@ -278,7 +308,7 @@ def score(run: Run) -> dict[str, Any]:
                     if f["severity"] == "error"})
     out["predicted"] = "started" if run.result["ok"] else "failed"
     out["codes"] = codes
-    out["verdict_scored"] = run.gpu_known
+    out["verdict_scored"] = run.gpu_known and _memory_outcome(c)
     if c.get("weights_loaded_gib"):
         out["w_log"], out["w_pred"] = c["weights_loaded_gib"], s["weights_gib"]
         out["w_err"] = _rel(s["weights_gib"], c["weights_loaded_gib"])

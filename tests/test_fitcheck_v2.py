@@ -160,6 +160,22 @@ def test_mla_models_cached_every_head_before_0_7_1():
     assert r.ok
 
 
+def test_a_copy_matched_by_name_is_reported():
+    r = check_server_on_gpu(srv("unsloth/phi-4-bnb-4bit", max_model_len=4096), get_gpu("T4"))
+    (f,) = [f for f in r.all_findings() if f.code == "model-matched-by-name"]
+    assert "microsoft/phi-4" in f.message and "bitsandbytes" in f.message and f.severity == "info"
+    assert r.servers[0].quantization == "bitsandbytes" and r.servers[0].weights_gib < 9
+
+
+def test_v0_sampler_warm_up_bytes_per_logit():
+    # case 6103: gemma-2b-it (256k vocabulary) on a T4 at 0.47, V0 0.5: 4.74 GiB of weights and 260 KV
+    # blocks left, so the profiling peak was ~2.0 GiB: 256 rows x 256,000 logits x ~33 B
+    r = check_server_on_gpu(srv("google/gemma-2b-it", vllm_version="0.5", max_model_len=64, dtype="float16",
+                                gpu_memory_utilization=0.47, enforce_eager=True), get_gpu("T4"))
+    s = r.servers[0]
+    assert r.ok and 1.9 < s.activation_gib < 2.1 and s.kv_cache_tokens > 0
+
+
 # ---------------------------------------------------------------- dtype resolution
 
 def test_config_without_torch_dtype_is_float32_served_in_float16():

@@ -142,7 +142,9 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
     v1 = v >= (0, 8, 0)
     fallback = v1 and v < (0, 10, 2) and (compute_capability < (8, 0) or mamba_hybrid)
     engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"
-    sampler = 15.0 if engine == "V1" and v >= (0, 17, 0) else 40.0
+    # bytes per logit of the sampler warm-up: V0's sort-based top-k/top-p path ~33 (gemma-2b-it's 256k
+    # vocabulary on a T4, case 6103: 2.0 GiB for 256 rows), V1 before FlashInfer's sampler ~40, then 15
+    sampler = (15.0 if v >= (0, 17, 0) else 40.0) if engine == "V1" else 33.0
     return VllmRules(
         version=v, engine=engine, v1_fallback=fallback, sampler_bytes_per_logit=sampler,
         graphs_in_budget=engine == "V1" and v >= (0, 21, 0),
