@@ -510,11 +510,11 @@ def _kv_element_bytes(server: ServerInput, dtype: str) -> int:
     return 1 if server.kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES[dtype]
 
 
-def _layer_token_bytes(server: ServerInput, dtype: str) -> int:
+def _layer_token_bytes(server: ServerInput, dtype: str, rules: VllmRules) -> int:
     """KV bytes per token of ONE attention layer on one TP rank."""
     m = server.model
     el = _kv_element_bytes(server, dtype)
-    if m.kv_latent_dim and rules_for(server.vllm_version).mla_latent_kv:
+    if m.kv_latent_dim and rules.mla_latent_kv:
         return m.kv_latent_dim * el  # MLA: one latent vector per layer, replicated on every rank
     # Before 0.7.1 vLLM ran MLA models as multi-head attention: every head's K (nope + rope, 192)
     # and V padded to the same width were cached, split over the TP ranks like any MHA model.
@@ -546,7 +546,7 @@ def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
     if server.model.encoder_only:
         return 0
     layers, _ = _kv_layers(server.model)
-    return layers * _layer_token_bytes(server, dtype or effective_dtype(server))
+    return layers * _layer_token_bytes(server, dtype or effective_dtype(server), _rules(server, None))
 
 
 def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
@@ -555,7 +555,7 @@ def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
     V1 from 0.10 keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens (plus one
     block) in a sliding-window layer (``SlidingWindowSpec.max_memory_usage_bytes``); older
     builds give every layer the full length."""
-    per_layer = _layer_token_bytes(server, res.dtype)
+    per_layer = _layer_token_bytes(server, res.dtype, res.rules)
     layers, sliding = _kv_layers(server.model)
     full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
     if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
@@ -777,8 +777,8 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
                       f"peak is not ({why}); the KV cache may be smaller than shown",
                       "keep headroom, or limit images with --limit-mm-per-prompt"))
     if m.matched_by_name:
-        what = f"{m.base_model} quantised with {m.quantization}" if m.base_model and m.matched_by_name == m.id \
-            else (m.id if m.id != m.matched_by_name else m.base_model or m.id)
+        # a catalogue entry keeps its id; a copy quantised by its suffix carries the copy's id (see _by_repo_name)
+        what = m.id if m.id != m.matched_by_name else f"{m.base_model} quantised with {m.quantization}"
         out.append(_f("info", "model-matched-by-name",
                       f"{m.matched_by_name} is not in the catalogue; its repository name matches {what}, whose "
                       "shape is used", "point --model at a local copy of its config.json, or use --online, "
@@ -903,7 +903,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     per_tok = kv_bytes_per_token(server, dtype)
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
-        slot_tok = _layer_token_bytes(server, dtype) * sum(_kv_slots(server, res.rules))
+        slot_tok = _layer_token_bytes(server, dtype, res.rules) * sum(_kv_slots(server, res.rules))
         tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
         one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)

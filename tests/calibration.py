@@ -68,10 +68,9 @@ def _named_gpu(gpu_text: str) -> str | None:
     where gatherers put their comments) by pattern, then by the catalogue's own lookup, then the
     patterns over the whole text."""
     head = gpu_text.split("(", 1)[0]
-    for text in (head,):
-        name = next((n for pat, n in _GPU_NAMES if re.search(pat, text, re.I)), None)
-        if name:
-            return name
+    name = next((n for pat, n in _GPU_NAMES if re.search(pat, head, re.I)), None)
+    if name:
+        return name
     named = _catalogue_gpu(gpu_text)
     if named or re.search(r"NVIDIA|GeForce|Tesla|Quadro|\bRTX\b", head, re.I):
         return named  # a device name the catalogue lacks: the comments after it must not pick another card

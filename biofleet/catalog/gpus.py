@@ -309,7 +309,7 @@ def get_gpu(name: str) -> GpuSpec:
     for k in keys:
         if k in _INDEX:
             g = _INDEX[k]
-            pcie = any("pcie" in x for x in keys) or k.startswith("v100s")  # V100S is a PCIe-only card
+            pcie = "pcie" in keys[0] or k.startswith("v100s")  # V100S is a PCIe-only card
             return g.model_copy(update={"nvlink": False}) if g.nvlink and pcie else g
     known = ", ".join(GPUS)
     raise UnknownGpuError(

@@ -13,6 +13,7 @@ local directory with ``config.json`` -> cached hub config -> (``allow_network``)
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -1250,10 +1251,12 @@ _COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
 )
 
 
+@functools.cache
 def _name_index() -> dict[str, ModelSpec]:
+    """Catalogue models by repository name (the part after the org), ids before aliases; built once."""
     idx: dict[str, ModelSpec] = {}
     for m in _CATALOG:
-        idx.setdefault(m.id.rsplit("/", 1)[-1].lower(), m)
+        idx.setdefault(m.name.lower(), m)
     for m in _CATALOG:
         for a in m.aliases:
             if "/" in a:

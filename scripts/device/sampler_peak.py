@@ -62,12 +62,12 @@ def main() -> None:
     ns = ap.parse_args()
     import torch
 
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+    runs = []
     for rows, vocab in ((256, 32000), (256, 151936), (256, 256000), (1024, 151936)):
         for dt in ("float16", "bfloat16"):
-            r = run(rows, vocab, dt)
-            res["runs"].append(r)  # type: ignore[union-attr]
-            print(json.dumps(r), flush=True)
+            runs.append(run(rows, vocab, dt))
+            print(json.dumps(runs[-1]), flush=True)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": runs}
     if ns.out:
         with open(ns.out, "w") as f:
             json.dump(res, f, indent=2)
