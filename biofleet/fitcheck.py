@@ -357,7 +357,8 @@ def _big_gpu(gpu: GpuSpec) -> bool:
 
 def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
-                     mamba_hybrid=server.model.mamba is not None)
+                     v0_model=server.model.mamba is not None or
+                     (server.model.vision is not None and server.model.vision.family == "mllama"))
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -596,10 +597,16 @@ def _activation(server: ServerInput, res: Resolved) -> float:
 
 
 def _encoder_items(server: ServerInput, res: Resolved) -> int:
+    """Images in the profiling pass. V1 fills its encoder budget (``max(batched tokens, tokens per
+    image)``); V0's decoder-only runner cuts the dummy sequences to ``batched tokens // tokens per image``
+    (at least one), one image each: the same count. V0's encoder-decoder runner (mllama) gives every one
+    of the ``max_num_seqs`` dummy sequences an image of the most tiles; V1 never ran mllama."""
     v = server.model.vision
-    if v is None or not v.modelled or v.tokens_per_item <= 0 or res.rules.engine != "V1":
+    if v is None or not v.modelled or v.tokens_per_item <= 0:
         return 0
-    budget = max(res.batched_tokens, v.tokens_per_item)  # V1 encoder compute budget
+    if v.family == "mllama":
+        return res.max_num_seqs if res.rules.engine == "V0" else 0
+    budget = max(res.batched_tokens, v.tokens_per_item)
     return max(1, min(budget // v.tokens_per_item, res.max_num_seqs))
 
 
@@ -769,9 +776,9 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
     """Warnings for the parts of a model the fit-check does not count."""
     m, out = server.model, []
     v = m.vision
-    if v is not None and (not v.modelled or res.rules.engine == "V0"):
-        why = "vLLM V0 profiles images inside each dummy sequence" if v.modelled else \
-            f"the {m.model_type or 'unknown'} vision encoder's profiling pass is not modelled"
+    if v is not None and not _encoder_items(server, res):
+        why = f"the {m.model_type or 'unknown'} vision encoder's profiling pass is not modelled" + \
+            (" for this engine" if v.modelled else "")
         out.append(_f("warning", "vision-not-modelled",
                       f"{m.id}: vision tower weights are counted ({v.params_b:g}B parameters) but its activation "
                       f"peak is not ({why}); the KV cache may be smaller than shown",
@@ -930,9 +937,19 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float,
     need_util = _ceil2((w + overhead + one_seq) / gpu.visible_gib)
     where = f"{util:.2f} x {gpu.visible_gib:.2f} GiB = {budget:.2f} GiB"
     max_util = (gpu.visible_gib - gpu.cuda_context_gib) / gpu.visible_gib
+    images = _encoder_items(server, res)
+    encoder = _encoder_bytes(server, res) / GiB
 
     def fixes(allow_len_cut: bool) -> str:
         opts = []
+        if m.vision is not None and m.vision.family == "mllama" and images > 1 and encoder >= overhead / 2:
+            # V0 profiles one image per dummy sequence: fewer sequences, fewer images in the peak
+            spare = budget - w - max(overhead - encoder, 0.0) - one_seq
+            n = min(images - 1, int(spare / (encoder / images)))
+            if n >= 1:
+                n = 1 << (n.bit_length() - 1)  # a power of two below the edge: the estimate is not exact
+                opts.append(f"lower max_num_seqs to {n} (profiling runs the vision encoder on one image per "
+                            f"sequence: {encoder:.1f} GiB for {images})")
         if need_util <= max_util:
             opts.append(f"raise gpu_memory_utilization to {need_util:.2f}")
         fit_len = 0

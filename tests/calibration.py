@@ -95,11 +95,13 @@ def _model_default_only(case: dict[str, Any], key: str) -> bool:
 
 
 def _flag_in_quote(quote: str, key: str) -> str | None:
-    """A value the user set, from a non-default-args dict or a command line in the quote."""
+    """A value the user set, from a non-default-args dict, a command line or the user's own words
+    ("decreasing `max_num_seqs` to 32") in the quote; never from vLLM's own resolved-settings lines."""
     k = re.escape(key)
     # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
     m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
+        re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
         (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None)
     return m.group(1).strip("'\"") if m else None
 

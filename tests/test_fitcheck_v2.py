@@ -307,6 +307,27 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
 
+def test_v0_mllama_profiles_one_image_per_dummy_sequence():
+    # vLLM V0's encoder-decoder runner gives each of max_num_seqs dummy sequences a 4-tile image
+    # (cases 6111-6115: pixel_values [256, 1, 1, 4, 3, 560, 560], OOM in the vision MLP even on 80 GB;
+    # 6113 started with max_num_seqs 32 and eager mode). Weights logged: 19.9073 GiB.
+    m = get_model("meta-llama/Llama-3.2-11B-Vision")
+    assert m.id == "meta-llama/Llama-3.2-11B-Vision-Instruct" and m.vision is not None
+    default = fit(m.id, gpu=A100, vllm_version="0.6.3", max_model_len=1024).servers[0]
+    assert default.weights_gib == pytest.approx(19.9073, rel=0.01)
+    assert default.inputs["vision_encoder_items"] == 256 and default.kv_cache_gib < 0
+    fix = next(f.fix for f in default.findings if f.code == "no-kv-memory")
+    assert fix.startswith("lower max_num_seqs to 128")
+    fewer = fit(m.id, gpu=A100, vllm_version="0.6.3", max_model_len=1024, max_num_seqs=32,
+                enforce_eager=True).servers[0]
+    assert fewer.inputs["vision_encoder_items"] == 32 and fewer.kv_cache_gib > 30
+    assert "vision-not-modelled" not in {f.code for f in fewer.findings}
+    # builds before 0.10.2 fell back to V0 for it; V1 never ran mllama: weights only, and a warning says so
+    assert fit(m.id, gpu=A100, vllm_version="0.9.2", max_model_len=1024).servers[0].inputs["vision_encoder_items"] == 256
+    v1 = fit(m.id, gpu=A100, vllm_version="0.10.2", max_model_len=1024).servers[0]
+    assert v1.inputs["vision_encoder_items"] == 0 and "vision-not-modelled" in {f.code for f in v1.findings}
+
+
 def test_unmodelled_towers_say_what_is_not_counted():
     cfg = {"model_type": "fancy_vlm", "architectures": ["FancyForConditionalGeneration"],
            "text_config": {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,

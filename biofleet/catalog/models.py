@@ -871,6 +871,19 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
         family, tokens, patches = "llava", side * side * tiles, side * side * tiles
     elif mtype == "phi3_v":
         family, tokens, patches = "phi3_v", 17 * 144 + 16, 17 * 577  # 16 crops + the global view
+    elif mtype == "mllama":
+        # Llama-3.2-Vision: the tile encoder plus its gated global layers; each tile is (560/14)^2 patches
+        # and a class token, padded to a multiple of 8; the gated tile-position table holds every aspect
+        # ratio x tile x patch; the projector maps the concatenated intermediate layers to the text width.
+        tiles = int(vc.get("max_num_tiles") or 4)
+        per_tile = (int(vc.get("image_size") or 560) // patch) ** 2 + 1
+        ratios = len(vc.get("supported_aspect_ratios") or ()) + 1
+        glob = int(vc.get("num_global_layers") or 0)
+        layers += glob
+        params = layers * (4 * h * h + 2 * h * inter) + 3 * patch * patch * h
+        params += ratios * tiles * per_tile * h + 2 * ratios * tiles * h + per_tile * h
+        params += int(vc.get("vision_output_dim") or h) * text_hidden
+        family, tokens, patches = "mllama", 1, tiles * -(-per_tile // 8) * 8
     return VisionSpec(family=family, params_b=round(params / 1e9, 4), num_layers=layers, hidden_size=h,
                       intermediate_size=inter, patches_per_item=patches, tokens_per_item=tokens,
                       modelled=family != "other")
@@ -1097,6 +1110,20 @@ def _build_v3() -> list[ModelSpec]:
          ("granite-3.1-8b",), hub),
         ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", {**llama, **shape(22, 2048, 32, 4, 5632, 32000, 2048),
                                                 "torch_dtype": "bfloat16"}, ("tinyllama-1.1b",), hub),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct",
+         {"architectures": ["MllamaForConditionalGeneration"], "model_type": "mllama", "torch_dtype": "bfloat16",
+          "text_config": {"model_type": "mllama_text_model", "tie_word_embeddings": False, "rope_scaling": l31_rope,
+                          "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+                          **shape(40, 4096, 32, 8, 14336, 128256, 131072)},
+          "vision_config": {"model_type": "mllama_vision_model", "hidden_size": 1280, "intermediate_size": 5120,
+                            "num_hidden_layers": 32, "num_global_layers": 8, "attention_heads": 16,
+                            "image_size": 560, "patch_size": 14, "max_num_tiles": 4, "vision_output_dim": 7680,
+                            "supported_aspect_ratios": [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1],
+                                                        [4, 1]]}},
+         ("meta-llama/Llama-3.2-11B-Vision", "llama-3.2-11b-vision"),
+         "the Instruct config.json fields as a mirror's to_dict() and the safetensors notes quote them "
+         "(tests/data/model_configs/meta-llama--Llama-3.2-11B-Vision.json); 40 text layers = 32 self-attention "
+         "+ 8 cross-attention"),
         ("HuggingFaceTB/SmolLM2-1.7B-Instruct", {**llama, **shape(24, 2048, 32, 32, 8192, 49152, 8192),
                                                  "tie_word_embeddings": True, "torch_dtype": "bfloat16"},
          ("smollm2-1.7b",), hub),
