@@ -500,8 +500,8 @@ def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | No
         if m.quantized_params_b:  # e.g. Meta's 405B FP8: only the MLPs are quantised
             rest = max(params - m.quantized_params_b * 1e9, 0.0)
             quantized = m.quantized_params_b * 1e9 * m.quant_storage_factor
-        else:  # embeddings and lm_head stay 16-bit
-            rest = min(m.embedding_params_b * 1e9 + vision, params)
+        else:  # embeddings and lm_head stay 16-bit, except in a GGUF file (vLLM keeps its embeddings quantised)
+            rest = min((0.0 if m.quantization == "gguf" else m.embedding_params_b * 1e9) + vision, params)
             quantized = params - rest
         total = quantized * bits / 8 + rest * 2  # the unquantised rest stays 16-bit
     return total / server.tensor_parallel_size / GiB
@@ -718,6 +718,11 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
         out.append(_f("error", f"{method}-checkpoint-mismatch",
                       f"quantization {req} needs {_an(method)} {method.upper()}-quantised checkpoint; "
                       f"{m.id} is not quantised", fix))
+    elif req and ck and req not in _COMPATIBLE.get(ck, {ck}) and m.matched_by_name:
+        out.append(_f("info", "quant-method-by-name",
+                      f"{m.id}: its method ({ck}) was read from the repository name; "
+                      f"quantization {req} as given is taken to be the checkpoint's",
+                      "point --model at the checkpoint's config.json, or use --online, to check it"))
     elif req and ck and req not in _COMPATIBLE.get(ck, {ck}):
         out.append(_f("error", "quant-checkpoint-mismatch",
                       f"quantization {req} requested, but {m.id} is a {ck} checkpoint",

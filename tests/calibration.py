@@ -120,7 +120,8 @@ def _model_name(case: dict[str, Any]) -> str | None:
     raw = case.get("model")
     if not raw:
         return None
-    return re.split(r"\(|\s+\+", str(raw))[0].strip()
+    gguf = re.search(r"\(file ([^()\s]+\.gguf)\)", str(raw))  # vLLM is given the file, not the repository
+    return gguf.group(1) if gguf else re.split(r"\(|\s+\+", str(raw))[0].strip()
 
 
 @dataclass

@@ -124,7 +124,9 @@ def test_heldout3_cases():
     # dtype shown, so 0.10.1's bf16 default) it is predicted to start; the reporter ran a float32 state
     # 3021: the excerpt does not say which A800 (40 or 80 GB); named as CUDA prints it, "NVIDIA A800" is the
     # catalogue's 80 GB card, while failing at 0.4 points to the 40 GB one
-    assert s.verdicts >= 5 and wrong <= {3011, 3012, 3021}, (s, wrong)
+    # 3022: Qwen3-VL-8B on an 80 GB A800 "No available memory for the cache blocks", title and GPU list only;
+    # it runs since the catalogue knows Qwen3-VL, and an 8B model cannot fill 80 GB at the defaults
+    assert s.verdicts >= 11 and wrong <= {3011, 3012, 3021, 3022}, (s, wrong)
     assert abs({r["id"]: r for r in rows}[3012]["w_err"]) < 0.01  # layer mix + Mamba2 parameters
 
 
@@ -151,11 +153,16 @@ def test_heldout6_cases():
     _, rows = _run(HELDOUT6)
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 26 and wrong <= {6029, 6102, 6116}, (s, wrong)
-    assert s.kv_n >= 15 and s.kv_median <= KV_MEDIAN, s
-    assert s.weights_n >= 17 and s.weights_median <= 0.05, s  # bitsandbytes copies: see the doc
+    # 6025: Qwen3-VL-30B-A3B at 0.95 ran out of memory after its KV cache was sized (the vision profile
+    # is under-counted: 6024's logged KV cache is 8.04 GiB where 11.6 are predicted; see the doc)
+    assert s.verdicts >= 42 and wrong <= {6025, 6029, 6102, 6116}, (s, wrong)
+    assert s.kv_n >= 18 and s.kv_median <= KV_MEDIAN, s
+    assert s.weights_n >= 23 and s.weights_median <= 0.05, s  # bitsandbytes copies: see the doc
     by = {r["id"]: r for r in rows}
     assert by[6103]["predicted"] == "started" and by[6014]["predicted"] == "failed"  # V0 sampler; MIG slice
+    # V0's mllama profile: 256 four-tile images fail even on 80 GB; 32 sequences start (6112 / 6113)
+    assert by[6112]["predicted"] == "failed" and by[6113]["predicted"] == "started"
+    assert abs(by[6000]["w_err"]) < 0.03  # a Q8_0 GGUF file, embeddings quantised too
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "

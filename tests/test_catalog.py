@@ -16,6 +16,7 @@ from biofleet.catalog.models import (
     model_from_config,
     quantized_variant,
 )
+from biofleet.fitcheck import ServerInput, check_server_on_gpu
 
 
 @pytest.mark.parametrize("alias,name", [("h100", "H100-80GB"), ("A100", "A100-40GB"), ("t4", "T4"),
@@ -321,10 +322,16 @@ def test_config_families_with_plain_mlps_tied_embeddings_or_one_kv_head(cfg, par
     ("THUDM/glm-4-9b-chat", "THUDM/glm-4-9b-chat", 9.40), ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B", 0.60),
     ("mistral-nemo", "mistralai/Mistral-Nemo-Instruct-2407", 12.25),
     ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", 8.03),
+    # from the published config.json files kept in biofleet/catalog/configs.json, and aliases
+    ("Qwen/Qwen1.5-14B-Chat", "Qwen/Qwen1.5-14B-Chat", 14.2), ("Qwen/Qwen1.5-72B", "Qwen/Qwen1.5-72B-Chat", 72.3),
+    ("01-ai/Yi-1.5-34B-Chat", "01-ai/Yi-34B-Chat", 34.4), ("Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-4B-Instruct-2507", 4.02),
+    ("Qwen/Qwen3-VL-30B-A3B-Instruct", "Qwen/Qwen3-VL-30B-A3B-Instruct", 31.07),
+    ("meta-llama/Llama-3.2-11B-Vision", "meta-llama/Llama-3.2-11B-Vision-Instruct", 10.67),
 ])
 def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
     # model-card sizes: OPT 125M, Llama-2 6.74B, phi-4 14.7B, QwQ 32.5B (32.76 with embeddings), Falcon 6.9B,
-    # GLM-4 9.4B, Qwen3 0.6B, Nemo 12.2B, R1-Distill-Llama 8.0B
+    # GLM-4 9.4B, Qwen3 0.6B, Nemo 12.2B, R1-Distill-Llama 8.0B, Qwen1.5 14.2B / 72.3B, Yi-1.5-34B 34.4B,
+    # Qwen3-4B 4.02B, Qwen3-VL-30B-A3B 31.1B, Llama-3.2-11B-Vision 10.67B
     m = get_model(name)
     assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source
 
@@ -340,3 +347,31 @@ def test_another_orgs_copy_resolves_by_repository_name():
     assert get_model("meta-llama/Llama-3.2-3B-Instruct").matched_by_name is None
     with pytest.raises(UnknownModelError):
         get_model("someone/not-a-known-model-name")
+    # Unsloth's block-scaled FP8 copies (compressed-tensors inside): the method is a guess from the name
+    fp8 = get_model("unsloth/Llama-3.2-1B-Instruct-FP8-Block")
+    assert fp8.quantization == "fp8" and fp8.base_model == "meta-llama/Llama-3.2-1B-Instruct"
+    r = check_server_on_gpu(ServerInput(name="s", model=fp8, quantization="compressed-tensors", max_model_len=2048),
+                            get_gpu("L4"))  # case 6008: vLLM loaded it as compressed-tensors
+    assert "quant-method-by-name" in r.codes() and "quant-checkpoint-mismatch" not in r.codes() and r.ok
+
+
+def test_a_gguf_file_named_after_a_catalogue_model():
+    # case 6000: --model .../Llama-3.2-3B-Instruct-Q8_0.gguf --quantization gguf, vLLM logged 3.26 GiB of
+    # weights; Q8_0 stores 32 weights with one fp16 scale (8.5 bits), the token embeddings included
+    m = get_model("~/models/Llama-3.2-3B-Instruct-Q8_0.gguf")
+    assert m.quantization == "gguf" and m.quant_bits == 8.5 and m.base_model == "meta-llama/Llama-3.2-3B-Instruct"
+    assert m.matched_by_name
+    s = check_server_on_gpu(ServerInput(name="s", model=m, quantization="gguf", max_model_len=10000,
+                                        enforce_eager=True, vllm_version="0.8.2"), get_gpu("L4"))
+    assert s.servers[0].weights_gib == pytest.approx(3.26, rel=0.03)
+    assert get_model("Llama-3.2-3B-Instruct-Q4_K_M.gguf").quant_bits == pytest.approx(4.84)
+    with pytest.raises(UnknownModelError):
+        get_model("Llama-3.2-3B-Instruct.gguf")  # no llama.cpp type in the name: bits unknown
+
+
+def test_linear_attention_layers_are_counted_as_gated_deltanet():
+    # Qwen3.5 / Qwen3-Next: three of four layers are Gated DeltaNet (q/k/v/z and b/a projections, out_proj,
+    # a short conv), not attention; full-attention layers also project an output gate
+    assert get_model("Qwen/Qwen3.5-35B-A3B").params_b == pytest.approx(35.0, rel=0.02)
+    assert get_model("Qwen/Qwen3.5-27B").params_b == pytest.approx(27.0, rel=0.02)
+    assert get_model("Qwen/Qwen3.5-27B").kv_layers == 16

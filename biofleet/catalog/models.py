@@ -623,6 +623,7 @@ def _build() -> tuple[ModelSpec, ...]:
            source=_CFG + " (MoE 128 experts top-4); calibration #30"))
     out += _build_v2()
     out += _build_v3()
+    out += _build_published()
     return tuple(out)
 
 
@@ -720,7 +721,28 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         mamba_p = mix["mamba"] * _mamba2_params(h, mamba) if mamba else 0
         total = emb + mix["attention"] * attn + mix["mlp"] * 2 * h * inter + mix["moe"] * moe + mamba_p
         return round(total / 1e9, 6)
-    return round((emb + layers * attn + mlp_total) / 1e9, 6)
+    linear = _linear_attention_layers(cfg, layers)
+    if cfg.get("attn_output_gate"):  # Qwen3-Next / Qwen3.5: q_proj also makes the output gate
+        attn += h * heads * hd
+    attn_total = layers * attn
+    if linear:  # Gated DeltaNet layers: in_proj_qkvz, in_proj_ba, out_proj and a depthwise conv
+        nk, dk = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
+        nv, dv = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+        conv = int(cfg.get("linear_conv_kernel_dim") or 4) * (2 * nk * dk + nv * dv)
+        gdn = h * (2 * nk * dk + 2 * nv * dv) + 2 * h * nv + nv * dv * h + conv
+        attn_total = (layers - linear) * attn + linear * gdn
+    return round((emb + attn_total + mlp_total) / 1e9, 6)
+
+
+def _linear_attention_layers(cfg: Mapping[str, Any], layers: int) -> int:
+    """Layers of linear attention (Gated DeltaNet) in a Qwen3-Next / Qwen3.5 config, else 0."""
+    if "linear_num_value_heads" not in cfg:
+        return 0
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return sum(1 for t in types[:layers] if str(t) == "linear_attention")
+    every = int(cfg.get("full_attention_interval") or 0)
+    return layers - layers // every if every else 0
 
 
 # Families whose config's intermediate_size counts the gate and the up projection together, so
@@ -1009,6 +1031,14 @@ def _cfg_model(config: dict[str, Any], id: str, aliases: tuple[str, ...], source
     return model_from_config(config, id).model_copy(update={"aliases": aliases, "source": source})
 
 
+def _build_published() -> list[ModelSpec]:
+    """Newer and multimodal models whose whole published config.json is kept (``configs.json`` beside
+    this module: id, aliases, where the file was read, the file's fields): Qwen1.5 / Qwen-1 72B, Qwen3-VL,
+    Qwen3.5, Gemma-4. Read once, at import (~19 kB)."""
+    rows = json.loads(Path(__file__).with_name("configs.json").read_text())
+    return [_cfg_model(r["config"], r["id"], tuple(r["aliases"]), "config.json: " + r["source"]) for r in rows]
+
+
 def _build_v3() -> list[ModelSpec]:
     """Models users start vLLM with most that the catalogue lacked (2026-11): vLLM's quick-start OPT,
     Llama-2, Phi-2/3/4, Mistral-Nemo / Small-24B / Ministral, QwQ, Qwen3 0.6B/1.7B, the DeepSeek-R1
@@ -1103,7 +1133,8 @@ def _build_v3() -> list[ModelSpec]:
                                           **shape(32, 4096, 32, 8, 14336, 92544, 32768)},
          ("internlm2.5-7b-chat",), hub + " (dynamic NTK rope: no stretch of the default length)"),
         ("01-ai/Yi-34B-Chat", {**llama, **shape(60, 7168, 56, 8, 20480, 64000, 4096), "torch_dtype": "bfloat16"},
-         ("yi-34b-chat", "01-ai/Yi-34B"), hub),
+         ("yi-34b-chat", "01-ai/Yi-34B", "01-ai/Yi-1.5-34B-Chat", "01-ai/Yi-1.5-34B", "yi-1.5-34b-chat"),
+         hub + " (Yi-1.5-34B-Chat: a re-save naming it has these layer shapes and 4096 positions)"),
         ("ibm-granite/granite-3.1-8b-instruct", {"architectures": ["GraniteForCausalLM"], "model_type": "granite",
                                                  "tie_word_embeddings": True, "torch_dtype": "bfloat16",
                                                  **shape(40, 4096, 32, 8, 12800, 49155, 131072)},
@@ -1255,7 +1286,7 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
                     f"model {ref!r}: could not fetch its config.json from the hub ({type(exc).__name__}: {exc}). "
                     + _HOW_TO_FIX) from None
             return _with_hub_checkpoint(spec, ref, cache, allow_network)
-    same = _by_repo_name(ref) if _HUB_ID.match(ref) else None
+    same = _by_repo_name(ref) if _HUB_ID.match(ref) else _gguf_file(ref)
     if same is not None:
         return same
     close = suggest(ref)
@@ -1274,8 +1305,30 @@ _COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
     (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", 4.13),
     (re.compile(r"[-_]awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
     (re.compile(r"[-_]gptq(?:[-_]int4|[-_]4bit)?$", re.I), "gptq", 4),
-    (re.compile(r"[-_]fp8(?:[-_]dynamic)?$", re.I), "fp8", 8),
+    (re.compile(r"[-_]fp8(?:[-_](?:dynamic|block))?$", re.I), "fp8", 8),
 )
+
+
+# llama.cpp file types in a GGUF file name ("Llama-3.2-3B-Instruct-Q8_0.gguf") and their bits per weight
+# over a whole 7B model (llama.cpp's quantize table: block scales included, K-quant mixes averaged).
+_GGUF_BITS = {"Q2_K": 3.35, "Q3_K_S": 3.5, "Q3_K_M": 3.91, "Q3_K_L": 4.27, "Q4_0": 4.5, "Q4_1": 5.0,
+              "Q4_K_S": 4.58, "Q4_K_M": 4.84, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_S": 5.54, "Q5_K_M": 5.68,
+              "Q6_K": 6.56, "Q8_0": 8.5, "IQ4_XS": 4.25, "IQ4_NL": 4.5, "F16": 16.0, "BF16": 16.0}
+_GGUF_NAME = re.compile(r"[-_.](" + "|".join(sorted(_GGUF_BITS, key=len, reverse=True)) + r")$", re.I)
+
+
+def _gguf_file(ref: str) -> ModelSpec | None:
+    """A GGUF file named after a catalogue model and its llama.cpp type (the name vLLM is given with
+    ``--quantization gguf``): the catalogue shape at that type's bits per weight."""
+    name = ref.replace("\\", "/").rsplit("/", 1)[-1]
+    if not name.lower().endswith(".gguf"):
+        return None
+    m = _GGUF_NAME.search(name[:-5])
+    base = _name_index().get(name[:m.start()].lower()) if m else None
+    if m is None or base is None or base.quantization:
+        return None
+    return _quant(base, ref, "gguf", _GGUF_BITS[m.group(1).upper()], group=None,
+                  dtype=base.native_dtype or "float16").model_copy(update={"matched_by_name": ref})
 
 
 @functools.cache
