@@ -583,6 +583,9 @@ def _activation(server: ServerInput, res: Resolved) -> float:
     m = server.model
     tp = server.tensor_parallel_size
     tokens = res.batched_tokens
+    if m.vision is not None and res.rules.engine == "V0" and m.vision.family != "mllama":
+        # V0 lengthens a dummy sequence, never cuts it, to hold its image's tokens
+        tokens = max(tokens, _encoder_items(server, res) * m.vision.tokens_per_item)
     scale = _DTYPE_BYTES[res.dtype] / 2
     inter = m.intermediate_size or 4 * m.hidden_size
     forward = tokens * (ACT_BYTES_PER_INTER * inter / tp + ACT_BYTES_PER_HIDDEN * m.hidden_size) * scale

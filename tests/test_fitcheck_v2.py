@@ -307,6 +307,17 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
 
+def test_v0_profiles_images_inside_lengthened_dummy_sequences():
+    # V0's decoder-only runner: min(max_num_seqs, batched // tokens per image) sequences (at least one),
+    # each with one largest image; a sequence shorter than its image's 16384 tokens is lengthened, so the
+    # text pass covers 16384 tokens even at max_model_len 4096
+    v0 = fit("Qwen/Qwen2.5-VL-7B-Instruct", gpu=A100, max_model_len=4096, vllm_version="0.6.3").servers[0]
+    text = fit("Qwen/Qwen2.5-7B-Instruct", gpu=A100, max_model_len=16384, vllm_version="0.6.3").servers[0]
+    assert v0.inputs["vision_encoder_items"] == 1
+    assert v0.activation_gib == pytest.approx(text.activation_gib, rel=0.02)
+    assert "vision-not-modelled" not in {f.code for f in v0.findings}
+
+
 def test_v0_mllama_profiles_one_image_per_dummy_sequence():
     # vLLM V0's encoder-decoder runner gives each of max_num_seqs dummy sequences a 4-tile image
     # (cases 6111-6115: pixel_values [256, 1, 1, 4, 3, 560, 560], OOM in the vision MLP even on 80 GB;
