@@ -112,6 +112,7 @@ _COMPATIBLE = {
     "bitsandbytes": {"bitsandbytes"},
     "mxfp4": {"mxfp4"},
     "gguf": {"gguf"},
+    "modelopt": {"modelopt", "modelopt_fp4", "nvfp4"},
 }
 _WEIGHT_QUANT_GROUPED = {"awq", "gptq", "compressed-tensors"}  # a 16-bit scale (+ packed zero) per group
 _ONLINE_QUANT_BITS = {"fp8": 8.0, "bitsandbytes": 4.13}  # quantised at load time from 16-bit weights

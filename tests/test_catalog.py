@@ -353,6 +353,12 @@ def test_another_orgs_copy_resolves_by_repository_name():
     r = check_server_on_gpu(ServerInput(name="s", model=fp8, quantization="compressed-tensors", max_model_len=2048),
                             get_gpu("L4"))  # case 6008: vLLM loaded it as compressed-tensors
     assert "quant-method-by-name" in r.codes() and "quant-checkpoint-mismatch" not in r.codes() and r.ok
+    # NVIDIA's NVFP4 (ModelOpt: 4 bits + an FP8 scale per 16 weights) and llm-compressor's W4A16 / W8A8 copies
+    nv = get_model("nvidia/Gemma-4-31B-IT-NVFP4")
+    assert (nv.quantization, nv.quant_bits, nv.base_model) == ("modelopt", 4.5, "google/gemma-4-31B-it")
+    w4 = get_model("someone/Qwen3-8B-W4A16")
+    assert (w4.quantization, w4.quant_bits, w4.quant_group_size) == ("compressed-tensors", 4, 128)
+    assert get_model("RedHatAI/Qwen3-8B-quantized.w8a8").quant_group_size is None
 
 
 def test_a_gguf_file_named_after_a_catalogue_model():

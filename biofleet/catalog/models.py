@@ -1300,12 +1300,16 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
 
 
 # Suffixes re-uploaders add to a quantised copy (Unsloth's "-bnb-4bit" / "-unsloth-bnb-4bit", "-AWQ",
-# "-GPTQ-Int4", "-FP8"): (pattern, vLLM quantization method, bits).
+# "-GPTQ-Int4", "-FP8", NVIDIA's "-NVFP4", llm-compressor's "-W4A16" / "-W8A8"): (pattern, vLLM
+# quantization method, bits).
 _COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
     (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", 4.13),
     (re.compile(r"[-_]awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
     (re.compile(r"[-_]gptq(?:[-_]int4|[-_]4bit)?$", re.I), "gptq", 4),
     (re.compile(r"[-_]fp8(?:[-_](?:dynamic|block))?$", re.I), "fp8", 8),
+    (re.compile(r"[-_]nvfp4$", re.I), "modelopt", 4.5),  # NVIDIA's ModelOpt NVFP4: an FP8 scale per 16
+    (re.compile(r"[-_](?:quantized\.)?w4a16$", re.I), "compressed-tensors", 4),
+    (re.compile(r"[-_](?:quantized\.)?w8a8$", re.I), "compressed-tensors", 8),
 )
 
 
@@ -1367,7 +1371,8 @@ def _by_repo_name(ref: str) -> ModelSpec | None:
             return known.model_copy(update={"matched_by_name": ref})
         if base.quantization is None:
             dtype = "bfloat16" if method == "fp8" else (base.native_dtype or "float16")
-            return _quant(base, ref, method, bits, group=None if method in ("fp8", "bitsandbytes") else 128,
+            grouped = method in ("awq", "gptq") or (method == "compressed-tensors" and bits < 8)
+            return _quant(base, ref, method, bits, group=128 if grouped else None,
                           dtype=dtype).model_copy(update={"matched_by_name": ref})
     return None
 
