@@ -93,6 +93,7 @@ GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB, GRAPH_BIG_BATCH = 0.15, 0.012, 1.7
 # MLP width / TP) and residual, norm, attention output, QKV (10 B x hidden). 16-bit; x2 for fp32.
 ACT_BYTES_PER_INTER, ACT_BYTES_PER_HIDDEN = 6, 10
 MOE_WORKSPACE_BYTES = 8  # per token x routed MLP width / TP: fused-MoE buffers kept beside the sampler
+AWQ_SPLIT_K_OUTPUTS = 9  # vLLM < 0.3 awq_gemm: 8 split-k partial outputs + their sum (case 2011)
 # Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
 VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
 
@@ -590,6 +591,12 @@ def _activation(server: ServerInput, res: Resolved) -> float:
     scale = _DTYPE_BYTES[res.dtype] / 2
     inter = m.intermediate_size or 4 * m.hidden_size
     forward = tokens * (ACT_BYTES_PER_INTER * inter / tp + ACT_BYTES_PER_HIDDEN * m.hidden_size) * scale
+    if res.rules.awq_split_k_gemm and m.quantization == "awq":
+        # vLLM < 0.3 ran every AWQ layer through awq_gemm with split_k = 8 partial fp16 outputs, summed after:
+        # 9 x tokens x width for the widest layer: the merged gate/up (an expert's is not split over TP:
+        # 0.2's quantised Mixtral keeps whole experts on each rank and runs every expert on every token)
+        widest = 2 * inter / (m.experts_per_token or 1) if m.num_experts else 2 * inter / tp
+        forward += AWQ_SPLIT_K_OUTPUTS * tokens * widest * 2
     peak = forward
     if not m.encoder_only and server.kind == "generate":
         rows = min(res.max_num_seqs, tokens)

@@ -22,6 +22,8 @@ HELDOUT2 = "vllm_cases_v2_heldout2.jsonl"  # scored once; tuning data since
 HELDOUT3 = "vllm_cases_v2_heldout3.jsonl"  # scored once, after the freeze at 659da44
 HELDOUT4 = "vllm_cases_v2_heldout4.jsonl"  # scored once, same freeze
 HELDOUT6 = "vllm_cases_v2_heldout6.jsonl"  # scored once at fa40603 (2026-11-27); tuning data since
+HELDOUT7 = "vllm_cases_v2_heldout7.jsonl"  # scored once at 9ed4020 (2026-11-27); tuning data since
+ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -52,12 +54,15 @@ def heldout() -> tuple[list[Run], list[dict[str, Any]]]:
 def test_cases_cite_their_sources():
     from calibration import load
 
-    for name in (OLD, TUNING) + ((HELDOUT,) if (DATA / HELDOUT).is_file() else ()):
+    every: list[int] = []
+    for name in (OLD, TUNING) + ALL_HELDOUT:
         cases = load(name)
         assert cases and len({c["id"] for c in cases}) == len(cases), name
+        every += [c["id"] for c in cases if name != OLD]
         # the v2 cases each cite a URL; two of the older public cases name their source in words
         cited = [c for c in cases if str(c.get("source_url") or "").startswith("https://")]
         assert len(cited) == len(cases) if name != OLD else all(c.get("source") for c in cases), name
+    assert len(every) == len(set(every))  # a case id names one case across the sets
 
 
 def _assert_targets(rows: list[dict[str, Any]], kv_median: float = KV_MEDIAN) -> None:
@@ -165,6 +170,23 @@ def test_heldout6_cases():
     assert abs(by[6000]["w_err"]) < 0.03  # a Q8_0 GGUF file, embeddings quantised too
 
 
+def test_heldout7_cases():
+    """The seventh held-out set (40 cases from three blind gatherers: repository files, issue threads, pages
+    and forums). Scored once at the freeze (9ed4020): 28 could run, 24 verdicts right, weights 0.2 % (14),
+    KV 2.4 % (11). Since then tuning data: AWQ copies are float16 (7105) and vLLM < 0.3's AWQ split-k
+    buffers are counted (7105's KV: +252 % -> +3 %). The misses left are explained in docs/fit-check.md."""
+    _, rows = _run(HELDOUT7)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    # 7101: Qwen3-30B-A3B on 4 x A10 ran out of memory capturing CUDA graphs (MoE graphs outgrow the per-layer
+    # estimate); 7110: a 1.5B model on 4 x L4 "should fit" (environment); 7205: Kimi-VL's encoder asked for
+    # 408 GiB without flash-attention (the maintainer's reading)
+    assert s.verdicts >= 28 and wrong <= {7101, 7110, 7205}, (s, wrong)
+    assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
+    by = {r["id"]: r for r in rows}
+    assert abs(by[7105]["kv_err"]) < 0.05
+
+
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
                    "(gpt-oss-20b at 0.95 of an H100, vLLM 0.19) ran out of memory warming up the sampler after "
                    "CUDA-graph capture, outside the budget the fit-check models; see docs/fit-check.md")
@@ -244,6 +266,19 @@ def test_biofleet_beats_every_public_calculator(tuning, old):
     ours = stats.pop("biofleet fit-check")
     for name, (right, total, _w, kv) in stats.items():
         assert total == ours[1], name  # the same cases
+        assert ours[0] > right, (name, ours, right)
+        assert kv is None or (ours[3] is not None and ours[3] < kv), (name, ours[3], kv)
+
+
+def test_biofleet_beats_every_public_calculator_on_all_heldout_sets():
+    """Every held-out set pooled (each scored once with a frozen model, tuning data since): on small sets a
+    calculator can tie or win (held-out 3 and 4, docs/fit-check.md); on all of them together it does not."""
+    runs = [run for name in ALL_HELDOUT for run in run_file(name)]
+    text, stats = calculators_table(runs)
+    print("\ncalculators on every held-out set\n" + text)
+    ours = stats.pop("biofleet fit-check")
+    for name, (right, total, _w, kv) in stats.items():
+        assert total == ours[1], name
         assert ours[0] > right, (name, ours, right)
         assert kv is None or (ours[3] is not None and ours[3] < kv), (name, ours[3], kv)
 

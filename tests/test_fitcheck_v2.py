@@ -307,6 +307,21 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
 
+def test_awq_before_0_3_keeps_eight_split_k_partial_outputs():
+    # vLLM < 0.3 ran every AWQ layer through awq_gemm with split_k_iters = 8: partial fp16 outputs
+    # [8, tokens, width] summed after (PR #2566 moved long batches to dequantise + matmul). Over the whole
+    # 32768-token V0 profile that is ~15 GiB for Mistral-7B's merged gate/up: case 2011 ran out of memory
+    # there; case 7105 (Mixtral AWQ, 2 x A100 at 0.5, 0.2.7) logged 6487 blocks = 103,792 tokens
+    mixtral = "TheBloke/Mixtral-8x7B-Instruct-v0.1-AWQ"
+    old = fit(mixtral, gpu=A100, vllm_version="0.2.7", gpu_memory_utilization=0.5, tensor_parallel_size=2,
+              enforce_eager=True, quantization="awq").servers[0]
+    assert old.kv_cache_tokens == pytest.approx(103_792, rel=0.05)
+    assert "quant-dtype-mismatch" not in {f.code for f in old.findings}  # AWQ copies are float16
+    new = fit(mixtral, gpu=A100, vllm_version="0.3.0", gpu_memory_utilization=0.5, tensor_parallel_size=2,
+              enforce_eager=True, quantization="awq").servers[0]
+    assert new.activation_gib < old.activation_gib / 4
+
+
 def test_v0_profiles_images_inside_lengthened_dummy_sequences():
     # V0's decoder-only runner: min(max_num_seqs, batched // tokens per image) sequences (at least one),
     # each with one largest image; a sequence shorter than its image's 16384 tokens is lengthened, so the

@@ -1370,7 +1370,9 @@ def _by_repo_name(ref: str) -> ModelSpec | None:
         if known is not None:
             return known.model_copy(update={"matched_by_name": ref})
         if base.quantization is None:
-            dtype = "bfloat16" if method == "fp8" else (base.native_dtype or "float16")
+            # AutoAWQ / AutoGPTQ save float16 whatever the base model was; FP8 re-saves keep bfloat16
+            dtype = "float16" if method in ("awq", "gptq") else "bfloat16" if method == "fp8" else \
+                (base.native_dtype or "float16")
             grouped = method in ("awq", "gptq") or (method == "compressed-tensors" and bits < 8)
             return _quant(base, ref, method, bits, group=128 if grouped else None,
                           dtype=dtype).model_copy(update={"matched_by_name": ref})

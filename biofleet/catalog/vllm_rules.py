@@ -112,6 +112,7 @@ class VllmRules:
     auto_dtype_fallback: bool
     default_utilization: float
     mla_latent_kv: bool  # 0.7.1: MLA models cache one latent per token (before: full K and V of every head)
+    awq_split_k_gemm: bool  # before 0.3.0 every AWQ matmul ran awq_gemm with 8 split-k partial outputs
 
     @property
     def label(self) -> str:
@@ -155,6 +156,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         auto_dtype_fallback=v >= (0, 9, 0),
         default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
         mla_latent_kv=v >= (0, 7, 1),
+        awq_split_k_gemm=v < (0, 3, 0),
     )
 
 
