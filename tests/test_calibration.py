@@ -55,7 +55,7 @@ def test_cases_cite_their_sources():
     from calibration import load
 
     every: list[int] = []
-    for name in (OLD, TUNING) + ALL_HELDOUT:
+    for name in (OLD, TUNING, *ALL_HELDOUT):
         cases = load(name)
         assert cases and len({c["id"] for c in cases}) == len(cases), name
         every += [c["id"] for c in cases if name != OLD]
