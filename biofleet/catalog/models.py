@@ -1296,6 +1296,9 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
         where += f", and directory {str(path)!r} has no config.json"
     elif not allow_network and _HUB_ID.match(ref):
         where += ", not in the hub-config cache, and network lookups are off"
+    if ref.lower().endswith("-gguf"):
+        where += " (a GGUF repository holds one file per quantisation type: give the .gguf file vLLM serves, " \
+                 "e.g. Qwen3-8B-Q4_K_M.gguf, whose name says the model and the type)"
     raise UnknownModelError(f"unknown model {ref!r}: {where}.{did} " + _HOW_TO_FIX)
 
 
