@@ -373,7 +373,7 @@ def test_a_gguf_file_named_after_a_catalogue_model():
     assert get_model("Llama-3.2-3B-Instruct-Q4_K_M.gguf").quant_bits == pytest.approx(4.84)
     with pytest.raises(UnknownModelError):
         get_model("Llama-3.2-3B-Instruct.gguf")  # no llama.cpp type in the name: bits unknown
-    with pytest.raises(UnknownModelError, match="give the .gguf file"):
+    with pytest.raises(UnknownModelError, match=r"give the \.gguf file"):
         get_model("unsloth/Qwen3-8B-GGUF")
 
 
