@@ -327,11 +327,15 @@ def test_config_families_with_plain_mlps_tied_embeddings_or_one_kv_head(cfg, par
     ("01-ai/Yi-1.5-34B-Chat", "01-ai/Yi-34B-Chat", 34.4), ("Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-4B-Instruct-2507", 4.02),
     ("Qwen/Qwen3-VL-30B-A3B-Instruct", "Qwen/Qwen3-VL-30B-A3B-Instruct", 31.07),
     ("meta-llama/Llama-3.2-11B-Vision", "meta-llama/Llama-3.2-11B-Vision-Instruct", 10.67),
+    ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B", 7.62), ("meta-llama/Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B", 8.03),
+    ("lmsys/vicuna-7b-v1.3", "lmsys/vicuna-7b-v1.3", 6.74), ("MiniMaxAI/MiniMax-M2.7", "MiniMaxAI/MiniMax-M2.7", 230),
+    ("Qwen/Qwen3.5-397B-A17B", "Qwen/Qwen3.5-397B-A17B", 397),
 ])
 def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
     # model-card sizes: OPT 125M, Llama-2 6.74B, phi-4 14.7B, QwQ 32.5B (32.76 with embeddings), Falcon 6.9B,
     # GLM-4 9.4B, Qwen3 0.6B, Nemo 12.2B, R1-Distill-Llama 8.0B, Qwen1.5 14.2B / 72.3B, Yi-1.5-34B 34.4B,
-    # Qwen3-4B 4.02B, Qwen3-VL-30B-A3B 31.1B, Llama-3.2-11B-Vision 10.67B
+    # Qwen3-4B 4.02B, Qwen3-VL-30B-A3B 31.1B, Llama-3.2-11B-Vision 10.67B, Qwen2.5-7B 7.61B, Llama-3.1-8B 8.03B,
+    # LLaMA-1 7B 6.74B, MiniMax-M2 230B, Qwen3.5-397B-A17B 397B
     m = get_model(name)
     assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source
 

@@ -1372,7 +1372,7 @@ def _by_repo_name(ref: str) -> ModelSpec | None:
         known = quantized_variant(base, method)
         if known is not None:
             return known.model_copy(update={"matched_by_name": ref})
-        if base.quantization is None:
+        if base.quantization is None or base.quantized_params_b is None:  # re-quantised from the release
             # AutoAWQ / AutoGPTQ save float16 whatever the base model was; FP8 re-saves keep bfloat16
             dtype = "float16" if method in ("awq", "gptq") else "bfloat16" if method == "fp8" else \
                 (base.native_dtype or "float16")
