@@ -141,6 +141,9 @@ class ServerInput(_Frozen):
     max_model_len: int | None = Field(default=None, gt=0)  # None: the model's context length
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)  # None: that vLLM version's default
     tensor_parallel_size: int = Field(default=1, ge=1)
+    # vLLM --pipeline-parallel-size: stages of tensor_parallel_size GPUs each (usually one node per stage); the
+    # fit-check checks the heaviest stage on its GPUs (see pipeline_stage)
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
     kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
     mamba_ssm_cache_dtype: str = "auto"  # auto | float16 | bfloat16 | float32 (Mamba hybrids' SSM state)
     enforce_eager: bool = False
@@ -360,7 +363,8 @@ def _big_gpu(gpu: GpuSpec) -> bool:
 def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
                      v0_model=server.model.mamba is not None or
-                     (server.model.vision is not None and server.model.vision.family == "mllama"))
+                     (server.model.vision is not None and server.model.vision.family == "mllama"),
+                     pipeline_parallel=server.pipeline_parallel_size > 1)
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -866,6 +870,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "dtype": res.dtype, "dtype_reason": res.dtype_reason,
         "quantization": _weight_method(server), "quant_bits": m.quant_bits,
         "weights_source": _weights_source(server), "tensor_parallel_size": server.tensor_parallel_size,
+        "pipeline_parallel_size": server.pipeline_parallel_size,
         "max_model_len": res.max_model_len, "max_num_batched_tokens": res.batched_tokens,
         "max_num_seqs": res.max_num_seqs, "kv_cache_dtype": server.kv_cache_dtype,
         "enforce_eager": server.enforce_eager, "cuda_graphs": ("none (enforce_eager)" if server.enforce_eager else
@@ -890,6 +895,15 @@ def _mamba_inputs(server: ServerInput, res: Resolved) -> dict[str, Any]:
                           "(V0 MambaCacheManager)") if v0 else "per request, in the KV-cache pool (V1)"}
 
 
+def _pipeline_finding(server: ServerInput) -> Finding:
+    pp, tp, m = server.pipeline_parallel_size, server.tensor_parallel_size, server.model
+    return _f("info", "pipeline-stage-checked",
+              f"{server.name}: {pp} pipeline stages x {tp} GPU(s); the heaviest stage is checked: "
+              f"{-(-m.num_layers // pp)} of {m.num_layers} layers and the embeddings, on each of its GPUs",
+              "start every stage on a node like this one (vLLM over Ray or --nnodes); biofleet's job "
+              "scripts launch single-node servers")
+
+
 def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, ...], gpus_on_node: int,
                 extra: Sequence[Finding] = ()) -> ServerFit:
     m = server.model
@@ -909,7 +923,9 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _model_coverage(server, res)
     if res.rules.v1_fallback:
         why = (f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)" if m.mamba and gpu.compute_capability
-               >= (8, 0) else f"on compute capability {gpu.cc_str} (V1 needs >= 8.0 before 0.10.2)")
+               >= (8, 0) else "for pipeline parallelism (V1 took it in 0.9)" if server.pipeline_parallel_size > 1
+               and gpu.compute_capability >= (8, 0) and res.rules.version < (0, 9, 0)
+               else f"on compute capability {gpu.cc_str} (V1 needs >= 8.0 before 0.10.2)")
         findings.append(_f("info", "v1-falls-back-to-v0",
                            f"vLLM {res.rules.label} runs the V0 engine {why}: whole-sequence profiling, CUDA graphs "
                            "outside the budget"))
@@ -924,16 +940,19 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
         overhead += state * v0_mamba_batch(res.max_num_seqs, server.enforce_eager)
     kv = budget - w - overhead
     per_tok = kv_bytes_per_token(server, dtype)
+    # V0's scheduler splits the blocks over pipeline_parallel_size virtual engines (num_gpu_blocks //= pp):
+    # one request sees a 1/pp share of the KV cache
+    share = server.pipeline_parallel_size if res.rules.engine == "V0" else 1
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
         slot_tok = _layer_token_bytes(server, dtype, res.rules) * sum(_kv_slots(server, res.rules))
-        tokens = max(0, int(kv * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
+        tokens = max(0, int(kv / share * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
         one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
-        conc: float | None = max(kv, 0.0) / one_seq if one_seq else None
+        conc: float | None = max(kv / share, 0.0) / one_seq if one_seq else None
     else:
         tokens, conc, one_seq = 0, None, 0.0
-    findings += _memory_findings(server, gpu, res, w, overhead, kv, one_seq, tokens, per_tok, budget)
+    findings += _memory_findings(server, gpu, res, w, overhead, kv / share, one_seq, tokens, per_tok, budget)
     return ServerFit(
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,
@@ -1071,6 +1090,42 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
     return total, out
 
 
+def pipeline_stage(server: ServerInput) -> ServerInput:
+    """The heaviest pipeline stage of a ``pipeline_parallel_size`` > 1 server, as a server of its own.
+
+    vLLM splits the decoder layers evenly over the stages (the first ``L mod PP`` stages take one more);
+    the first stage also holds the token embeddings (and a vision tower), the last the lm_head. The
+    heaviest stage is ``ceil(L / PP)`` layers plus one vocab x hidden matrix (and the tower): its layers'
+    share of the weights, KV-cache layers, Mamba state and CUDA graphs. Every stage runs the whole
+    profiling batch, so activations are not divided; the sampler's warm-up is counted too."""
+    pp = server.pipeline_parallel_size
+    m = server.model
+    if pp <= 1:
+        return server
+    layers = -(-m.num_layers // pp)
+    share = layers / m.num_layers
+    tower = m.vision.params_b if m.vision else 0.0
+    one_matrix = m.vocab_size * m.hidden_size / 1e9
+    body = max(m.params_b - m.embedding_params_b - tower, 0.0)
+    params = body * share + one_matrix + tower
+    update: dict[str, Any] = {"num_layers": layers, "params_b": params, "tie_word_embeddings": True}
+    if m.kv_layers:
+        update["kv_layers"] = max(1, -(-m.kv_layers // pp))
+    if m.sliding_layers:
+        update["sliding_layers"] = min(layers, -(-m.sliding_layers // pp))
+    if m.quantized_params_b:
+        update["quantized_params_b"] = m.quantized_params_b * share
+    if m.mamba:
+        update["mamba"] = m.mamba.model_copy(update={"layers": max(1, -(-m.mamba.layers // pp))})
+    if m.checkpoint:
+        f = params / m.params_b
+        ck = m.checkpoint
+        update["checkpoint"] = ck.model_copy(update={
+            "total_bytes": max(1, int(ck.total_bytes * f)),
+            "float_bytes": None if ck.float_bytes is None else int(ck.float_bytes * f)})
+    return server.model_copy(update={"model": m.model_copy(update=update)})
+
+
 def check(nodes: Sequence[NodeInput]) -> FitReport:
     """Fit-check every server on every node, then every GPU's combined memory."""
     servers: list[ServerFit] = []
@@ -1097,7 +1152,9 @@ def check(nodes: Sequence[NodeInput]) -> FitReport:
                 extra.append(_f("error", "tp-gpu-count-mismatch",
                                 f"tensor_parallel_size {tp} but the server is placed on {len(idx)} GPU(s) {list(idx)}",
                                 f"place it on {tp} GPUs or set tensor_parallel_size {len(idx)}"))
-            fit = _fit_server(server, node.gpu, node.label, tuple(idx), node.gpu_count, extra)
+            if server.pipeline_parallel_size > 1:
+                extra.append(_pipeline_finding(server))
+            fit = _fit_server(pipeline_stage(server), node.gpu, node.label, tuple(idx), node.gpu_count, extra)
             servers.append(fit)
             for i in idx:
                 if i in per_gpu:

@@ -227,7 +227,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     dtype = str(case.get("dtype") or "").split(" ")[0].strip(",;")
     if dtype in ("float16", "half", "bfloat16", "float32") and "auto" not in str(case.get("dtype")):
         argv += ["--dtype", dtype]
-    for key in ("quantization", "max_num_batched_tokens", "max_num_seqs", "mamba_ssm_cache_dtype"):
+    for key in ("quantization", "max_num_batched_tokens", "max_num_seqs", "mamba_ssm_cache_dtype",
+                "pipeline_parallel_size"):
         v = _flag_in_quote(quote, key)
         if v:
             argv += ["--" + key.replace("_", "-"), v]

@@ -23,7 +23,8 @@ HELDOUT3 = "vllm_cases_v2_heldout3.jsonl"  # scored once, after the freeze at 65
 HELDOUT4 = "vllm_cases_v2_heldout4.jsonl"  # scored once, same freeze
 HELDOUT6 = "vllm_cases_v2_heldout6.jsonl"  # scored once at fa40603 (2026-11-27); tuning data since
 HELDOUT7 = "vllm_cases_v2_heldout7.jsonl"  # scored once at 9ed4020 (2026-11-27); tuning data since
-ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7)
+HELDOUT8 = "vllm_cases_v2_heldout8.jsonl"  # scored once at c81ddf4 (2026-11-27); tuning data since
+ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7, HELDOUT8)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -112,7 +113,10 @@ def test_heldout2_cases():
     assert s.kv_n >= 3 and s.kv_median <= KV_MEDIAN, s
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
     # 2025: right only through the MXFP4 over-count; its log names no version (see "after round 2")
-    assert s.verdicts >= 14 and wrong <= {2006, 2011, 2013, 2015, 2016, 2025}, (s, wrong)
+    # 2004: QwQ-32B bnb on 2 x RTX 5090, two pipeline stages (0.8.5, V0): right while stages were ignored (the
+    # whole model counted on one GPU); with them, 67,536 tokens per virtual engine against 58,384 logged and
+    # 60,000 asked for (Unsloth's copy loads above plain NF4, see the doc)
+    assert s.verdicts >= 14 and wrong <= {2004, 2006, 2011, 2013, 2015, 2016, 2025}, (s, wrong)
     by = {r["id"]: r for r in rows}
     assert abs(by[2026]["w_err"]) < 0.03  # gpt-oss-120b MXFP4 experts as the kernel stores them
     assert abs(by[2006]["w_err"]) < 0.01  # Qwen-1 MLP width (intermediate_size // 2)
@@ -181,10 +185,25 @@ def test_heldout7_cases():
     # 7101: Qwen3-30B-A3B on 4 x A10 ran out of memory capturing CUDA graphs (MoE graphs outgrow the per-layer
     # estimate); 7110: a 1.5B model on 4 x L4 "should fit" (environment); 7205: Kimi-VL's encoder asked for
     # 408 GiB without flash-attention (the maintainer's reading)
-    assert s.verdicts >= 28 and wrong <= {7101, 7110, 7205}, (s, wrong)
+    # 7201: MiniMax-M2.7 AWQ on 2 x GB10 (0.29): vLLM's own CUDA-graph estimate took ~5 GiB inside the budget
+    # ("0.80 effectively 0.758"), MoE graphs again far above the per-layer estimate
+    assert s.verdicts >= 31 and wrong <= {7101, 7110, 7201, 7205}, (s, wrong)
     assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
     by = {r["id"]: r for r in rows}
     assert abs(by[7105]["kv_err"]) < 0.05
+
+
+def test_heldout8_cases():
+    """The eighth held-out set: three more blind gatherers found only 6 new cases in the stored sources (they
+    are nearly exhausted). Scored once at c81ddf4: 4 ran, 4 verdicts right, but 8200 (DeepSeek-V3 on
+    8 x 4 RTX 4090s, TP 8 x PP 4) only because pipeline stages were ignored (weights +362 %). With stages
+    modelled its heaviest stage fits by 1.2 GiB at 0.98 and it is predicted to start; it ran out of memory."""
+    _, rows = _run(HELDOUT8)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 4 and wrong <= {8200}, (s, wrong)
+    by = {r["id"]: r for r in rows}
+    assert by[8200]["w_err"] < 0.25  # the heaviest stage (16 MoE layers) against the first stage's log
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "

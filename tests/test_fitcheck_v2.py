@@ -307,6 +307,36 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
 
+def test_pipeline_parallel_checks_the_heaviest_stage():
+    # vLLM splits the layers over the stages; the first also holds the embeddings. Llama-3.1-70B in bf16 on
+    # 2 stages x 2 GPUs: each GPU holds a quarter of the layers plus one 128256 x 8192 matrix / TP
+    one = fit("meta-llama/Llama-3.1-70B-Instruct", gpu=A100, max_model_len=8192, tensor_parallel_size=4,
+              vllm_version="0.19").servers[0]
+    pp = check_server_on_gpu(srv("meta-llama/Llama-3.1-70B-Instruct", max_model_len=8192, tensor_parallel_size=2,
+                                 pipeline_parallel_size=2, vllm_version="0.19"), A100)
+    s = pp.servers[0]
+    m = get_model("meta-llama/Llama-3.1-70B-Instruct")
+    body = (m.params_b - m.embedding_params_b) * 1e9 / 2 + 128256 * 8192
+    assert s.weights_gib == pytest.approx(body * 2 / 2 / 1024 ** 3, rel=0.01)
+    assert s.weights_gib == pytest.approx(one.weights_gib, rel=0.03)  # 4 GPUs either way
+    assert s.kv_bytes_per_token == one.kv_bytes_per_token  # 40 of 80 layers, 4 of 8 KV heads vs 80 layers, 2 heads
+    assert "pipeline-stage-checked" in pp.codes() and s.inputs["pipeline_parallel_size"] == 2
+    # V0 (and 0.8.x, which ran pipeline parallelism on V0) splits the blocks over the stages' virtual engines:
+    # one request sees half (case 2004: QwQ-32B on 2 x RTX 5090, 0.8.5, capacity 58,384 tokens logged)
+    v0 = check_server_on_gpu(srv("Qwen/QwQ-32B", max_model_len=60000, quantization="bitsandbytes",
+                                 pipeline_parallel_size=2, vllm_version="0.8.5", gpu_memory_utilization=0.85),
+                             get_gpu("RTX-5090"))
+    t = v0.servers[0]
+    assert t.inputs["engine"].startswith("V0") and "v1-falls-back-to-v0" in v0.codes()
+    per_token = t.kv_bytes_per_token
+    assert t.kv_cache_tokens == pytest.approx(t.kv_cache_gib * 1024 ** 3 / per_token / 2, rel=0.01)
+    # the one-server command line takes it as vLLM does
+    _, d = cli("--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "A100-80GB", "--tensor-parallel-size", "2",
+               "--pipeline-parallel-size", "2", "--max-model-len", "8192", "--vllm-version", "0.19", "--json")
+    assert d["servers"][0]["inputs"]["pipeline_parallel_size"] == 2
+    assert d["servers"][0]["weights_gib"] == pytest.approx(s.weights_gib, abs=0.01)
+
+
 def test_awq_before_0_3_keeps_eight_split_k_partial_outputs():
     # vLLM < 0.3 ran every AWQ layer through awq_gemm with split_k_iters = 8: partial fp16 outputs
     # [8, tokens, width] summed after (PR #2566 moved long batches to dequantise + matmul). Over the whole

@@ -135,13 +135,16 @@ class VllmRules:
 
 
 def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0),
-              v0_model: bool = False) -> VllmRules:
+              v0_model: bool = False, pipeline_parallel: bool = False) -> VllmRules:
     """The rules of ``version`` on a GPU of ``compute_capability``. ``v0_model``: a model V1-era builds
     before 0.10.2 still ran on V0: Mamba hybrids (case 3012: 0.10.1, V0 ``model_runner.py`` building its
-    ``MambaCacheManager``) and encoder-decoder models (mllama: V0's ``enc_dec_model_runner.py``)."""
+    ``MambaCacheManager``) and encoder-decoder models (mllama: V0's ``enc_dec_model_runner.py``).
+    ``pipeline_parallel``: 0.8.x ran pipeline-parallel servers on V0 (case 2004: 0.8.5, two stages, V0's
+    ``worker.py`` refusing the KV cache); V1 took them with its multiprocessing executor in 0.9."""
     v = parse_vllm_version(version) if isinstance(version, str) else version
     v1 = v >= (0, 8, 0)
-    fallback = v1 and v < (0, 10, 2) and (compute_capability < (8, 0) or v0_model)
+    fallback = v1 and ((v < (0, 10, 2) and (compute_capability < (8, 0) or v0_model)) or
+                       (pipeline_parallel and v < (0, 9, 0)))
     engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"
     # bytes per logit of the sampler warm-up: V0's sort-based top-k/top-p path ~33 (gemma-2b-it's 256k
     # vocabulary on a T4, case 6103: 2.0 GiB for 256 rows), V1 before FlashInfer's sampler ~40, then 15

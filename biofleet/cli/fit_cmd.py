@@ -73,6 +73,11 @@ def fit_check(
     dtype: Annotated[str, typer.Option(help="auto, float16, bfloat16 or float32.")] = "auto",
     quantization: Annotated[str | None, typer.Option(help="awq, gptq, fp8, bitsandbytes, ...")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs one server is split across.")] = 1,
+    pipeline_parallel_size: Annotated[int, typer.Option(
+        min=1, max=64, help=(
+            "Pipeline stages (vLLM --pipeline-parallel-size), each on its own GPUs, usually its own node: "
+            "the heaviest stage is checked on --tensor-parallel-size GPUs."
+        ))] = 1,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8 (halves KV memory).")] = "auto",
     mamba_ssm_cache_dtype: Annotated[str, typer.Option(
         help=(
@@ -132,7 +137,8 @@ def fit_check(
         settings = {
             "vllm_version": vllm_version, "max_model_len": max_model_len,
             "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "quantization": quantization,
-            "tensor_parallel_size": tensor_parallel_size, "kv_cache_dtype": kv_cache_dtype,
+            "tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size,
+            "kv_cache_dtype": kv_cache_dtype,
             "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
