@@ -895,11 +895,18 @@ def _mamba_inputs(server: ServerInput, res: Resolved) -> dict[str, Any]:
                           "(V0 MambaCacheManager)") if v0 else "per request, in the KV-cache pool (V1)"}
 
 
-def _pipeline_finding(server: ServerInput) -> Finding:
+def _pipeline_finding(server: ServerInput, gpu: GpuSpec) -> Finding:
     pp, tp, m = server.pipeline_parallel_size, server.tensor_parallel_size, server.model
+    if pp > m.num_layers:
+        return _f("error", "pipeline-stages-exceed-layers",
+                  f"{server.name}: pipeline_parallel_size {pp} exceeds {m.id}'s {m.num_layers} layers",
+                  f"use at most {m.num_layers} pipeline stages")
+    v0 = _rules(server, gpu).engine == "V0"
     return _f("info", "pipeline-stage-checked",
               f"{server.name}: {pp} pipeline stages x {tp} GPU(s); the heaviest stage is checked: "
-              f"{-(-m.num_layers // pp)} of {m.num_layers} layers and the embeddings, on each of its GPUs",
+              f"{-(-m.num_layers // pp)} of {m.num_layers} layers and the embeddings, on each of its GPUs"
+              + (f"; V0 splits the KV cache over {pp} virtual engines: token and concurrency figures count one "
+                 "engine's share" if v0 else ""),
               "start every stage on a node like this one (vLLM over Ray or --nnodes); biofleet's job "
               "scripts launch single-node servers")
 
@@ -1153,7 +1160,7 @@ def check(nodes: Sequence[NodeInput]) -> FitReport:
                                 f"tensor_parallel_size {tp} but the server is placed on {len(idx)} GPU(s) {list(idx)}",
                                 f"place it on {tp} GPUs or set tensor_parallel_size {len(idx)}"))
             if server.pipeline_parallel_size > 1:
-                extra.append(_pipeline_finding(server))
+                extra.append(_pipeline_finding(server, node.gpu))
             fit = _fit_server(pipeline_stage(server), node.gpu, node.label, tuple(idx), node.gpu_count, extra)
             servers.append(fit)
             for i in idx:

@@ -330,6 +330,8 @@ def test_pipeline_parallel_checks_the_heaviest_stage():
     assert t.inputs["engine"].startswith("V0") and "v1-falls-back-to-v0" in v0.codes()
     per_token = t.kv_bytes_per_token
     assert t.kv_cache_tokens == pytest.approx(t.kv_cache_gib * 1024 ** 3 / per_token / 2, rel=0.01)
+    assert "pipeline-stages-exceed-layers" in check_server_on_gpu(
+        srv("facebook/opt-125m", pipeline_parallel_size=13), T4).codes()  # 12 layers
     # the one-server command line takes it as vLLM does
     _, d = cli("--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "A100-80GB", "--tensor-parallel-size", "2",
                "--pipeline-parallel-size", "2", "--max-model-len", "8192", "--vllm-version", "0.19", "--json")
