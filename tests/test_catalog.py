@@ -381,6 +381,17 @@ def test_a_gguf_file_named_after_a_catalogue_model():
         get_model("unsloth/Qwen3-8B-GGUF")
 
 
+def test_interleaved_moe_layers_count_only_every_step_th_layer_as_experts():
+    # Llama-4 Maverick (400B total): 48 layers, MoE (128 experts of 8192 + a shared one) every 2nd layer,
+    # the others dense at intermediate_size_mlp 16384; counting every layer as MoE gave 778B
+    cfg = {"architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "hidden_size": 5120,
+           "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+           "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": 128,
+           "num_experts_per_tok": 1, "n_shared_experts": 1, "interleave_moe_layer_step": 2, "vocab_size": 202048,
+           "max_position_embeddings": 1048576, "torch_dtype": "bfloat16"}
+    assert estimate_params_b(cfg) == pytest.approx(400, rel=0.01)
+
+
 def test_linear_attention_layers_are_counted_as_gated_deltanet():
     # Qwen3.5 / Qwen3-Next: three of four layers are Gated DeltaNet (q/k/v/z and b/a projections, out_proj,
     # a short conv), not attention; full-attention layers also project an output gate

@@ -707,6 +707,10 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
             or moe_inter * int(cfg.get("n_shared_experts") or 0)
         moe_mlp = n_mat * h * (moe_inter * experts + shared) + h * experts  # experts + shared + router
         dense_layers = min(int(cfg.get("first_k_dense_replace") or 0), layers)  # DeepSeek: first k layers dense
+        step = int(cfg.get("interleave_moe_layer_step") or 1)
+        if step > 1:  # Llama-4 Maverick: every step-th layer is MoE, the others dense at intermediate_size_mlp
+            dense_layers = layers - layers // step
+            dense_mlp = n_mat * h * int(cfg.get("intermediate_size_mlp") or inter)
         mlp_total = dense_layers * dense_mlp + (layers - dense_layers) * moe_mlp
     else:
         mlp_total = layers * dense_mlp
