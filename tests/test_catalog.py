@@ -392,6 +392,20 @@ def test_interleaved_moe_layers_count_only_every_step_th_layer_as_experts():
     assert estimate_params_b(cfg) == pytest.approx(400, rel=0.01)
 
 
+def test_latent_moe_experts_work_in_the_latent_width():
+    # Nemotron-3-Super-120B-A12B: 512 routed experts of 2688 over a 1024-wide latent (projected from and back to
+    # the 4096 hidden), a 5376-wide shared expert; counted over the hidden width it came out at 458B
+    pattern = "MEMEMEM*EMEMEMEM*EMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEM*EMEMEMEME"
+    cfg = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": 4096,
+           "num_hidden_layers": 88, "hybrid_override_pattern": pattern, "num_attention_heads": 32,
+           "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 2688, "moe_intermediate_size": 2688,
+           "moe_latent_size": 1024, "moe_shared_expert_intermediate_size": 5376, "n_routed_experts": 512,
+           "num_experts_per_tok": 22, "mamba_num_heads": 128, "mamba_head_dim": 64, "n_groups": 8,
+           "ssm_state_size": 128, "conv_kernel": 4, "vocab_size": 131072, "tie_word_embeddings": False,
+           "max_position_embeddings": 262144, "torch_dtype": "bfloat16"}
+    assert estimate_params_b(cfg) == pytest.approx(120, rel=0.02)
+
+
 def test_linear_attention_layers_are_counted_as_gated_deltanet():
     # Qwen3.5 / Qwen3-Next: three of four layers are Gated DeltaNet (q/k/v/z and b/a projections, out_proj,
     # a short conv), not attention; full-attention layers also project an output gate

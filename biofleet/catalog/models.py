@@ -721,7 +721,9 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         if mix["moe"]:
             moe_inter = int(cfg.get("moe_intermediate_size") or inter)
             shared = int(cfg.get("moe_shared_expert_intermediate_size") or 0)
-            moe = 2 * h * (moe_inter * max(experts, 1) + shared) + h * experts
+            latent = int(cfg.get("moe_latent_size") or 0)  # Nemotron-3-Super: experts work in a smaller space
+            width = latent or h
+            moe = 2 * width * moe_inter * max(experts, 1) + 2 * h * shared + h * experts + 2 * h * latent
         mamba_p = mix["mamba"] * _mamba2_params(h, mamba) if mamba else 0
         total = emb + mix["attention"] * attn + mix["mlp"] * 2 * h * inter + mix["moe"] * moe + mamba_p
         return round(total / 1e9, 6)
