@@ -406,6 +406,14 @@ def test_latent_moe_experts_work_in_the_latent_width():
     assert estimate_params_b(cfg) == pytest.approx(120, rel=0.02)
 
 
+def test_nas_pruned_blocks_are_counted_one_by_one():
+    # Llama-3.3-Nemotron-Super-49B (DeciLM block_configs): 49 of 80 blocks keep attention (8 K/V heads),
+    # each MLP is int(2 x ffn_mult x 8192 / 3) rounded up to 256; read as a plain 80-layer Llama it was 88B
+    m = get_model("nvidia/Llama-3_3-Nemotron-Super-49B-v1")
+    assert m.params_b == pytest.approx(49.9, rel=0.01)
+    assert (m.kv_layers, m.num_kv_heads, m.intermediate_size) == (49, 8, 28672)
+
+
 def test_linear_attention_layers_are_counted_as_gated_deltanet():
     # Qwen3.5 / Qwen3-Next: three of four layers are Gated DeltaNet (q/k/v/z and b/a projections, out_proj,
     # a short conv), not attention; full-attention layers also project an output gate

@@ -727,6 +727,11 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         mamba_p = mix["mamba"] * _mamba2_params(h, mamba) if mamba else 0
         total = emb + mix["attention"] * attn + mix["mlp"] * 2 * h * inter + mix["moe"] * moe + mamba_p
         return round(total / 1e9, 6)
+    nas = _nas_blocks(cfg)
+    if nas is not None:  # each block its own attention (or none) and MLP width
+        attn_layers, kv_nas, widths = nas
+        attn = h * heads * hd * 2 + 2 * h * kv_nas * hd
+        return round((emb + attn_layers * attn + sum(3 * h * w for w in widths)) / 1e9, 6)
     linear = _linear_attention_layers(cfg, layers)
     if cfg.get("attn_output_gate"):  # Qwen3-Next / Qwen3.5: q_proj also makes the output gate
         attn += h * heads * hd
@@ -738,6 +743,29 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         gdn = h * (2 * nk * dk + 2 * nv * dv) + 2 * h * nv + nv * dv * h + conv
         attn_total = (layers - linear) * attn + linear * gdn
     return round((emb + attn_total + mlp_total) / 1e9, 6)
+
+
+def _nas_blocks(cfg: Mapping[str, Any]) -> tuple[int, int, list[int]] | None:
+    """(layers with attention, their K/V heads, each layer's MLP width) of a NAS-pruned DeciLM config
+    (Llama-3.x-Nemotron ``block_configs``): a block's attention may be removed (``no_op``) or grouped
+    ``n_heads_in_group`` query heads per K/V head, its MLP ``ffn_mult`` wide, built as DeciLM's code does:
+    ``int(2 x ffn_mult x hidden / 3)`` rounded up to a multiple of 256. None for other configs."""
+    blocks = cfg.get("block_configs")
+    if not isinstance(blocks, list) or not blocks:
+        return None
+    h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    attn_layers, groups, widths = 0, [], []
+    for b in blocks:
+        a = (b or {}).get("attention") or {}
+        f = (b or {}).get("ffn") or {}
+        if not a.get("no_op") and not a.get("replace_with_linear"):
+            attn_layers += 1
+            groups.append(int(a.get("n_heads_in_group") or 1))
+        mult = f.get("ffn_mult")
+        widths.append(0 if f.get("no_op") or f.get("replace_with_linear") or not mult
+                      else -(-int(2 * float(mult) * h / 3) // 256) * 256)
+    group = max(set(groups), key=groups.count) if groups else 1
+    return attn_layers, max(1, heads // group), widths
 
 
 def _linear_attention_layers(cfg: Mapping[str, Any], layers: int) -> int:
@@ -973,6 +1001,10 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     if cfg.get("use_sliding_window") is False:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
+    nas = _nas_blocks(cfg)
+    if nas is not None:
+        kv_layers = nas[0] if nas[0] < layers else None
+        cfg["num_key_value_heads"], cfg["intermediate_size"] = nas[1], max(nas[2]) or None
     mix = hybrid_layer_mix(cfg)
     if mix is not None:
         kv_layers = mix["attention"] or None
