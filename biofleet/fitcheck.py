@@ -517,8 +517,9 @@ def _kv_element_bytes(server: ServerInput, dtype: str) -> int:
     return 1 if server.kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES[dtype]
 
 
-def _layer_token_bytes(server: ServerInput, dtype: str, rules: VllmRules) -> int:
-    """KV bytes per token of ONE attention layer on one TP rank."""
+def _layer_token_bytes(server: ServerInput, dtype: str, rules: VllmRules, full: bool = False) -> int:
+    """KV bytes per token of ONE attention layer on one TP rank (``full``: a full-attention layer of a
+    model whose global layers have their own K/V shape, Gemma-4)."""
     m = server.model
     el = _kv_element_bytes(server, dtype)
     if m.kv_latent_dim and rules.mla_latent_kv:
@@ -526,8 +527,16 @@ def _layer_token_bytes(server: ServerInput, dtype: str, rules: VllmRules) -> int
     # Before 0.7.1 vLLM ran MLA models as multi-head attention: every head's K (nope + rope, 192)
     # and V padded to the same width were cached, split over the TP ranks like any MHA model.
     assert m.num_kv_heads is not None and m.head_dim is not None
-    kv_rank = max(1, m.num_kv_heads // server.tensor_parallel_size)
-    return 2 * kv_rank * m.head_dim * el
+    heads, dim = m.num_kv_heads, m.head_dim
+    if full and m.global_kv_heads and m.global_head_dim:
+        heads, dim = m.global_kv_heads, m.global_head_dim  # Gemma-4 caches K and V for these too (k_eq_v)
+    kv_rank = max(1, heads // server.tensor_parallel_size)
+    return 2 * kv_rank * dim * el
+
+
+def _slot_bytes(server: ServerInput, dtype: str, rules: VllmRules) -> tuple[int, int]:
+    """(bytes per token of a full-attention layer, of a sliding-window layer) on one TP rank."""
+    return _layer_token_bytes(server, dtype, rules, full=True), _layer_token_bytes(server, dtype, rules)
 
 
 def _kv_layers(m: ModelSpec) -> tuple[int, int]:
@@ -552,8 +561,9 @@ def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
     """KV-cache bytes per token on one TP rank over all layers (0 for encoder-only models)."""
     if server.model.encoder_only:
         return 0
-    layers, _ = _kv_layers(server.model)
-    return layers * _layer_token_bytes(server, dtype or effective_dtype(server), _rules(server, None))
+    layers, sliding = _kv_layers(server.model)
+    full_b, slide_b = _slot_bytes(server, dtype or effective_dtype(server), _rules(server, None))
+    return (layers - sliding) * full_b + sliding * slide_b
 
 
 def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
@@ -562,15 +572,15 @@ def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
     V1 from 0.10 keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens (plus one
     block) in a sliding-window layer (``SlidingWindowSpec.max_memory_usage_bytes``); older
     builds give every layer the full length."""
-    per_layer = _layer_token_bytes(server, res.dtype, res.rules)
+    full_b, slide_b = _slot_bytes(server, res.dtype, res.rules)
     layers, sliding = _kv_layers(server.model)
     full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
     if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
-        return layers * full_blocks * BLOCK_SIZE * per_layer
+        return ((layers - sliding) * full_b + sliding * slide_b) * full_blocks * BLOCK_SIZE
     full_slots, slide_slots = _kv_slots(server, res.rules)  # padding slots cost as much as real layers
     kept = min(server.model.sliding_window - 1 + res.batched_tokens, res.max_model_len)
     slide_blocks = math.ceil(kept / BLOCK_SIZE) + 1
-    return (full_slots * full_blocks + slide_slots * min(slide_blocks, full_blocks + 1)) * BLOCK_SIZE * per_layer
+    return (full_slots * full_blocks * full_b + slide_slots * min(slide_blocks, full_blocks + 1) * slide_b) * BLOCK_SIZE
 
 
 def activation_gib(server: ServerInput, gpu: GpuSpec, max_model_len: int | None = None) -> float:
@@ -952,11 +962,17 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     share = server.pipeline_parallel_size if res.rules.engine == "V0" else 1
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
-        slot_tok = _layer_token_bytes(server, dtype, res.rules) * sum(_kv_slots(server, res.rules))
+        full_b, slide_b = _slot_bytes(server, dtype, res.rules)
+        full_slots, slide_slots = _kv_slots(server, res.rules)
+        slot_tok = full_slots * full_b + slide_slots * slide_b
         tokens = max(0, int(kv / share * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
         one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
         conc: float | None = max(kv / share, 0.0) / one_seq if one_seq else None
+        if res.rules.kv_tokens_from_concurrency and one_seq > 0:
+            # what 0.20.1+ prints: (blocks / blocks one request needs) x max_model_len, sliding layers capped by
+            # their window; the same figure as before for models without sliding layers
+            tokens = int(tokens * slot_tok / (one_seq * GiB) * res.max_model_len)
     else:
         tokens, conc, one_seq = 0, None, 0.0
     findings += _memory_findings(server, gpu, res, w, overhead, kv / share, one_seq, tokens, per_tok, budget)

@@ -166,7 +166,10 @@ def test_heldout6_cases():
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
     # 6025: Qwen3-VL-30B-A3B at 0.95 ran out of memory after its KV cache was sized (the vision profile
     # is under-counted: 6024's logged KV cache is 8.04 GiB where 11.6 are predicted; see the doc)
-    assert s.verdicts >= 46 and wrong <= {6025, 6029, 6102, 6116}, (s, wrong)
+    # 6106: Gemma-4-31B NVFP4 on 2 x L4, "started" in the author's table with no serving flags shown; at the
+    # model's 262,144-token default one request needs 11.2 GiB of the 7.9 left once the global layers are
+    # full-length (before, every layer counted as sliding and it fit): the recipe set a shorter context
+    assert s.verdicts >= 46 and wrong <= {6025, 6029, 6102, 6106, 6116}, (s, wrong)
     assert s.kv_n >= 19 and s.kv_median <= KV_MEDIAN, s
     assert s.weights_n >= 24 and s.weights_median <= 0.05, s  # bitsandbytes copies: see the doc
     by = {r["id"]: r for r in rows}
@@ -206,6 +209,7 @@ def test_heldout8_cases():
     assert s.verdicts >= 4 and wrong <= {8200}, (s, wrong)
     by = {r["id"]: r for r in rows}
     assert by[8200]["w_err"] < 0.25  # the heaviest stage (16 MoE layers) against the first stage's log
+    assert abs(by[8000]["kv_err"]) < 0.1  # Gemma-4's global layers and 0.20.2's concurrency token count (-67 % before)
 
 
 def test_heldout9_cases():

@@ -307,6 +307,23 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
 
+def test_gemma4_global_layers_and_the_concurrency_token_count():
+    # Gemma-4: one full-attention layer in six, with its own K/V shape (26B-A4B: 2 heads x 512 against the
+    # sliding layers' 8 x 256). From 0.20.1 vLLM prints the KV size as max concurrency x max_model_len (PRs
+    # #38364 / #40694); case 8000 (26B-A4B on an H200, 0.20.2, 32768 tokens) logged 984,297 tokens = 30.04x
+    m = get_model("google/gemma-4-26B-A4B-it")
+    assert (m.sliding_layers, m.global_kv_heads, m.global_head_dim) == (25, 2, 512)
+    assert get_model("google/gemma-4-31B-it").sliding_layers == 50  # no layer_types in that file: every 6th
+    h200 = get_gpu("H200")
+    new = fit(m.id, gpu=h200, vllm_version="0.20.2", max_model_len=32768, dtype="bfloat16").servers[0]
+    assert new.kv_cache_tokens == pytest.approx(984_297, rel=0.1)
+    assert new.kv_cache_tokens == pytest.approx(new.max_concurrency * 32768, rel=0.001)
+    old = fit(m.id, gpu=h200, vllm_version="0.20.0", max_model_len=32768, dtype="bfloat16").servers[0]
+    assert old.kv_cache_tokens < new.kv_cache_tokens / 2  # num_blocks // groups x block: the old figure
+    # a full layer caches 2 x 2 x 512 x 2 B, a sliding one 2 x 8 x 256 x 2 B
+    assert new.kv_bytes_per_token == 5 * 2 * 2 * 512 * 2 + 25 * 2 * 8 * 256 * 2
+
+
 def test_pipeline_parallel_checks_the_heaviest_stage():
     # vLLM splits the layers over the stages; the first also holds the embeddings. Llama-3.1-70B in bf16 on
     # 2 stages x 2 GPUs: each GPU holds a quarter of the layers plus one 128256 x 8192 matrix / TP

@@ -136,6 +136,10 @@ class ModelSpec(BaseModel):
     checkpoint: CheckpointSize | None = None  # the safetensors at hand (local dir or --online)
     attn_softcapping: bool = False  # Gemma-2 attention logit soft-capping
     kv_latent_dim: int | None = None  # MLA (DeepSeek-V2): cached latent per token per layer
+    # Gemma-4: the full-attention layers have their own K/V heads and head size (global_head_dim 512 with
+    # num_global_key_value_heads) beside the sliding layers' (head_dim, num_kv_heads); None: the same
+    global_kv_heads: int | None = Field(default=None, gt=0)
+    global_head_dim: int | None = Field(default=None, gt=0)
     mamba: MambaSpec | None = None  # Mamba2 hybrid: its per-sequence state (kv_layers: the attention layers)
     base_model: str | None = None  # the unquantised model this checkpoint derives from
     matched_by_name: str | None = None  # another org's copy, resolved to this catalogue id by its repo name
@@ -886,8 +890,8 @@ def _layer_counts(cfg: Mapping[str, Any], layers: int) -> tuple[int | None, int 
         return None, None
     mtype = str(cfg.get("model_type", ""))
     pattern = cfg.get("sliding_window_pattern")
-    if mtype.startswith("gemma3") or pattern:
-        p = int(pattern or 6)  # Gemma-3: five local layers, then a global one
+    if mtype.startswith(("gemma3", "gemma4")) or pattern:
+        p = int(pattern or 6)  # Gemma-3 and -4: five local layers, then a global one
         return layers - layers // p, None
     if mtype in ("gemma2", "gpt_oss", "cohere2"):
         return layers - layers // 2, None
@@ -1058,6 +1062,9 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         multimodal_unmodelled=other,
         attn_softcapping=bool(cfg.get("attn_logit_softcapping")),
         kv_latent_dim=latent,
+        global_kv_heads=int(cfg["num_global_key_value_heads"]) if cfg.get("num_global_key_value_heads") and
+        sliding else None,
+        global_head_dim=int(cfg["global_head_dim"]) if cfg.get("global_head_dim") and sliding else None,
         mamba=_mamba_of(cfg, mix),
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )

@@ -113,6 +113,7 @@ class VllmRules:
     default_utilization: float
     mla_latent_kv: bool  # 0.7.1: MLA models cache one latent per token (before: full K and V of every head)
     awq_split_k_gemm: bool  # before 0.3.0 every AWQ matmul ran awq_gemm with 8 split-k partial outputs
+    kv_tokens_from_concurrency: bool  # "GPU KV cache size" printed as max concurrency x max_model_len
 
     @property
     def label(self) -> str:
@@ -160,6 +161,9 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
         mla_latent_kv=v >= (0, 7, 1),
         awq_split_k_gemm=v < (0, 3, 0),
+        # PRs #38364 / #40694 (2026-03/04): hybrid models' token count from the concurrency estimate instead of
+        # num_blocks // groups x block size; 0.20.0 still prints the old figure (case 3018), 0.20.2 the new (8000)
+        kv_tokens_from_concurrency=v >= (0, 20, 1),
     )
 
 
