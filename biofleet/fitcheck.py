@@ -35,6 +35,7 @@ from biofleet.catalog.models import ModelSpec, quantized_variant, rope_scaled_le
 from biofleet.catalog.vllm_rules import (
     DEFAULT_VLLM_VERSION,
     VllmRules,
+    ceil_div,
     check_vllm_version,
     hybrid_kv_group_slots,
     mamba2_state_bytes,
@@ -914,7 +915,7 @@ def _pipeline_finding(server: ServerInput, gpu: GpuSpec) -> Finding:
     v0 = _rules(server, gpu).engine == "V0"
     return _f("info", "pipeline-stage-checked",
               f"{server.name}: {pp} pipeline stages x {tp} GPU(s); the heaviest stage is checked: "
-              f"{-(-m.num_layers // pp)} of {m.num_layers} layers and the embeddings, on each of its GPUs"
+              f"{ceil_div(m.num_layers, pp)} of {m.num_layers} layers and the embeddings, on each of its GPUs"
               + (f"; V0 splits the KV cache over {pp} virtual engines: token and concurrency figures count one "
                  "engine's share" if v0 else ""),
               "start every stage on a node like this one (vLLM over Ray or --nnodes); biofleet's job "
@@ -959,23 +960,23 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     per_tok = kv_bytes_per_token(server, dtype)
     # V0's scheduler splits the blocks over pipeline_parallel_size virtual engines (num_gpu_blocks //= pp):
     # one request sees a 1/pp share of the KV cache
-    share = server.pipeline_parallel_size if res.rules.engine == "V0" else 1
+    engines = server.pipeline_parallel_size if res.rules.engine == "V0" else 1
     if per_tok:
         # vLLM prints KV / (bytes per token over every layer slot, padding slots included)
         full_b, slide_b = _slot_bytes(server, dtype, res.rules)
         full_slots, slide_slots = _kv_slots(server, res.rules)
         slot_tok = full_slots * full_b + slide_slots * slide_b
-        tokens = max(0, int(kv / share * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
+        tokens = max(0, int(kv / engines * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
         one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
-        conc: float | None = max(kv / share, 0.0) / one_seq if one_seq else None
+        conc: float | None = max(kv / engines, 0.0) / one_seq if one_seq else None
         if res.rules.kv_tokens_from_concurrency and one_seq > 0:
             # what 0.20.1+ prints: (blocks / blocks one request needs) x max_model_len, sliding layers capped by
             # their window; the same figure as before for models without sliding layers
             tokens = int(tokens * slot_tok / (one_seq * GiB) * res.max_model_len)
     else:
         tokens, conc, one_seq = 0, None, 0.0
-    findings += _memory_findings(server, gpu, res, w, overhead, kv / share, one_seq, tokens, per_tok, budget)
+    findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)
     return ServerFit(
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,
@@ -1125,7 +1126,7 @@ def pipeline_stage(server: ServerInput) -> ServerInput:
     m = server.model
     if pp <= 1:
         return server
-    layers = -(-m.num_layers // pp)
+    layers = ceil_div(m.num_layers, pp)
     share = layers / m.num_layers
     tower = m.vision.params_b if m.vision else 0.0
     one_matrix = m.vocab_size * m.hidden_size / 1e9
@@ -1133,13 +1134,13 @@ def pipeline_stage(server: ServerInput) -> ServerInput:
     params = body * share + one_matrix + tower
     update: dict[str, Any] = {"num_layers": layers, "params_b": params, "tie_word_embeddings": True}
     if m.kv_layers:
-        update["kv_layers"] = max(1, -(-m.kv_layers // pp))
+        update["kv_layers"] = ceil_div(m.kv_layers, pp)
     if m.sliding_layers:
-        update["sliding_layers"] = min(layers, -(-m.sliding_layers // pp))
+        update["sliding_layers"] = min(layers, ceil_div(m.sliding_layers, pp))
     if m.quantized_params_b:
         update["quantized_params_b"] = m.quantized_params_b * share
     if m.mamba:
-        update["mamba"] = m.mamba.model_copy(update={"layers": max(1, -(-m.mamba.layers // pp))})
+        update["mamba"] = m.mamba.model_copy(update={"layers": ceil_div(m.mamba.layers, pp)})
     if m.checkpoint:
         f = params / m.params_b
         ck = m.checkpoint

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from biofleet.catalog.checkpoint import CheckpointSize, checkpoint_from_dir, checkpoint_from_hub
+from biofleet.catalog.vllm_rules import round_up
 
 __all__ = [
     "HUB_CACHE_DIR",
@@ -683,7 +684,8 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
     h = int(cfg["hidden_size"])
     layers = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
-    kv = _kv_heads(cfg, heads)
+    nas = _nas_blocks(cfg)  # NAS-pruned blocks: their own K/V heads, attention only where kept
+    kv = nas[1] if nas else _kv_heads(cfg, heads)
     hd = int(cfg.get("head_dim") or h // heads)
     vocab = int(cfg.get("vocab_size", 32000))
     inter = _mlp_width(cfg) or 4 * h
@@ -731,10 +733,8 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         mamba_p = mix["mamba"] * _mamba2_params(h, mamba) if mamba else 0
         total = emb + mix["attention"] * attn + mix["mlp"] * 2 * h * inter + mix["moe"] * moe + mamba_p
         return round(total / 1e9, 6)
-    nas = _nas_blocks(cfg)
     if nas is not None:  # each block its own attention (or none) and MLP width
-        attn_layers, kv_nas, widths = nas
-        attn = h * heads * hd * 2 + 2 * h * kv_nas * hd
+        attn_layers, _, widths = nas
         return round((emb + attn_layers * attn + sum(3 * h * w for w in widths)) / 1e9, 6)
     linear = _linear_attention_layers(cfg, layers)
     if cfg.get("attn_output_gate"):  # Qwen3-Next / Qwen3.5: q_proj also makes the output gate
@@ -767,7 +767,7 @@ def _nas_blocks(cfg: Mapping[str, Any]) -> tuple[int, int, list[int]] | None:
             groups.append(int(a.get("n_heads_in_group") or 1))
         mult = f.get("ffn_mult")
         widths.append(0 if f.get("no_op") or f.get("replace_with_linear") or not mult
-                      else -(-int(2 * float(mult) * h / 3) // 256) * 256)
+                      else round_up(int(2 * float(mult) * h / 3), 256))
     group = max(set(groups), key=groups.count) if groups else 1
     return attn_layers, max(1, heads // group), widths
 
@@ -943,7 +943,7 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
         params = layers * (4 * h * h + 2 * h * inter) + 3 * patch * patch * h
         params += ratios * tiles * per_tile * h + 2 * ratios * tiles * h + per_tile * h
         params += int(vc.get("vision_output_dim") or h) * text_hidden
-        family, tokens, patches = "mllama", 1, tiles * -(-per_tile // 8) * 8
+        family, tokens, patches = "mllama", 1, tiles * round_up(per_tile, 8)
     return VisionSpec(family=family, params_b=round(params / 1e9, 4), num_layers=layers, hidden_size=h,
                       intermediate_size=inter, patches_per_item=patches, tokens_per_item=tokens,
                       modelled=family != "other")

@@ -201,8 +201,12 @@ def mxfp4_moe_backend(version: str | Version, compute_capability: tuple[int, int
     return "marlin"
 
 
-def _round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
+def ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def round_up(n: int, to: int) -> int:
+    return ceil_div(n, to) * to
 
 
 def mxfp4_expert_bytes(hidden: int, intermediate: int, tp: int, backend: Mxfp4Backend) -> int:
@@ -218,15 +222,15 @@ def mxfp4_expert_bytes(hidden: int, intermediate: int, tp: int, backend: Mxfp4Ba
     - flashinfer: intermediate and hidden to multiples of 256; biases float32."""
     inter = intermediate // tp
     if backend == "marlin":
-        i, h, bias_b = _round_up(inter, 128), _round_up(hidden, 256), 2
+        i, h, bias_b = round_up(inter, 128), round_up(hidden, 256), 2
     elif backend == "triton":
-        i, h, bias_b = _round_up(inter, 64), hidden, 4
+        i, h, bias_b = round_up(inter, 64), hidden, 4
     else:
-        i, h, bias_b = _round_up(inter, 256), _round_up(hidden, 256), 4
+        i, h, bias_b = round_up(inter, 256), round_up(hidden, 256), 4
     values = 3 * i * h // 2  # w13: 2i x h, w2: h x i, two 4-bit values per byte
     scales = 2 * i * (h // 32) + h * (i // 32)
     if backend == "triton":
-        scales += _round_up(2 * i, 256) * (h // 32) + _round_up(h, 256) * (i // 32)
+        scales += round_up(2 * i, 256) * (h // 32) + round_up(h, 256) * (i // 32)
     return values + scales + bias_b * (2 * i + h)
 
 
@@ -263,4 +267,4 @@ def v0_mamba_batch(max_num_seqs: int, enforce_eager: bool) -> int:
     capture size: 1, 2, 4, then multiples of 8), or ``max_num_seqs`` with ``enforce_eager``."""
     if enforce_eager or max_num_seqs <= 4:
         return max_num_seqs if enforce_eager else 1 << (max_num_seqs - 1).bit_length()
-    return _round_up(max_num_seqs, 8)
+    return round_up(max_num_seqs, 8)
