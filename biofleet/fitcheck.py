@@ -658,6 +658,11 @@ def non_torch_gib(server: ServerInput, rules: VllmRules | None = None, gpu: GpuS
     return base + (NCCL_PCIE_GIB if gpu is not None and gpu.nvlink is False else NCCL_GIB)
 
 
+def held_by_others_gib(server: ServerInput, gpu: GpuSpec) -> float:
+    """Memory other processes hold on the server's GPU before it starts (visible - ``gpu_free_gib``)."""
+    return max(0.0, gpu.visible_gib - server.gpu_free_gib) if server.gpu_free_gib is not None else 0.0
+
+
 def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:
     """Estimated CUDA-graph pool of one rank (0 with enforce_eager)."""
     if server.enforce_eager:
@@ -951,6 +956,14 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     w = weights_gib(server, dtype, gpu)
     act = _activation(server, res)
     nt = non_torch_gib(server, res.rules, gpu)
+    held = held_by_others_gib(server, gpu)
+    if held and res.rules.others_count_as_own:
+        nt += held
+        findings.append(_f("warning", "others-memory-counted",
+                           f"vLLM {res.rules.label} reads the {held:.2f} GiB other processes hold on the GPU as its "
+                           f"own non-torch memory: the KV cache gets that much less of the {res.utilization:.2f} "
+                           "budget", "free the GPU, raise gpu_memory_utilization by that share, or run vLLM "
+                           ">= 0.9.1, which measures from the memory in use at start-up"))
     graphs = cuda_graph_gib(server, res.max_num_seqs)
     overhead = act + nt + (graphs if res.rules.graphs_in_budget else 0.0)
     state, _ = mamba_state_gib(server, dtype)
@@ -1079,8 +1092,22 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
     used = sum(f.budget_gib for _, f in real) + ctx * len(real) + outside
     free = min((s.gpu_free_gib for s, _ in real if s.gpu_free_gib is not None), default=None)
     held = visible - free if free is not None else 0.0
+    if all(_rules(s, gpu).others_count_as_own for s, _ in real):
+        held = 0.0  # already inside each server's budget (read as its non-torch memory)
     names = " + ".join(f"{s.name} {f.utilization:.2f}" for s, f in real)
     out: list[Finding] = []
+    for s, f in real if len(real) > 1 else ():
+        if not _rules(s, gpu).others_count_as_own or f.kv_cache_gib <= 0:
+            continue
+        # this server, started after the others, reads their memory (budget and context each) as its own
+        others = sum(g.budget_gib + ctx for t, g in real if t is not s)
+        if f.kv_cache_gib - others <= 0:
+            out.append(_f("error", "colocated-memory-counted",
+                          f"{label} GPU {index}: vLLM {_rules(s, gpu).label} reads the {others:.2f} GiB the other "
+                          f"servers on this GPU hold as {s.name}'s own memory; started after them it has "
+                          f"{f.kv_cache_gib - others:.2f} GiB for its KV cache",
+                          "run vLLM >= 0.9.1 (it measures from the memory in use at start-up), or one server "
+                          "per GPU"))
     refuses = all(_rules(s, gpu).free_memory_check for s, _ in real)
     how = "vLLM refuses to start when the free memory is below its budget" if refuses else \
         "the last server runs out of memory while it allocates its KV cache or captures CUDA graphs"

@@ -19,7 +19,8 @@ the same for every case (no per-case settings):
 - ``--quantization``, ``--max-num-batched-tokens``, ``--max-num-seqs``: only when the quoted
   command line / non-default args show the user set them (vLLM's own defaults are predicted).
 - ``--kind embed`` for models whose id says "embedding"; ``--gpu-free-gib`` when the error
-  line states the free memory at start-up (those cases test the start-up rule itself).
+  line states the free memory at start-up (those cases test the start-up rule itself), or the
+  logged total minus ``gpu_held_by_others_gib`` where the source states what other processes held.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     free = re.search(r"Free memory on device[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)", str(case.get("error") or ""))
     if free:
         argv += ["--gpu-free-gib", free.group(1)]
+    elif case.get("gpu_held_by_others_gib") and logged:  # what nvidia-smi showed the user before the start
+        argv += ["--gpu-free-gib", f"{float(logged) - float(case['gpu_held_by_others_gib']):.2f}"]
     run.argv = argv
     return run
 

@@ -170,7 +170,9 @@ def test_heldout6_cases():
     # 6106: Gemma-4-31B NVFP4 on 2 x L4, "started" in the author's table with no serving flags shown; at the
     # model's 262,144-token default one request needs 11.2 GiB of the 7.9 left once the global layers are
     # full-length (before, every layer counted as sliding and it fit): the recipe set a shorter context
-    assert s.verdicts >= 46 and wrong <= {6025, 6029, 6102, 6106, 6116}, (s, wrong)
+    # 6116 (opt-125m beside ~15 GB of other processes, 0.1.3) is right since the harness passes what the
+    # author says other processes held (gpu_held_by_others_gib)
+    assert s.verdicts >= 46 and wrong <= {6025, 6029, 6102, 6106}, (s, wrong)
     assert s.kv_n >= 19 and s.kv_median <= KV_MEDIAN, s
     assert s.weights_n >= 24 and s.weights_median <= 0.05, s  # bitsandbytes copies: see the doc
     by = {r["id"]: r for r in rows}
@@ -216,12 +218,12 @@ def test_heldout8_cases():
 def test_heldout9_cases():
     """The ninth held-out set: logs whose GPU is known only by the total CUDA printed (an "N GB-class" card).
     Scored once at 3349d93: 4 of 5 ran, 3 right, weights 3.4 % (3), KV 5.2 % (3). The miss, 9001, shared its
-    80 GB card with a ~39.5 GiB process the log lists only in the OOM message (the harness passes free memory
-    from vLLM's start-up refusal line only)."""
+    80 GB card with a ~39.5 GiB process the log lists only in the OOM message; the harness now passes it
+    (gpu_held_by_others_gib) and 0.11 refuses the budget above the free memory."""
     _, rows = _run(HELDOUT9)
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    assert s.verdicts >= 4 and wrong <= {9001}, (s, wrong)
+    assert s.verdicts >= 4 and not wrong, (s, wrong)
     assert s.weights_median <= 0.05 and s.kv_median <= KV_MEDIAN, s
     # held-out 10: the last blind gatherer's one case (Qwen2.5-14B on two 40 GB-class cards, 0.7.2): right,
     # weights -1.2 %, KV -1.1 % at its scoring
@@ -238,9 +240,12 @@ def test_heldout11_cases():
     _, rows = _run(HELDOUT11)
     s = summarize(rows)
     wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
-    # 11100 and 11203 shared their GPU: a second vLLM instance on one 4090 (0.8.4), five other processes
-    # holding 8.6 GiB of a 24 GB card (0.7.2)
-    assert s.verdicts >= 31 and wrong <= {11100, 11203}, (s, wrong)
+    # 11100 and 11203 (the misses at the scoring) shared their GPU: a second vLLM instance on one 4090 (0.8.4,
+    # which reads the first instance's memory as its own), five other processes holding 8.6 GiB of a 24 GB card
+    # (0.7.2: the KV allocation runs out). Given as users know them (a second server; the memory others hold)
+    assert s.verdicts >= 31 and not wrong, (s, wrong)
+    assert {c for r in rows if r["id"] in (11100, 11203) for c in r["codes"]} == {"colocated-memory-counted",
+                                                                                  "gpu-free-memory-too-low"}
     assert s.kv_n >= 24 and s.kv_median <= KV_MEDIAN, s
     assert s.weights_n >= 26 and s.weights_median <= 0.15, s
     by = {r["id"]: r for r in rows}

@@ -103,6 +103,38 @@ def test_free_memory_below_the_budget_is_refused():
     assert "gpu-free-memory-too-low" in old.codes() and "runs out of memory" in old.all_findings()[0].message
 
 
+def test_builds_that_read_other_processes_memory_as_their_own():
+    # V1 until 0.9.0 (and 0.2.5-0.3.0) took total - free as memory in use: 20 GiB held by another process comes
+    # out of the KV cache instead of failing the allocation
+    assert [rules_for(v).others_count_as_own for v in ("0.2.4", "0.2.7", "0.3.1", "0.6.3", "0.8.4", "0.9.0",
+                                                       "0.9.1", "0.19")] == [False, True, False, False, True,
+                                                                             True, False, False]
+    assert not rules_for("0.8.4", (7, 5)).others_count_as_own  # a T4 ran V0 there
+    alone, shared = (fit(LLAMA8, vllm_version="0.8.4", max_model_len=8192, gpu_memory_utilization=0.9,
+                         gpu_free_gib=free).servers[0] for free in (None, H100.visible_gib - 20))
+    assert shared.kv_cache_gib == pytest.approx(alone.kv_cache_gib - 20, abs=0.01)
+    assert shared.non_torch_gib == pytest.approx(alone.non_torch_gib + 20, abs=0.01)
+    r = fit(LLAMA8, vllm_version="0.8.4", max_model_len=8192, gpu_memory_utilization=0.9,
+            gpu_free_gib=H100.visible_gib - 20)
+    assert r.ok and "others-memory-counted" in r.codes() and "gpu-free-memory-too-low" not in r.codes()
+    # 0.9.1 measures from what was in use at start-up, and refuses a budget above the free memory
+    later = fit(LLAMA8, vllm_version="0.9.1", max_model_len=8192, gpu_memory_utilization=0.9,
+                gpu_free_gib=H100.visible_gib - 20)
+    assert not later.ok and "gpu-free-memory-too-low" in later.codes()
+    assert later.servers[0].kv_cache_gib == pytest.approx(alone.kv_cache_gib, abs=0.3)
+
+
+def test_colocated_servers_on_builds_that_count_each_other():
+    # two 0.25 servers on one card (vllm#29481 on 0.8.4): the one started second reads the first as its own
+    def node(version: str) -> FitReport:
+        a, b = (srv("Qwen/Qwen3-0.6B", name=n, max_model_len=2048, gpu_memory_utilization=0.25,
+                    vllm_version=version) for n in ("a", "b"))
+        return check([NodeInput(label="n", gpu=get_gpu("RTX-4090"), gpu_count=1, servers=((a, (0,)), (b, (0,))))])
+    old, new = node("0.8.4"), node("0.9.2")
+    assert not old.ok and "colocated-memory-counted" in old.codes()
+    assert new.ok and "colocated-memory-counted" not in new.codes()
+
+
 def test_single_server_util_near_one_leaves_no_room_for_its_context():
     r = fit(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.999)
     assert "util-too-high" in r.codes() and not r.ok

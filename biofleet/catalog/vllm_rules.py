@@ -107,6 +107,7 @@ class VllmRules:
     graphs_in_budget: bool
     non_torch_counted: bool
     free_memory_check: bool
+    others_count_as_own: bool  # memory other processes hold on the GPU is read as this server's non-torch memory
     hybrid_kv: bool
     kv_group_size_near_equal_max: bool  # PR #29303: the largest type's count when < 1.5 x the smallest
     auto_dtype_fallback: bool
@@ -155,6 +156,10 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         graphs_in_budget=engine == "V1" and v >= (0, 21, 0),
         non_torch_counted=v >= (0, 2, 5),
         free_memory_check=engine == "V1" and v >= (0, 9, 1),
+        # the profiler took (total - free) as the memory in use: 0.2.5-0.3.0 read peak = total - free (PR #2863,
+        # 0.3.1, subtracts what was in use at start-up); V1 until 0.9.0 read non-torch = (total - free) - torch's
+        # allocations (issue #18854 on 0.9.0, fixed by PR #19312 beside the 0.9.1 free-memory check)
+        others_count_as_own=((0, 2, 5) <= v < (0, 3, 1)) or (engine == "V1" and v < (0, 9, 1)),
         hybrid_kv=engine == "V1" and v >= (0, 10, 0),
         kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),
