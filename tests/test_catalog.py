@@ -340,6 +340,30 @@ def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
     assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source
 
 
+@pytest.mark.parametrize("name,id,params_b", [
+    ("zai-org/GLM-4.5", "zai-org/GLM-4.5", 355), ("THUDM/GLM-4.5-Air", "zai-org/GLM-4.5-Air", 106),
+    ("CohereLabs/c4ai-command-r-v01", "CohereForAI/c4ai-command-r-v01", 35.0),
+    ("CohereForAI/c4ai-command-r-plus", "CohereForAI/c4ai-command-r-plus", 104),
+    ("CohereForAI/aya-expanse-8b", "CohereForAI/aya-expanse-8b", 8.03),
+    ("Qwen/Qwen3-Next-80B-A3B-Thinking", "Qwen/Qwen3-Next-80B-A3B-Instruct", 80),
+    ("Qwen/Qwen2-72B-Instruct", "Qwen/Qwen2-72B-Instruct", 72.7), ("THUDM/chatglm3-6b", "THUDM/chatglm3-6b", 6.24),
+    ("facebook/opt-66b", "facebook/opt-66b", 66), ("openai-community/gpt2", "gpt2", 0.124),
+    ("allenai/OLMoE-1B-7B-0924", "allenai/OLMoE-1B-7B-0924", 6.92), ("upstage/SOLAR-10.7B-v1.0",
+                                                                      "upstage/SOLAR-10.7B-Instruct-v1.0", 10.7),
+    ("NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO", "NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO", 46.7),
+    ("internlm/internlm3-8b-instruct", "internlm/internlm3-8b-instruct", 8.8), ("01-ai/Yi-6B-Chat", "01-ai/Yi-6B-Chat", 6.06),
+    ("meta-llama/Llama-2-70b-chat-hf", "meta-llama/Llama-2-70b-hf", 68.98), ("google/gemma-2b", "google/gemma-2b-it", 2.51),
+])
+def test_round_7_models_from_published_configs(name, id, params_b):
+    # model-card sizes: GLM-4.5 355B / Air 106B, Command R 35B / R+ 104B, Aya Expanse 8.03B, Qwen3-Next 80B,
+    # Qwen2-72B 72.7B, ChatGLM3 6.24B, OPT 66B, GPT-2 124M, OLMoE 6.92B, SOLAR 10.7B, Mixtral 46.7B, InternLM3 8.8B,
+    # Yi-6B 6.06B. Cohere configs leave tie_word_embeddings out (their default is tied): 35B, not 37B
+    m = get_model(name)
+    assert m.id == id and m.params_b == pytest.approx(params_b, rel=0.01) and m.source
+    # quantised re-uploads were read for their shape only: the catalogue entry is the release
+    assert m.quantization is None and get_model("facebook/opt-66b").architecture == "OPTForCausalLM"
+
+
 def test_another_orgs_copy_resolves_by_repository_name():
     # Unsloth and community re-uploads keep the repository name; a quantisation suffix names the storage
     m = get_model("unsloth/Llama-3.2-3B-Instruct")

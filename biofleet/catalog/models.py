@@ -465,13 +465,15 @@ def _build() -> tuple[ModelSpec, ...]:
     add(l32_3)
     l31_70 = _m("meta-llama/Llama-3.1-70B-Instruct", 70.55, 80, 8192, 64, 8, 28672, 128256, 131072, **_LLAMA,
                 aliases=("meta-llama/Meta-Llama-3.1-70B-Instruct", "unsloth/Llama-3.1-70B-Instruct",
-                         "llama-3.1-70b", "llama-3.1-70b-instruct"),
-                source=_CFG + "; unsloth/ mirror is the same checkpoint (calibration #45)")
+                         "llama-3.1-70b", "llama-3.1-70b-instruct", "nvidia/Llama-3.1-Nemotron-70B-Instruct-HF"),
+                source=_CFG + "; unsloth/ mirror is the same checkpoint (calibration #45); NVIDIA's Nemotron-70B "
+                       "fine-tune has its shape (an AWQ copy's config.json, round 7)")
     add(l31_70)
     add(_m("meta-llama/Llama-3.3-70B-Instruct", 70.55, 80, 8192, 64, 8, 28672, 128256, 131072, **_LLAMA,
            aliases=("unsloth/Llama-3.3-70B-Instruct", "llama-3.3-70b"), source=_CFG))
     add(_m("meta-llama/Llama-2-70b-hf", 68.98, 80, 8192, 64, 8, 28672, 32000, 4096, **_LLAMA,
-           native_dtype="float16", aliases=("meta-llama/Llama-2-70b", "llama-2-70b"),
+           native_dtype="float16",
+           aliases=("meta-llama/Llama-2-70b", "llama-2-70b", "meta-llama/Llama-2-70b-chat-hf"),
            source=_CFG + "; calibration #39"))
     add(_m("meta-llama/Llama-Guard-3-8B", 8.03, 32, 4096, 32, 8, 14336, 128256, 131072, **_LLAMA,
            aliases=("llama-guard-3-8b", "llama-guard-3", "llama-guard"), source=_CFG + " (Llama-3.1-8B shape)"))
@@ -576,8 +578,9 @@ def _build() -> tuple[ModelSpec, ...]:
 
     # ---- Gemma (seeds 001, 004; calibration #63)
     add(_m("google/gemma-2b-it", 2.51, 18, 2048, 8, 1, 16384, 256000, 8192, architecture="GemmaForCausalLM",
-           model_type="gemma", head_dim=256, tie_word_embeddings=True, aliases=("gemma-2b", "gemma-2b-it"),
-           source=_CFG))
+           model_type="gemma", head_dim=256, tie_word_embeddings=True,
+           aliases=("gemma-2b", "gemma-2b-it", "google/gemma-2b"),
+           source=_CFG + " (the base google/gemma-2b has the same shape)"))
     add(_m("google/codegemma-7b-it", 8.54, 28, 3072, 16, 16, 24576, 256000, 8192, architecture="GemmaForCausalLM",
            model_type="gemma", head_dim=256, tie_word_embeddings=True, aliases=("codegemma-7b",), source=_CFG))
     g2_2 = _m("google/gemma-2-2b-it", 2.61, 26, 2304, 8, 4, 9216, 256000, 8192, architecture="Gemma2ForCausalLM",
@@ -800,7 +803,7 @@ _LEARNED_POSITION_TYPES = {"opt", "gpt2", "gpt_bigcode", "biogpt"}
 # by these families) when config.json leaves the key out: lm_head shares the embedding matrix. Llama,
 # Mistral, Qwen2/3, Phi-3, GPT-NeoX and most newer families default to False.
 _TIED_BY_DEFAULT = {"gpt2", "biogpt", "opt", "falcon", "bloom", "gpt_bigcode", "starcoder2", "mpt", "gemma", "gemma2",
-                    "gemma3", "gemma3_text"}
+                    "gemma3", "gemma3_text", "cohere"}
 
 
 def _tied(cfg: Mapping[str, Any]) -> bool:
