@@ -24,6 +24,7 @@ refuses to start when the free memory is below its budget.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -808,6 +809,10 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
     return out
 
 
+# Unsloth's "dynamic" 4-bit re-uploads ("...-unsloth-bnb-4bit"), as opposed to its plain "-bnb-4bit" copies
+_DYNAMIC_4BIT = re.compile(r"[-_]unsloth[-_]bnb[-_]4bit$", re.I)
+
+
 def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
     """Warnings for the parts of a model the fit-check does not count."""
     m, out = server.model, []
@@ -826,6 +831,13 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
                       f"{m.matched_by_name} is not in the catalogue; its repository name matches {what}, whose "
                       "shape is used", "point --model at a local copy of its config.json, or use --online, "
                       "if it differs"))
+        if _DYNAMIC_4BIT.search(m.matched_by_name):
+            out.append(_f("warning", "dynamic-4bit-layers",
+                          f"{m.matched_by_name} is an Unsloth dynamic 4-bit copy: it keeps some layers in 16 bits "
+                          "(its config.json's llm_int8_skip_modules names them), which the weights here count in 4 "
+                          "bits; copies like it loaded 8-50 % more (Qwen2.5-3B: 2.22-2.44 GiB against 1.92)",
+                          "give --model a local copy (its safetensors give the size) or use --online, or keep that "
+                          "headroom"))
     if m.multimodal_unmodelled:
         out.append(_f("warning", "modality-not-counted",
                       f"{m.id} has a {m.multimodal_unmodelled} tower that is neither counted in the weights nor "

@@ -197,6 +197,12 @@ def test_a_copy_matched_by_name_is_reported():
     (f,) = [f for f in r.all_findings() if f.code == "model-matched-by-name"]
     assert "microsoft/phi-4" in f.message and "bitsandbytes" in f.message and f.severity == "info"
     assert r.servers[0].quantization == "bitsandbytes" and r.servers[0].weights_gib < 9
+    assert "dynamic-4bit-layers" not in r.codes()  # a plain bnb copy: every linear layer in 4 bits
+    # Unsloth's dynamic copies keep layers in 16 bits that their name does not say: a warning, not a guess
+    dyn = check_server_on_gpu(srv("unsloth/phi-4-unsloth-bnb-4bit", max_model_len=4096), get_gpu("T4"))
+    (w,) = [f for f in dyn.all_findings() if f.code == "dynamic-4bit-layers"]
+    assert w.severity == "warning" and "llm_int8_skip_modules" in w.message and "--online" in w.fix
+    assert dyn.servers[0].weights_gib == r.servers[0].weights_gib
 
 
 def test_v0_sampler_warm_up_bytes_per_logit():
