@@ -1121,15 +1121,22 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
                           "run vLLM >= 0.9.1 (it measures from the memory in use at start-up), or one server "
                           "per GPU"))
     refuses = all(_rules(s, gpu).free_memory_check for s, _ in real)
-    how = "vLLM refuses to start when the free memory is below its budget" if refuses else \
-        "the last server runs out of memory while it allocates its KV cache or captures CUDA graphs"
     parts = f"budgets {sum(f.budget_gib for _, f in real):.2f} GiB + {len(real)} CUDA context(s) " \
             f"{ctx * len(real):.2f} GiB" + (f" + CUDA graphs outside the budgets {outside:.2f} GiB"
                                                           if outside else "")
     if free is not None and held > 0:
         parts += f" + {held:.2f} GiB held by other processes (free {free:.2f} GiB)"
     total = used + held
-    if total > visible:
+    # V1 >= 0.9.1 compares the free memory at start-up (after its context) with the budget
+    refused = refuses and total - outside > visible
+    how = "vLLM refuses to start when the free memory is below its budget" if refused else \
+        "the last server runs out of memory while it allocates its KV cache or captures CUDA graphs"
+    # one server: the activations its profile measured are free again when the KV cache (sized without them) is
+    # allocated and the graphs are captured, so it starts as long as the rest fits; they come back with a batch
+    # as large as the profiling one (case 12000: 0.99 of an L4 started; 2006: 1.0 started, then ran out of memory
+    # in its first generate()). Co-located servers are held to their whole budgets: each serves beside the others
+    back = real[0][1].activation_gib if len(real) == 1 and not refused else 0.0
+    if total - back > visible:
         over = total - visible
         lower = max(0.0, min(f.utilization for _, f in real) - over / visible)
         if len(real) > 1:
@@ -1146,6 +1153,13 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
             out.append(_f("error", "util-too-high",
                           f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
                           f"{visible:.2f} GiB; {how}", f"lower gpu_memory_utilization to {lower:.2f}"))
+    elif total > visible:
+        lower = max(0.0, real[0][1].utilization - (total - visible) / visible)
+        out.append(_f("warning", "util-too-high-for-peak",
+                      f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
+                      f"{visible:.2f} GiB at its profiled peak; it starts (the {back:.2f} GiB of activations its "
+                      "profile measured are free again while the KV cache is allocated), but a batch as large as "
+                      "the profiling one can run out of memory", f"lower gpu_memory_utilization to {lower:.2f}"))
     elif visible - total < OVERCOMMIT_WARN_GIB:
         out.append(_f("warning", "util-sum-high",
                       f"{label} GPU {index}: {names} leave {visible - total:.2f} GiB of {visible:.2f} GiB "

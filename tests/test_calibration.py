@@ -112,7 +112,7 @@ def test_heldout_cases_meet_the_targets(heldout):
 def test_heldout2_cases():
     """The second held-out set, tuning data since its scoring. Weights and KV meet the targets; the verdict misses
     are each explained in docs/fit-check.md ("Held-out 2 misses") and guarded here so a new one is seen."""
-    _, rows = _run(HELDOUT2)
+    runs, rows = _run(HELDOUT2)
     s = summarize(rows)
     assert s.weights_n >= 6 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 3 and s.kv_median <= KV_MEDIAN, s
@@ -121,7 +121,11 @@ def test_heldout2_cases():
     # 2004: QwQ-32B bnb on 2 x RTX 5090, two pipeline stages (0.8.5, V0): right while stages were ignored (the
     # whole model counted on one GPU); with them, 67,536 tokens per virtual engine against 58,384 logged and
     # 60,000 asked for (Unsloth's copy loads above plain NF4, see the doc)
-    assert s.verdicts >= 14 and wrong <= {2004, 2006, 2011, 2013, 2015, 2016, 2025}, (s, wrong)
+    # 2006 (Qwen-7B at 1.0 of an A100, 0.5.3) started and ran out of memory in its first generate(): right since a
+    # single server's profiled activations count as free while it starts (a warning, util-too-high-for-peak)
+    assert s.verdicts >= 14 and wrong <= {2004, 2011, 2013, 2015, 2016, 2025}, (s, wrong)
+    assert "util-too-high-for-peak" in {f["code"] for r in runs if r.case["id"] == 2006
+                                        for f in r.result["gpus"][0]["findings"]}
     by = {r["id"]: r for r in rows}
     assert abs(by[2026]["w_err"]) < 0.03  # gpt-oss-120b MXFP4 experts as the kernel stores them
     assert abs(by[2006]["w_err"]) < 0.01  # Qwen-1 MLP width (intermediate_size // 2)
@@ -264,7 +268,9 @@ def test_heldout12_cases():
     # 12000: Llama-3.1-8B at 0.99 of an L4 (V0 0.7.3) started; 12003: Llama-2-7B at 0.9 of a T4 (0.4.1) had no
     # blocks left after 12.55 GiB of weights; 12103: Qwen3-1.7B at 0.59 of an 8 GB laptop card started with 3,392
     # tokens (Unsloth ran it with 128 sequences)
-    assert s.verdicts >= 33 and wrong <= {12000, 12003, 12103}, (s, wrong)
+    # 12000 is right since the activations its profile measured count as free while it starts (V0 logged them,
+    # 2.54 GiB, and the 0.26 GiB of graphs it captured fit in them)
+    assert s.verdicts >= 33 and wrong <= {12003, 12103}, (s, wrong)
     assert s.weights_n >= 29 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 27 and s.kv_median <= KV_MEDIAN, s
 

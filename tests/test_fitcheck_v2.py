@@ -137,8 +137,27 @@ def test_colocated_servers_on_builds_that_count_each_other():
 
 def test_single_server_util_near_one_leaves_no_room_for_its_context():
     r = fit(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.999)
-    assert "util-too-high" in r.codes() and not r.ok
+    assert "util-too-high" in r.codes() and not r.ok  # V1 >= 0.9.1: the free memory is below the budget
     assert fit(LLAMA8, max_model_len=8192, gpu_memory_utilization=0.99).ok
+
+
+def test_a_build_without_the_free_memory_check_starts_in_its_profiled_activations():
+    # V0 0.7.3, 0.99 of an L4 at 24,576 tokens (case 12000): budget + context + graphs exceed the card, but the
+    # profile's activations are free again while the KV cache is allocated and the graphs captured
+    r = fit("meta-llama/Llama-3.1-8B", gpu=L4, vllm_version="0.7.3", max_model_len=24576,
+            gpu_memory_utilization=0.99, dtype="float16")
+    (w,) = [f for f in r.all_findings() if f.code == "util-too-high-for-peak"]
+    assert r.ok and w.severity == "warning" and "a batch as large as the profiling one" in w.message
+    assert r.servers[0].activation_gib > 2
+    # without that room (a short context, 16 sequences: small activations) it runs out of memory capturing graphs
+    short = fit("meta-llama/Llama-3.1-8B", gpu=L4, vllm_version="0.7.3", max_model_len=2048, max_num_seqs=16,
+                gpu_memory_utilization=0.999, dtype="float16")
+    assert not short.ok and "util-too-high" in short.codes()
+    # two servers on one GPU serve side by side: each is held to its whole budget
+    a, b = (srv("Qwen/Qwen3-0.6B", name=n, max_model_len=2048, gpu_memory_utilization=u, vllm_version="0.7.3")
+            for n, u in (("a", 0.5), ("b", 0.49)))
+    two = check([NodeInput(label="n", gpu=L4, gpu_count=1, servers=((a, (0,)), (b, (0,))))])
+    assert not two.ok and "util-sum-too-high" in two.codes()
 
 
 def test_colocated_servers_add_their_contexts_and_outside_graphs():
