@@ -103,8 +103,14 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
     m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
-        (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None)
+        (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
+        (re.search(_UNSLOTH_BANNER[key], quote) if key in _UNSLOTH_BANNER else None)
     return m.group(1).strip("'\"") if m else None
+
+
+# Unsloth starts vLLM itself and prints what it passes ("Chunked prefill tokens = 2048. Num Sequences = 128.")
+_UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens = (\d+)",
+                   "max_num_seqs": r"Unsloth: .*Num Sequences = (\d+)"}
 
 
 def _version(case: dict[str, Any]) -> str | None:
