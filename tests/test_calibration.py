@@ -270,7 +270,8 @@ def test_heldout12_cases():
     # tokens (Unsloth ran it with 128 sequences)
     # 12000 is right since the activations its profile measured count as free while it starts (V0 logged them,
     # 2.54 GiB, and the 0.26 GiB of graphs it captured fit in them)
-    assert s.verdicts >= 33 and wrong <= {12003, 12103}, (s, wrong)
+    # 12103 is right since the harness reads the max_num_seqs Unsloth's banner says it passed (128, not 256)
+    assert s.verdicts >= 33 and wrong <= {12003}, (s, wrong)
     assert s.weights_n >= 29 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 27 and s.kv_median <= KV_MEDIAN, s
 
