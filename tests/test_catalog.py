@@ -411,9 +411,13 @@ def test_interleaved_moe_layers_count_only_every_step_th_layer_as_experts():
     cfg = {"architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "hidden_size": 5120,
            "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
            "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": 128,
-           "num_experts_per_tok": 1, "n_shared_experts": 1, "interleave_moe_layer_step": 2, "vocab_size": 202048,
+           "num_experts_per_tok": 1, "interleave_moe_layer_step": 2, "vocab_size": 202048,
            "max_position_embeddings": 1048576, "torch_dtype": "bfloat16"}
+    # the published text_config has no shared-expert field: Llama4TextMoe always builds one of intermediate_size
     assert estimate_params_b(cfg) == pytest.approx(400, rel=0.01)
+    # Scout: 16 experts in every layer (109B total with its 0.8B vision tower, which this text config lacks)
+    scout = {**cfg, "num_local_experts": 16, "interleave_moe_layer_step": 1, "max_position_embeddings": 10485760}
+    assert estimate_params_b(scout) == pytest.approx(107.8, rel=0.005)
 
 
 def test_latent_moe_experts_work_in_the_latent_width():

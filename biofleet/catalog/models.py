@@ -714,6 +714,8 @@ def estimate_params_b(cfg: Mapping[str, Any]) -> float:
         moe_inter = int(cfg.get("moe_intermediate_size") or inter)
         shared = int(cfg.get("shared_expert_intermediate_size") or 0) \
             or moe_inter * int(cfg.get("n_shared_experts") or 0)
+        if not shared and mtype.startswith("llama4"):  # Llama-4's MoE layers add one shared expert (Llama4TextMoe)
+            shared = moe_inter
         moe_mlp = n_mat * h * (moe_inter * experts + shared) + h * experts  # experts + shared + router
         dense_layers = min(int(cfg.get("first_k_dense_replace") or 0), layers)  # DeepSeek: first k layers dense
         step = int(cfg.get("interleave_moe_layer_step") or 1)
