@@ -353,6 +353,8 @@ def test_models_users_start_most_are_in_the_catalogue(name, id, params_b):
     ("NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO", "NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO", 46.7),
     ("internlm/internlm3-8b-instruct", "internlm/internlm3-8b-instruct", 8.8), ("01-ai/Yi-6B-Chat", "01-ai/Yi-6B-Chat", 6.06),
     ("meta-llama/Llama-2-70b-chat-hf", "meta-llama/Llama-2-70b-hf", 68.98), ("google/gemma-2b", "google/gemma-2b-it", 2.51),
+    ("llama-4-scout", "meta-llama/Llama-4-Scout-17B-16E-Instruct", 109),
+    ("meta-llama/Llama-4-Maverick-17B-128E", "meta-llama/Llama-4-Maverick-17B-128E-Instruct", 400),
 ])
 def test_round_7_models_from_published_configs(name, id, params_b):
     # model-card sizes: GLM-4.5 355B / Air 106B, Command R 35B / R+ 104B, Aya Expanse 8.03B, Qwen3-Next 80B,
