@@ -28,8 +28,9 @@ HELDOUT9 = "vllm_cases_v2_heldout9.jsonl"  # scored once at 3349d93 (2026-11-27)
 HELDOUT10 = "vllm_cases_v2_heldout10.jsonl"  # one case, scored once at df2c4ed (2026-11-27); tuning data since
 HELDOUT11 = "vllm_cases_v2_heldout11.jsonl"  # scored once at 0069270 (2026-11-27); tuning data since
 HELDOUT12 = "vllm_cases_v2_heldout12.jsonl"  # scored once at 24544c4 (2026-11-27); tuning data since
+HELDOUT13 = "vllm_cases_v2_heldout13.jsonl"  # scored once at f2dd9b1 (2026-11-27); tuning data since
 ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7, HELDOUT8, HELDOUT9, HELDOUT10, HELDOUT11,
-               HELDOUT12)
+               HELDOUT12, HELDOUT13)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -274,6 +275,18 @@ def test_heldout12_cases():
     assert s.verdicts >= 33 and wrong <= {12003}, (s, wrong)
     assert s.weights_n >= 29 and s.weights_median <= WEIGHTS_MEDIAN, s
     assert s.kv_n >= 27 and s.kv_median <= KV_MEDIAN, s
+
+
+def test_heldout13_cases():
+    """The thirteenth held-out set (19 cases from two blind gatherers: markdown / text logs, notebooks not started
+    by Unsloth). Scored once at f2dd9b1 (after rounds 7 and 8): 14 verdicts, 14 right, weights 0.7 % (15), KV
+    2.2 % (12); LLM-GPU-Calc 14/14, KV 5.0 %. Every target of issue 12 is met on this set, a small one (2 failures
+    among the 14 verdicts)."""
+    _, rows = _run(HELDOUT13)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    assert s.verdicts >= 14 and not wrong, (s, wrong)
+    assert s.verdict_rate >= VERDICTS and s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
