@@ -51,8 +51,8 @@ def fit_check(
     gpu_free_gib: Annotated[float | None, typer.Option(
         help=(
             "Free memory on the GPU before the server starts, when other processes use it "
-            "(nvidia-smi). V1 builds up to 0.9.0 count their memory as the server's own (a smaller KV "
-            "cache); 0.9.1+ refuse a budget above the free memory; V0 builds run out of memory."
+            "(nvidia-smi). V1 builds up to 0.9.0 and 0.2.5-0.3.0 count it as the server's own (a smaller KV "
+            "cache); 0.9.1+ refuse a budget above the free memory; other V0 builds run out of memory."
         ))] = None,
     gpus_on_node: Annotated[int | None, typer.Option(
         help=(
