@@ -553,7 +553,16 @@ def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
     """(full-attention slots, sliding-window slots) the KV cache is divided over: the real layers,
     or with the hybrid KV manager (V1 >= 0.10) the padded group slots (``hybrid_kv_group_slots``)."""
     layers, sliding = _kv_layers(server.model)
-    if not (rules.hybrid_kv and sliding and server.model.sliding_window):
+    m = server.model
+    stateful = m.num_layers - layers if m.kv_layers and m.kv_layers < m.num_layers else 0
+    if rules.hybrid_kv and stateful and not sliding:
+        # Mamba / Gated DeltaNet layers are KV-cache groups of their own, their state in pages as large as an
+        # attention layer's (vLLM raises the attention block size to match), so the printed token count divides
+        # the cache over every layer slot: Qwen3.5-27B (16 attention + 48 linear layers) prints a quarter of what
+        # its attention layers hold (case 14009, 0.19: 114,464 tokens logged)
+        full, state = hybrid_kv_group_slots((layers, stateful), rules.kv_group_size_near_equal_max)
+        return full + state, 0
+    if not (rules.hybrid_kv and sliding and m.sliding_window):
         return layers - sliding, sliding
     full, slide = hybrid_kv_group_slots((layers - sliding, sliding), rules.kv_group_size_near_equal_max)
     return full, slide

@@ -304,7 +304,10 @@ def test_heldout14_cases():
     # H20, 0.8.5, 1,024 sequences) ran out of memory warming up the sampler after the KV cache was allocated, as
     # 1012 and 6029 did; 14102 (a 0.25 server started beside a 0.60 one on one H100, both profiling at once)
     assert s.verdicts >= 10 and wrong <= {14100, 14102, 14103}, (s, wrong)
-    assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= 0.16, s
+    assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
+    # 14009 (Qwen3.5-27B, 0.19): +307 % until the printed token count divided over the linear layers' slots too
+    by = {r["id"]: r for r in rows}
+    assert abs(by[14009]["kv_err"]) < 0.05
 
 
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "

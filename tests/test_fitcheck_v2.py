@@ -531,6 +531,22 @@ def test_linear_attention_layers_have_no_kv():
     assert r.servers[0].kv_bytes_per_token == 12 * 2 * 1 * 256 * 2  # 2 KV heads over TP 4: one per rank
 
 
+def test_the_printed_token_count_of_a_hybrid_model_divides_over_every_layer_slot():
+    # Qwen3.5-27B on 4 x RTX 3090, vLLM 0.19 (case 14009): 16 attention + 48 Gated DeltaNet layers, four KV-cache
+    # groups of 16; vLLM prints num_blocks // groups x block size, a quarter of what the attention layers hold
+    s = srv("Qwen/Qwen3.5-27B", max_model_len=32768, tensor_parallel_size=4, enforce_eager=True, dtype="bfloat16",
+            vllm_version="0.19.0", gpu_memory_utilization=0.9)
+    f = check_server_on_gpu(s, RTX3090, 4).servers[0]
+    attention_only = f.kv_cache_gib * 2**30 / f.kv_bytes_per_token
+    assert f.kv_cache_tokens == pytest.approx(attention_only / 4, rel=0.01)
+    assert f.kv_cache_tokens == pytest.approx(114_464, rel=0.03)  # logged
+    # the concurrency is the attention layers' (each request: its blocks in the attention group, a page of state)
+    assert f.max_concurrency == pytest.approx(attention_only / 32768, rel=0.01)
+    # before the hybrid allocator (V1 < 0.10) each layer had its own cache: not divided
+    old = check_server_on_gpu(s.model_copy(update={"vllm_version": "0.9.2"}), RTX3090, 4).servers[0]
+    assert old.kv_cache_tokens == pytest.approx(old.kv_cache_gib * 2**30 / old.kv_bytes_per_token, rel=0.01)
+
+
 # ---------------------------------------------------------------- inputs as users have them
 
 def test_cli_visible_memory_and_custom_card_name():
