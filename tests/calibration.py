@@ -115,7 +115,8 @@ _UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens
 
 def _version(case: dict[str, Any]) -> str | None:
     for key in ("vllm_version", "engine"):
-        m = re.search(r"(\d+\.\d+(?:\.\d+)?)", str(case.get(key) or ""))
+        # "0.11.0", "0.8.5.post1"; not a range a gatherer wrote for an unknown release ("~0.2x")
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)(?![\dxX])", str(case.get(key) or ""))
         if m:
             return m.group(1)
     if str(case.get("engine") or "").startswith("V0"):
