@@ -9,6 +9,7 @@ receive (``apptainer exec --nv`` passes it into the container; ``APPTAINERENV_*`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -71,8 +72,16 @@ def test_local_backend_places_each_server_on_its_gpu(tmp_path, monkeypatch):
         try:
             res = up(fleet, profile_ref=str(ref), proxy_mode="none", timeout=60, poll=0.3)
             assert all(s.state == ServerState.READY for s in res.status.servers), res.status.servers
-            got = {r.server: environ(r.pid).get("CUDA_VISIBLE_DEVICES") for r in read_records(Path(fleet.paths.registry))}
+            records = read_records(Path(fleet.paths.registry))
+            got = {r.server: environ(r.pid).get("CUDA_VISIBLE_DEVICES") for r in records}
             assert got == {f"{m}-{g}": str(g) for m in ("coder", "orchestrator", "math", "bio") for g in (0, 1)}
+            # the four servers of a GPU start one after another, each once the one before answers /health (vLLM
+            # sizes its KV cache from the memory in use: two profiling at once read each other's as their own);
+            # the two GPUs start side by side
+            starts = {g: sorted(r.started_at for r in records if got[r.server] == str(g)) for g in (0, 1)}
+            for g, times in starts.items():
+                assert all(b - a >= 0.2 for a, b in itertools.pairwise(times)), (g, times)
+            assert starts[1][0] < starts[0][-1] and starts[0][0] < starts[1][-1], starts
         finally:
             down(fleet)
 

@@ -8,6 +8,7 @@ containers may be old)::
     python3 jobkit.py state SERVERS_DIR NAME JOB_KEY STATE REASON RESTARTS MAX_RESTARTS LAST_EXIT PID DEVICES
     python3 jobkit.py proxy-record PATH ADDRESS PORT JOB_KEY
     python3 jobkit.py pick-port BIND_HOST
+    python3 jobkit.py probe HOST PORT      (exit 0 when GET /health answers 200 within 2 s)
 
 biofleet reads the records back with :class:`biofleet.registry.Endpoint` and
 :class:`biofleet.fleet.state.Supervision`; a test checks that what this module writes
@@ -95,6 +96,17 @@ def pick_port(bind_host: str) -> int:
         s.close()
 
 
+def probe_health(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether the server on ``host:port`` answers ``GET /health`` with 200 (vLLM's readiness)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(endpoint_url(host, port) + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
 def _int_or_none(text: str) -> Optional[int]:
     return int(text) if text else None
 
@@ -122,6 +134,8 @@ def main(argv: List[str]) -> int:
         atomic_write_text(path, json.dumps(rec))
     elif cmd == "pick-port":
         print(pick_port(args[0]))
+    elif cmd == "probe":
+        return 0 if probe_health(args[0], int(args[1])) else 1
     else:
         sys.stderr.write("jobkit: unknown command %r\n" % cmd)
         return 2
