@@ -554,7 +554,7 @@ def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
     or with the hybrid KV manager (V1 >= 0.10) the padded group slots (``hybrid_kv_group_slots``)."""
     layers, sliding = _kv_layers(server.model)
     m = server.model
-    stateful = m.num_layers - layers if m.kv_layers and m.kv_layers < m.num_layers else 0
+    stateful = m.num_layers - layers  # Mamba / linear-attention layers: no KV, a state
     if rules.hybrid_kv and stateful and not sliding:
         # Mamba / Gated DeltaNet layers are KV-cache groups of their own, their state in pages as large as an
         # attention layer's (vLLM raises the attention block size to match), so the printed token count divides
@@ -1112,7 +1112,7 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
     ctx = gpu.cuda_context_gib
     used = sum(f.budget_gib for _, f in real) + ctx * len(real) + outside
     free = min((s.gpu_free_gib for s, _ in real if s.gpu_free_gib is not None), default=None)
-    held = visible - free if free is not None else 0.0
+    held = max(held_by_others_gib(s, gpu) for s, _ in real)
     if all(_rules(s, gpu).others_count_as_own for s, _ in real):
         held = 0.0  # already inside each server's budget (read as its non-torch memory)
     names = " + ".join(f"{s.name} {f.utilization:.2f}" for s, f in real)
@@ -1145,9 +1145,9 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
     # as large as the profiling one (case 12000: 0.99 of an L4 started; 2006: 1.0 started, then ran out of memory
     # in its first generate()). Co-located servers are held to their whole budgets: each serves beside the others
     back = real[0][1].activation_gib if len(real) == 1 and not refused else 0.0
+    over = total - visible
+    lower = max(0.0, min(f.utilization for _, f in real) - over / visible)
     if total - back > visible:
-        over = total - visible
-        lower = max(0.0, min(f.utilization for _, f in real) - over / visible)
         if len(real) > 1:
             out.append(_f("error", "util-sum-too-high",
                           f"{label} GPU {index}: utilisations {names} need {parts} = {total:.2f} GiB of "
@@ -1163,7 +1163,6 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
                           f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
                           f"{visible:.2f} GiB; {how}", f"lower gpu_memory_utilization to {lower:.2f}"))
     elif total > visible:
-        lower = max(0.0, real[0][1].utilization - (total - visible) / visible)
         out.append(_f("warning", "util-too-high-for-peak",
                       f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
                       f"{visible:.2f} GiB at its profiled peak; it starts (the {back:.2f} GiB of activations its "
