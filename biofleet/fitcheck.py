@@ -1117,6 +1117,11 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
         held = 0.0  # already inside each server's budget (read as its non-torch memory)
     names = " + ".join(f"{s.name} {f.utilization:.2f}" for s, f in real)
     out: list[Finding] = []
+    if free is not None and free > visible + 0.01:
+        out.append(_f("error", "gpu-free-above-visible",
+                      f"{label} GPU {index}: gpu_free_gib {free:.2f} is more than the {visible:.2f} GiB CUDA reports "
+                      "for the card", "give the free memory nvidia-smi or torch.cuda.mem_get_info() shows, or the "
+                      "card's visible size with --gpu-visible-gib"))
     for s, f in real if len(real) > 1 else ():
         if not _rules(s, gpu).others_count_as_own or f.kv_cache_gib <= 0:
             continue

@@ -98,6 +98,10 @@ def test_free_memory_below_the_budget_is_refused():
     (f,) = [f for f in r.all_findings() if f.code == "gpu-free-memory-too-low"]
     assert not r.ok and "refuses to start" in f.message and "lower gpu_memory_utilization to" in f.fix
     assert check_server_on_gpu(s.model_copy(update={"gpu_free_gib": 79.0}), H100).ok
+    # more free memory than the card has is a mistake in the input, not room to spare
+    bad = check_server_on_gpu(s.model_copy(update={"gpu_free_gib": 500.0}), H100)
+    (f,) = [f for f in bad.all_findings() if f.code == "gpu-free-above-visible"]
+    assert not bad.ok and "500.00" in f.message and "--gpu-visible-gib" in f.fix
     # a V0 build does not check, but runs out of memory when it allocates the KV cache
     old = check_server_on_gpu(s.model_copy(update={"vllm_version": "0.6.3"}), H100)
     assert "gpu-free-memory-too-low" in old.codes() and "runs out of memory" in old.all_findings()[0].message
