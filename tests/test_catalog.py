@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_hub import FakeHub
 
 from biofleet.catalog.gpus import GPUS, UnknownGpuError, custom_gpu, get_gpu
 from biofleet.catalog.models import (
@@ -231,21 +232,55 @@ def test_hub_cache_is_used_offline(tmp_path):
 
 
 def test_hub_fetch_is_cached(tmp_path, monkeypatch):
-    import httpx
-
     cfg = {"model_type": "llama", "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8}
-    calls = []
+    with FakeHub({"lab/fetched": {"config.json": json.dumps(cfg).encode()}}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        m = get_model("lab/fetched", allow_network=True, cache_dir=tmp_path)
+        assert m.hidden_size == 512 and m.quantization is None and hub.gets == ["config.json"]
+        assert (tmp_path / "lab--fetched.json").is_file()
+        get_model("lab/fetched", cache_dir=tmp_path)  # offline now, from the cache
+        assert hub.gets == ["config.json"]
 
-    def fake_get(url, **kw):
-        calls.append((url, kw.get("timeout")))
-        return httpx.Response(200, json=cfg, request=httpx.Request("GET", url))
 
-    monkeypatch.setattr(httpx, "get", fake_get)
-    m = get_model("lab/fetched", allow_network=True, cache_dir=tmp_path)
-    assert m.hidden_size == 512 and calls == [("https://huggingface.co/lab/fetched/resolve/main/config.json", 10.0)]
-    assert (tmp_path / "lab--fetched.json").is_file()
-    get_model("lab/fetched", cache_dir=tmp_path)  # offline now, from the cache
-    assert len(calls) == 1
+NVFP4_SIDE = {"producer": {"name": "modelopt", "version": "0.22.1"},
+              "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8", "group_size": 16,
+                               "exclude_modules": ["lm_head"]}}
+
+
+def test_modelopt_side_file_is_read_as_vllm_reads_it(tmp_path):
+    """ModelOpt <= 0.29 writes the quantisation to hf_quant_config.json beside a config.json without one
+    (nvidia/DeepSeek-V3.1-NVFP4, the Nemotron-3 FP8 / NVFP4 releases); vLLM reads it, and an inline
+    quantization_config wins over a stale side file."""
+    cfg = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    m = get_model(str(_write(tmp_path / "nvfp4", cfg, **{"hf_quant_config.json": NVFP4_SIDE})))
+    assert (m.quantization, m.quant_bits) == ("modelopt", 4.5)
+    fp8 = {**NVFP4_SIDE, "quantization": {"quant_algo": "FP8"}}
+    assert get_model(str(_write(tmp_path / "fp8", cfg, **{"hf_quant_config.json": fp8}))).quant_bits == 8
+    inline = {**cfg, "quantization_config": {"quant_method": "fp8"}}
+    m = get_model(str(_write(tmp_path / "inline", inline, **{"hf_quant_config.json": NVFP4_SIDE})))
+    assert (m.quantization, m.quant_bits) == ("fp8", 8)
+    assert get_model(str(_write(tmp_path / "plain", cfg))).quantization is None
+
+
+def test_modelopt_side_file_is_fetched_with_the_config(tmp_path, monkeypatch):
+    cfg = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    big = {**cfg, "padding": "x" * (5 << 20)}
+    repos = {"nvidia/small-NVFP4": {"config.json": json.dumps(cfg).encode(),
+                                    "hf_quant_config.json": json.dumps(NVFP4_SIDE).encode()},
+             "lab/huge": {"config.json": json.dumps(big).encode()}}
+    with FakeHub(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        m = get_model("nvidia/small-NVFP4", allow_network=True, cache_dir=tmp_path)
+        assert (m.quantization, m.quant_bits) == ("modelopt", 4.5)
+        assert hub.gets == ["config.json", "hf_quant_config.json"]
+        # offline from the cache, the side file's settings kept with the config
+        assert get_model("nvidia/small-NVFP4", cache_dir=tmp_path).quant_bits == 4.5
+        # a reply far beyond any config file is refused, not read whole or cached
+        with pytest.raises(UnknownModelError, match="larger than"):
+            get_model("lab/huge", allow_network=True, cache_dir=tmp_path)
+        assert not (tmp_path / "lab--huge.json").exists()
 
 
 def test_qwen1_intermediate_size_counts_both_projections():

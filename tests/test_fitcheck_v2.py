@@ -670,6 +670,22 @@ def test_nemotron_h_layer_mix_parameters_and_kv_layers():
         hybrid_layer_mix({**NEMOTRON_H, "hybrid_override_pattern": "M*X"})
 
 
+def test_nemotron_h_layer_kinds_as_a_list():
+    """Nemotron-3 configs written by transformers 5 (NVIDIA-Nemotron-3-Ultra, -3.5-Lightning) give the layer
+    kinds as ``layers_block_type`` names and may leave out num_hidden_layers; read as a plain 52-layer MoE
+    model the 30B-A3B shape came out at 102B."""
+    from biofleet.catalog.models import hybrid_layer_mix
+
+    kinds = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+    listed = {k: v for k, v in NEMOTRON_H.items() if k not in ("hybrid_override_pattern", "num_hidden_layers")}
+    listed["layers_block_type"] = [kinds[c] for c in NEMOTRON_H["hybrid_override_pattern"]]
+    assert hybrid_layer_mix(listed) == hybrid_layer_mix(NEMOTRON_H)
+    a, b = model_from_config(listed, "listed"), model_from_config(NEMOTRON_H, "pattern")
+    assert (a.num_layers, a.kv_layers, a.params_b, a.mamba) == (b.num_layers, b.kv_layers, b.params_b, b.mamba)
+    with pytest.raises(ValueError, match="not modelled"):
+        hybrid_layer_mix({**listed, "layers_block_type": ["mamba", "conv"]})
+
+
 def test_mamba2_state_and_v0_cache_size():
     """Case 3012's V0 MambaCacheManager: 256 sequences x 27 layers; conv state 0.4746 GiB (bf16), SSM state
     33.75 GiB in float32 (16.875 in bf16)."""

@@ -44,6 +44,7 @@ __all__ = [
 
 HUB_CACHE_DIR = Path("~/.cache/biofleet/hub-configs")
 HUB_TIMEOUT_S = 10.0
+MAX_HUB_JSON_BYTES = 4 << 20  # config.json and hf_quant_config.json (which lists every excluded module) are < 1 MB
 
 # Quantisation methods biofleet models (``quantization_config.quant_method``) and the
 # weight bits they store when the config does not say. Any other method is *not* guessed:
@@ -644,9 +645,17 @@ def hybrid_layer_mix(cfg: Mapping[str, Any]) -> dict[str, int] | None:
     ``M`` a Mamba2 mixer, ``*`` attention, ``-`` an MLP, ``E`` a MoE block (vLLM's ``nemotron_h.py``
     ``ALL_DECODER_LAYER_TYPES``). None for other configs."""
     pattern = cfg.get("hybrid_override_pattern")
+    names = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+    # the same as a list of names (Nemotron-3 files written by transformers 5; Jamba's Mamba-1 list is not this)
+    kinds = cfg.get("layers_block_type") if cfg.get("model_type") == "nemotron_h" else None
+    if (not isinstance(pattern, str) or not pattern) and isinstance(kinds, list) and kinds:
+        unknown_kinds = sorted({str(k) for k in kinds} - set(names.values()))
+        if unknown_kinds:
+            raise ValueError(f"layers_block_type has layer kinds {unknown_kinds} that are not modelled "
+                             f"(known: {', '.join(names.values())})")
+        return {name: sum(1 for k in kinds if k == name) for name in names.values()}
     if not isinstance(pattern, str) or not pattern:
         return None
-    names = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
     unknown = sorted(set(pattern) - set(names))
     if unknown:
         raise ValueError(f"hybrid_override_pattern has layer kinds {unknown} that are not modelled "
@@ -996,6 +1005,9 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
                      ("padded_vocab_size", "vocab_size")):
         if cfg.get(src) is not None and cfg.get(dst) is None:
             cfg[dst] = cfg[src]
+    blocks = cfg.get("layers_block_type")
+    if cfg.get("num_hidden_layers") is None and cfg.get("model_type") == "nemotron_h" and isinstance(blocks, list):
+        cfg["num_hidden_layers"] = len(blocks)  # transformers 5 derives it from the list
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
     if missing:
         raise ValueError(f"{id}: config.json lacks {', '.join(missing)}; describe the model under `models:`")
@@ -1236,14 +1248,32 @@ def _index() -> dict[str, ModelSpec]:
 _INDEX = _index()
 
 
+# Files that hold the quantisation beside a config.json without one: older AutoGPTQ and AutoAWQ repositories,
+# and NVIDIA ModelOpt <= 0.29 (``hf_quant_config.json``, which vLLM reads whenever config.json has no
+# quantization_config: transformers_utils/config.py; nvidia/DeepSeek-V3.1-NVFP4 and the Nemotron-3 FP8 / NVFP4
+# releases ship their NVFP4 / FP8 settings only there).
+_SIDE_QUANT_FILES = ("quantize_config.json", "quant_config.json", "hf_quant_config.json")
+
+
+def _side_quant(name: str, q: Mapping[str, Any]) -> dict[str, Any]:
+    """A quantization_config from one of ``_SIDE_QUANT_FILES`` (ModelOpt's file: ``{"producer": {"name":
+    "modelopt"}, "quantization": {"quant_algo": "NVFP4", ...}}``, read by :func:`_quant_of` as it stands)."""
+    out = dict(q)
+    if name == "hf_quant_config.json":
+        producer = out.get("producer")
+        name_of = producer.get("name") if isinstance(producer, Mapping) else None
+        out.setdefault("quant_method", str(name_of or "modelopt").lower())
+    else:
+        out.setdefault("quant_method", "gptq" if name == "quantize_config.json" else "awq")
+    return out
+
+
 def _read_local(path: Path, id: str) -> ModelSpec:
     cfg = json.loads((path / "config.json").read_text())
-    if "quantization_config" not in cfg:  # older AutoGPTQ / AutoAWQ repos keep it beside config.json
-        for name in ("quantize_config.json", "quant_config.json"):
+    if "quantization_config" not in cfg:
+        for name in _SIDE_QUANT_FILES:
             if (path / name).is_file():
-                q = json.loads((path / name).read_text())
-                q.setdefault("quant_method", "gptq" if name == "quantize_config.json" else "awq")
-                cfg["quantization_config"] = q
+                cfg["quantization_config"] = _side_quant(name, json.loads((path / name).read_text()))
                 break
     spec = model_from_config(cfg, id)
     ck = checkpoint_from_dir(path)
@@ -1276,17 +1306,38 @@ def _with_hub_checkpoint(spec: ModelSpec, model_id: str, cache: Path, allow_netw
     return spec.model_copy(update={"checkpoint": ck}) if ck else spec
 
 
-def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
+def _get_json(url: str, headers: Mapping[str, str], *, missing_ok: bool = False) -> Any:
+    """GET a small JSON file from the hub, streamed and refused beyond ``MAX_HUB_JSON_BYTES``; None for
+    a 404 when ``missing_ok``."""
     import httpx
 
+    with httpx.stream("GET", url, timeout=HUB_TIMEOUT_S, follow_redirects=True, headers=dict(headers)) as resp:
+        if missing_ok and resp.status_code == 404:
+            return None
+        resp.raise_for_status()
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > MAX_HUB_JSON_BYTES:
+                raise ValueError(f"{url} is larger than {MAX_HUB_JSON_BYTES} bytes; not a config file")
+    return json.loads(bytes(body))
+
+
+def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
     headers = {}
     token = os.environ.get("HF_TOKEN")  # gated repos (meta-llama) need the user's token
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    url = f"{hub_endpoint()}/{model_id}/resolve/main/config.json"
-    resp = httpx.get(url, timeout=HUB_TIMEOUT_S, follow_redirects=True, headers=headers)
-    resp.raise_for_status()
-    cfg = resp.json()
+    base = f"{hub_endpoint()}/{model_id}/resolve/main"
+    cfg = _get_json(f"{base}/config.json", headers)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{model_id}'s config.json is not a JSON object")
+    if "quantization_config" not in cfg:  # ModelOpt <= 0.29 keeps it beside config.json (_SIDE_QUANT_FILES)
+        side = _get_json(f"{base}/hf_quant_config.json", headers, missing_ok=True)
+        if side is not None:
+            if not isinstance(side, dict):
+                raise ValueError(f"{model_id}'s hf_quant_config.json is not a JSON object")
+            cfg["quantization_config"] = _side_quant("hf_quant_config.json", side)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(cfg, indent=1))
