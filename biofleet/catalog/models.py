@@ -816,7 +816,7 @@ _LEARNED_POSITION_TYPES = {"opt", "gpt2", "gpt_bigcode", "biogpt"}
 # by these families) when config.json leaves the key out: lm_head shares the embedding matrix. Llama,
 # Mistral, Qwen2/3, Phi-3, GPT-NeoX and most newer families default to False.
 _TIED_BY_DEFAULT = {"gpt2", "biogpt", "opt", "falcon", "bloom", "gpt_bigcode", "starcoder2", "mpt", "gemma", "gemma2",
-                    "gemma3", "gemma3_text", "cohere"}
+                    "gemma3", "gemma3_text", "cohere", "smollm3"}
 
 
 def _tied(cfg: Mapping[str, Any]) -> bool:
