@@ -271,6 +271,7 @@ class ServerFit(_Frozen):
     activation_gib: float
     non_torch_gib: float
     cuda_graph_gib: float  # estimated size, whether or not it is in the budget
+    sampler_warmup_gib: float = 0.0  # V1's sampler warm-up after graph capture (the profile's sampler pass again)
     graphs_in_budget: bool
     budget_gib: float
     utilization: float
@@ -290,7 +291,7 @@ class ServerFit(_Frozen):
             "budget_gib": _r2(self.budget_gib), "weights_gib": _r2(self.weights_gib),
             "overhead_gib": _r2(self.overhead_gib), "activation_gib": _r2(self.activation_gib),
             "non_torch_gib": _r2(self.non_torch_gib), "cuda_graph_gib": _r2(self.cuda_graph_gib),
-            "graphs_in_budget": self.graphs_in_budget,
+            "graphs_in_budget": self.graphs_in_budget, "sampler_warmup_gib": _r2(self.sampler_warmup_gib),
             "kv_cache_gib": _r2(self.kv_cache_gib), "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_cache_tokens": self.kv_cache_tokens,
             "max_concurrency": None if self.max_concurrency is None else _r2(self.max_concurrency),
@@ -624,12 +625,30 @@ def _activation(server: ServerInput, res: Resolved) -> float:
         forward += AWQ_SPLIT_K_OUTPUTS * tokens * widest * 2
     peak = forward
     if not m.encoder_only and server.kind == "generate":
-        rows = min(res.max_num_seqs, tokens)
-        sampler = rows * m.vocab_size * res.rules.sampler_bytes_per_logit
+        sampler = _sampler_bytes(server, res, tokens)
         if m.num_experts and res.rules.engine == "V1":
             sampler += MOE_WORKSPACE_BYTES * tokens * inter / tp
         peak = max(peak, sampler)
     return (max(peak, _encoder_bytes(server, res)) if m.vision else peak) / GiB
+
+
+def _sampler_bytes(server: ServerInput, res: Resolved, tokens: int | None = None) -> float:
+    """The sampler's logits pass: ``min(max_num_seqs, tokens)`` rows of the vocabulary at the era's bytes per
+    logit (0 for embedding servers)."""
+    m = server.model
+    if m.encoder_only or server.kind != "generate":
+        return 0.0
+    rows = min(res.max_num_seqs, res.batched_tokens if tokens is None else tokens)
+    return rows * m.vocab_size * res.rules.sampler_bytes_per_logit
+
+
+def sampler_warmup_gib(server: ServerInput, res: Resolved) -> float:
+    """What V1 allocates again when it warms the sampler up after capturing the CUDA graphs (the rows and
+    settings of the profiling pass: ``GPUWorker.compile_or_warm_up_model``, from 0.8); 0 for V0, which has
+    no such step. The profile's freed peak holds it unless the graphs took that memory."""
+    if res.rules.engine != "V1":
+        return 0.0
+    return _sampler_bytes(server, res) / GiB
 
 
 def _encoder_items(server: ServerInput, res: Resolved) -> int:
@@ -897,6 +916,10 @@ def _ceil2(x: float) -> float:
     return math.ceil(x * 100 - 1e-9) / 100
 
 
+def _floor2(x: float) -> float:
+    return math.floor(x * 100 + 1e-9) / 100
+
+
 def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> dict[str, Any]:
     m, r = server.model, res.rules
     return {
@@ -1015,6 +1038,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,
         activation_gib=act, non_torch_gib=nt, cuda_graph_gib=graphs, graphs_in_budget=res.rules.graphs_in_budget,
+        sampler_warmup_gib=sampler_warmup_gib(server, res),
         budget_gib=budget, utilization=res.utilization,
         kv_cache_gib=kv if per_tok else min(kv, 0.0),  # encoder-only: no KV cache, only a possible deficit
         kv_bytes_per_token=per_tok, kv_cache_tokens=tokens, max_concurrency=conc, max_model_len=max_len,
@@ -1150,6 +1174,8 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
     # as large as the profiling one (case 12000: 0.99 of an L4 started; 2006: 1.0 started, then ran out of memory
     # in its first generate()). Co-located servers are held to their whole budgets: each serves beside the others
     back = real[0][1].activation_gib if len(real) == 1 and not refused else 0.0
+    # after the graphs, V1 warms the sampler up with the profile's rows again: it needs that memory back
+    warm = real[0][1].sampler_warmup_gib if back else 0.0
     over = total - visible
     lower = max(0.0, min(f.utilization for _, f in real) - over / visible)
     if total - back > visible:
@@ -1167,6 +1193,16 @@ def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[Ser
             out.append(_f("error", "util-too-high",
                           f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "
                           f"{visible:.2f} GiB; {how}", f"lower gpu_memory_utilization to {lower:.2f}"))
+    elif total - back + warm > visible:
+        fix_util = _floor2(max(0.0, real[0][1].utilization - (total - back + warm - visible) / visible))
+        out.append(_f("error", "sampler-warmup-oom",
+                      f"{label} GPU {index}: utilisation {names} leaves {visible - (total - back):.2f} GiB once the "
+                      f"KV cache is allocated and the CUDA graphs captured ({parts}, less the {back:.2f} GiB of "
+                      f"profiling activations); vLLM then warms the sampler up with the profile's requests again "
+                      f"({warm:.2f} GiB) and runs out of memory (\"CUDA out of memory occurred when warming up "
+                      f"sampler\")",
+                      f"lower gpu_memory_utilization to {fix_util:.2f} "
+                      "or max_num_seqs"))
     elif total > visible:
         out.append(_f("warning", "util-too-high-for-peak",
                       f"{label} GPU {index}: utilisation {names} needs {parts} = {total:.2f} GiB of "

@@ -164,6 +164,25 @@ def test_a_build_without_the_free_memory_check_starts_in_its_profiled_activation
     assert not two.ok and "util-sum-too-high" in two.codes()
 
 
+def test_v1_needs_the_sampler_warm_up_back_after_graph_capture():
+    """V1 warms the sampler up again after capturing the graphs, with the profile's rows (GPUWorker.
+    compile_or_warm_up_model): a single server can start in its freed activations only if, after the graphs, they
+    still hold the sampler's pass. gemma-3-1b's 262,144-token vocabulary x 1,024 sequences: 3.75 GiB."""
+    def run(util: float, version: str = "0.19"):
+        return fit("google/gemma-3-1b-it", gpu=L4, vllm_version=version, max_model_len=2048, max_num_seqs=1024,
+                   gpu_memory_utilization=util)
+    big = run(0.975)
+    (e,) = [f for f in big.all_findings() if f.code == "sampler-warmup-oom"]
+    assert not big.ok and e.severity == "error" and "warming up sampler" in e.message and "0.94" in e.fix
+    assert big.servers[0].sampler_warmup_gib == pytest.approx(1024 * 262144 * 15 / 2**30, rel=0.01)
+    assert run(0.94).ok  # the fix it names
+    # the sampler set the profile's peak, so its freed activations leave nothing for the graphs; before the warm-up
+    # step was counted this read as a start (util-too-high-for-peak)
+    assert big.servers[0].activation_gib == pytest.approx(big.servers[0].sampler_warmup_gib)
+    old = run(0.975, "0.7.3")  # V0 has no warm-up after capture
+    assert old.servers[0].sampler_warmup_gib == 0 and "sampler-warmup-oom" not in old.codes()
+
+
 def test_colocated_servers_add_their_contexts_and_outside_graphs():
     # two servers at 0.49 each on a T4: 14.28 GiB of budgets + two CUDA contexts > 14.57 GiB
     a = srv("Qwen/Qwen2.5-0.5B-Instruct", "a", dtype="float16", gpu_memory_utilization=0.49, max_model_len=4096)
