@@ -367,7 +367,11 @@ def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
                      v0_model=server.model.mamba is not None or
                      (server.model.vision is not None and server.model.vision.family == "mllama"),
-                     pipeline_parallel=server.pipeline_parallel_size > 1)
+                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_v0_requested(server))
+
+
+def _v0_requested(server: ServerInput) -> bool:
+    return str(server.env.get("VLLM_USE_V1", "")).strip() == "0"
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -989,10 +993,15 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _capability(server, gpu, res)
     findings += _model_coverage(server, res)
     if res.rules.v1_fallback:
-        why = (f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)" if m.mamba and gpu.compute_capability
-               >= (8, 0) else "for pipeline parallelism (V1 took it in 0.9)" if server.pipeline_parallel_size > 1
-               and gpu.compute_capability >= (8, 0) and res.rules.version < (0, 9, 0)
-               else f"on compute capability {gpu.cc_str} (V1 needs >= 8.0 before 0.10.2)")
+        new_gpu = gpu.compute_capability >= (8, 0)
+        if _v0_requested(server):
+            why = "because the server sets VLLM_USE_V1=0"
+        elif m.mamba and new_gpu:
+            why = f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)"
+        elif server.pipeline_parallel_size > 1 and new_gpu and res.rules.version < (0, 9, 0):
+            why = "for pipeline parallelism (V1 took it in 0.9)"
+        else:
+            why = f"on compute capability {gpu.cc_str} (V1 needs >= 8.0 before 0.10.2)"
         findings.append(_f("info", "v1-falls-back-to-v0",
                            f"vLLM {res.rules.label} runs the V0 engine {why}: whole-sequence profiling, CUDA graphs "
                            "outside the budget"))

@@ -20,7 +20,8 @@ the same for every case (no per-case settings):
   command line / non-default args show the user set them (vLLM's own defaults are predicted).
 - ``--kind embed`` for models whose id says "embedding"; ``--gpu-free-gib`` when the error
   line states the free memory at start-up (those cases test the start-up rule itself), or the
-  logged total minus ``gpu_held_by_others_gib`` where the source states what other processes held.
+  logged total minus ``gpu_held_by_others_gib`` where the source states what other processes held, or
+  minus the other processes torch's out-of-memory message lists beside "this process".
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
         (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
+        (re.search(r"(?:^|\s)-q[= ]+([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(_UNSLOTH_BANNER[key], quote) if key in _UNSLOTH_BANNER else None)
     return m.group(1).strip("'\"") if m else None
 
@@ -111,6 +113,18 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
 # Unsloth starts vLLM itself and prints what it passes ("Chunked prefill tokens = 2048. Num Sequences = 128.")
 _UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens = (\d+)",
                    "max_num_seqs": r"Unsloth: .*Num Sequences = (\d+)"}
+
+
+def _others_in_oom(error: str) -> float:
+    """GiB other processes held, from torch's out-of-memory message when it tells them from the failing one
+    ("Process 4683 has 11.05 GiB memory in use. ... this process has 18.80 GiB memory in use"). Without "this
+    process" (in a container torch cannot match its own pid) every listed process may be the failing one."""
+    if not re.search(r"this process has", error):
+        return 0.0
+    units = {"GiB": 1.0, "MiB": 1 / 1024}
+    held = {pid: float(n) * units[u]  # by pid: a message quoted twice lists each process twice
+            for pid, n, u in re.findall(r"Process (\d+) has ([\d.]+) (GiB|MiB) memory in use", error)}
+    return sum(held.values())
 
 
 def _version(case: dict[str, Any]) -> str | None:
@@ -187,6 +201,11 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     try:
         run.spec = get_model(model)
         ref = model
+        method = str(case.get("quantization") or "").split(" ")[0].lower()
+        if method in ("gptq", "awq") and run.spec.quantization is None:
+            # a user's own GPTQ / AWQ copy of a catalogue model (named by the model it quantises): its copy
+            ref = f"{model}-{method.upper()}"
+            run.spec = get_model(ref)
     except UnknownModelError:
         cfg = CONFIGS / (model.replace("/", "--") + ".json")
         if not cfg.is_file():
@@ -240,6 +259,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         v = _flag_in_quote(quote, key)
         if v:
             argv += ["--" + key.replace("_", "-"), v]
+    if re.search(r"\bVLLM_USE_V1=0\b", quote):  # 0.8-0.10 run V0 when the user asks for it
+        argv += ["--env", "VLLM_USE_V1=0"]
     if "embedding" in model.lower():
         argv += ["--kind", "embed"]
     free = re.search(r"Free memory on device[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)", str(case.get("error") or ""))
@@ -247,6 +268,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--gpu-free-gib", free.group(1)]
     elif case.get("gpu_held_by_others_gib") and logged:  # what nvidia-smi showed the user before the start
         argv += ["--gpu-free-gib", f"{float(logged) - float(case['gpu_held_by_others_gib']):.2f}"]
+    elif (others := _others_in_oom(f"{case.get('error') or ''}\n{quote}")) and logged:
+        argv += ["--gpu-free-gib", f"{float(logged) - others:.2f}"]
     run.argv = argv
     return run
 

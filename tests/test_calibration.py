@@ -30,8 +30,9 @@ HELDOUT11 = "vllm_cases_v2_heldout11.jsonl"  # scored once at 0069270 (2026-11-2
 HELDOUT12 = "vllm_cases_v2_heldout12.jsonl"  # scored once at 24544c4 (2026-11-27); tuning data since
 HELDOUT13 = "vllm_cases_v2_heldout13.jsonl"  # scored once at f2dd9b1 (2026-11-27); tuning data since
 HELDOUT14 = "vllm_cases_v2_heldout14.jsonl"  # scored once at 1e9e7f8 (2026-11-27); tuning data since
+HELDOUT15 = "vllm_cases_v2_heldout15.jsonl"  # scored once at e303e4c (2026-11-27); tuning data since
 ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7, HELDOUT8, HELDOUT9, HELDOUT10, HELDOUT11,
-               HELDOUT12, HELDOUT13, HELDOUT14)
+               HELDOUT12, HELDOUT13, HELDOUT14, HELDOUT15)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -310,6 +311,36 @@ def test_heldout14_cases():
     assert abs(by[14009]["kv_err"]) < 0.05
 
 
+def test_heldout15_cases():
+    """The fifteenth held-out set (21 cases from three blind gatherers: vLLM's own tracker on recent builds, pages
+    and docs, other projects' trackers; 19 failures). Scored once at e303e4c: 17 verdicts, 9 right, weights 3.7 %
+    (1), no KV figure."""
+    _, rows = _run(HELDOUT15)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    by = {r["id"]: r for r in rows}
+    # 15003: 0.6.4 counted a co-located 72B server's memory as its own (PR #9352's profiler); 15207: torch's OOM
+    # message lists two other processes beside "this process" (12.76 GiB) on a 0.2.4 card sized from its total
+    assert by[15003]["predicted"] == "failed" and by[15207]["predicted"] == "failed"
+    # 15000 (0.8.4 TP2, out of memory compiling / capturing after the KV cache), 15004 (a user's GPTQ copy of a
+    # NAS-pruned 49B on V0 at 32,768 tokens: 5.1 GiB of KV predicted, 6.1 needed, it started), 15005 (sampler
+    # warm-up on an RTX 2080 Ti, 0.2 GiB of margin by the model's count), 15100 (0.2.6 Mixtral AWQ, out of memory
+    # profiling 32,768 tokens), 15103 (Unsloth's NVFP4 Qwen3.6-27B: weights of an unknown mix of FP8 / NVFP4 /
+    # 16-bit layers), 15208 (Qwen3-VL-235B TP8 with expert parallelism, CUDA error after the start-up phases)
+    assert s.verdicts >= 17 and wrong <= {15000, 15004, 15005, 15100, 15103, 15208}, (s, wrong)
+
+
+def test_others_in_an_oom_message():
+    from calibration import _others_in_oom
+
+    msg = ("GPU 0 has a total capacty of 80 GiB of which 176.38 MiB is free. Process 4683 has 11.05 GiB memory in "
+           "use. Process 16753 has 1.71 GiB memory in use. Including non-PyTorch memory, this process has 18.80 GiB")
+    assert _others_in_oom(msg + "\n" + msg) == pytest.approx(12.76)  # quoted twice: each process once
+    assert _others_in_oom("Process 7 has 512.00 MiB memory in use. this process has 1 GiB") == pytest.approx(0.5)
+    # in a container torch lists the failing process by pid too: nothing is taken as another's
+    assert _others_in_oom("Process 3941857 has 79.07 GiB memory in use. Of the allocated memory ...") == 0
+
+
 @pytest.mark.xfail(strict=True, reason="held-out verdicts are 16/17 = 94%, below the 95% target: case 1012 "
                    "(gpt-oss-20b at 0.95 of an H100, vLLM 0.19) ran out of memory warming up the sampler after "
                    "CUDA-graph capture, outside the budget the fit-check models; see docs/fit-check.md")
@@ -366,7 +397,8 @@ def calculators_table(runs: list[Run]) -> tuple[str, dict[str, tuple[int, int, f
     ours_right = sum(r["logged"] == r["predicted"] for r in scored)
     ws = [abs(r["w_err"]) for r in scored if "w_err" in r]
     ks = [abs(r["kv_err"]) for r in scored if "t_log" in r]
-    stats = {"biofleet fit-check": (ours_right, len(scored), statistics.median(ws), statistics.median(ks))}
+    stats = {"biofleet fit-check": (ours_right, len(scored), statistics.median(ws) if ws else None,
+                                    statistics.median(ks) if ks else None)}
     stats.update({name: _calc_stats(pairs) for name, pairs in per.items()})
 
     def pct(x: float | None) -> str:

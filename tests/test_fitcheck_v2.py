@@ -107,12 +107,35 @@ def test_free_memory_below_the_budget_is_refused():
     assert "gpu-free-memory-too-low" in old.codes() and "runs out of memory" in old.all_findings()[0].message
 
 
+def test_a_server_can_ask_for_v0_on_the_builds_that_kept_it():
+    """VLLM_USE_V1=0 (profile env:, or --env) runs V0 on 0.8-0.10; 0.11 removed it."""
+    assert rules_for("0.8.3", v0_requested=True).engine == "V0"
+    assert rules_for("0.10.2", v0_requested=True).engine == "V0"
+    assert rules_for("0.11.0", v0_requested=True).engine == "V1" and rules_for("0.8.3").engine == "V1"
+    r = fit(LLAMA8, gpu=L4, vllm_version="0.8.3", max_model_len=8192, env={"VLLM_USE_V1": "0"})
+    (info,) = [f for f in r.all_findings() if f.code == "v1-falls-back-to-v0"]
+    assert "VLLM_USE_V1=0" in info.message
+    # V0 profiles the whole 8192-token sequence, V1 a 2048-token chunk
+    v1 = fit(LLAMA8, gpu=L4, vllm_version="0.8.3", max_model_len=8192)
+    assert (r.servers[0].max_num_batched_tokens, v1.servers[0].max_num_batched_tokens) == (8192, 2048)
+
+
+def test_env_on_the_command_line():
+    _, d = cli("--model", LLAMA8, "--gpu", "L4", "--vllm-version", "0.9.2", "--env", "VLLM_USE_V1=0",
+               "--max-model-len", "4096", "--json")
+    assert "v1-falls-back-to-v0" in {f["code"] for f in d["servers"][0]["findings"]}
+    for bad in ("VLLM_USE_V1", "BAD NAME=1", "X=a\nb"):
+        r = CliRunner().invoke(app, ["fit-check", "--model", LLAMA8, "--gpu", "L4", "--env", bad])
+        assert isinstance(r.exception, ProfileError) and "--env" in str(r.exception), r.output
+        assert "NAME=VALUE" in str(r.exception)
+
+
 def test_builds_that_read_other_processes_memory_as_their_own():
     # V1 until 0.9.0 (and 0.2.5-0.3.0) took total - free as memory in use: 20 GiB held by another process comes
     # out of the KV cache instead of failing the allocation
-    assert [rules_for(v).others_count_as_own for v in ("0.2.4", "0.2.7", "0.3.1", "0.6.3", "0.8.4", "0.9.0",
-                                                       "0.9.1", "0.19")] == [False, True, False, False, True,
-                                                                             True, False, False]
+    assert [rules_for(v).others_count_as_own for v in ("0.2.4", "0.2.7", "0.3.1", "0.6.3", "0.6.4", "0.6.5",
+                                                       "0.8.4", "0.9.0", "0.9.1", "0.19")] == \
+        [False, True, False, False, True, False, True, True, False, False]
     assert not rules_for("0.8.4", (7, 5)).others_count_as_own  # a T4 ran V0 there
     alone, shared = (fit(LLAMA8, vllm_version="0.8.4", max_model_len=8192, gpu_memory_utilization=0.9,
                          gpu_free_gib=free).servers[0] for free in (None, H100.visible_gib - 20))

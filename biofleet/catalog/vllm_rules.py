@@ -137,16 +137,18 @@ class VllmRules:
 
 
 def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0),
-              v0_model: bool = False, pipeline_parallel: bool = False) -> VllmRules:
+              v0_model: bool = False, pipeline_parallel: bool = False, v0_requested: bool = False) -> VllmRules:
     """The rules of ``version`` on a GPU of ``compute_capability``. ``v0_model``: a model V1-era builds
     before 0.10.2 still ran on V0: Mamba hybrids (case 3012: 0.10.1, V0 ``model_runner.py`` building its
     ``MambaCacheManager``) and encoder-decoder models (mllama: V0's ``enc_dec_model_runner.py``).
     ``pipeline_parallel``: 0.8.x ran pipeline-parallel servers on V0 (case 2004: 0.8.5, two stages, V0's
-    ``worker.py`` refusing the KV cache); V1 took them with its multiprocessing executor in 0.9."""
+    ``worker.py`` refusing the KV cache); V1 took them with its multiprocessing executor in 0.9.
+    ``v0_requested``: the server runs with ``VLLM_USE_V1=0``, which kept V0 from 0.8 until it was removed
+    in 0.11 (cases 2001 / 2002 / 15004: 0.8.3 with V0's log lines)."""
     v = parse_vllm_version(version) if isinstance(version, str) else version
     v1 = v >= (0, 8, 0)
     fallback = v1 and ((v < (0, 10, 2) and (compute_capability < (8, 0) or v0_model)) or
-                       (pipeline_parallel and v < (0, 9, 0)))
+                       (pipeline_parallel and v < (0, 9, 0)) or (v0_requested and v < (0, 11, 0)))
     engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"
     # bytes per logit of the sampler warm-up: V0's sort-based top-k/top-p path ~33 (gemma-2b-it's 256k
     # vocabulary on a T4, case 6103: 2.0 GiB for 256 rows), V1 before FlashInfer's sampler ~40, then 15
@@ -157,9 +159,12 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         non_torch_counted=v >= (0, 2, 5),
         free_memory_check=engine == "V1" and v >= (0, 9, 1),
         # the profiler took (total - free) as the memory in use: 0.2.5-0.3.0 read peak = total - free (PR #2863,
-        # 0.3.1, subtracts what was in use at start-up); V1 until 0.9.0 read non-torch = (total - free) - torch's
-        # allocations (issue #18854 on 0.9.0, fixed by PR #19312 beside the 0.9.1 free-memory check)
-        others_count_as_own=((0, 2, 5) <= v < (0, 3, 1)) or (engine == "V1" and v < (0, 9, 1)),
+        # 0.3.1, subtracts what was in use at start-up); 0.6.4 read non-torch = (total - free) - torch's
+        # allocations (PR #9352, merged after 0.6.3; its log line "Memory profiling results: total_gpu_memory=...
+        # initial_memory_usage=..."; PR #10511, 0.6.5, measures from a baseline again); V1 copied that until 0.9.0
+        # (issue #18854 on 0.9.0, fixed by PR #19312 beside the 0.9.1 free-memory check)
+        others_count_as_own=((0, 2, 5) <= v < (0, 3, 1)) or ((0, 6, 4) <= v < (0, 6, 5))
+        or (engine == "V1" and v < (0, 9, 1)),
         hybrid_kv=engine == "V1" and v >= (0, 10, 0),
         kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
@@ -98,6 +99,11 @@ def fit_check(
         help=(
             "Tokens per scheduler step, the profiling batch (default: vLLM's)."
         ))] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", help=(
+            "An environment variable the server runs with, NAME=VALUE (repeatable; a profile's servers have "
+            "env:). Read: VLLM_USE_V1=0 (0.8-0.10 run the V0 engine), VLLM_ATTENTION_BACKEND."
+        ))] = None,
     kind: Annotated[str, typer.Option(help="generate or embed.")] = "generate",
     online: Annotated[bool, typer.Option(
         help=(
@@ -143,6 +149,7 @@ def fit_check(
             "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
+            "env": _env_pairs(env or []),
         }
         gpu_args = _GpuArgs(gpu_visible_gib, gpu_memory_gib, compute_capability, gpu_name)
         report = _single(model, gpu, gpu_args, gpus_on_node, settings, online)
@@ -155,6 +162,23 @@ def fit_check(
     else:
         show_report(report, title)
     raise typer.Exit(EXIT_FITS if report.ok else EXIT_WOULD_FAIL)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a mapping; a malformed one is an error naming it."""
+    from biofleet.errors import ProfileError, ProfileIssue
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME.match(name) or len(value) > 4096 or any(c in value for c in "\n\r\0"):
+            raise ProfileError([ProfileIssue(None, None, "--env", f"{pair[:80]!r} is not NAME=VALUE (a variable "
+                                             "name of letters, digits and _, a one-line value)")])
+        out[name] = value
+    return out
 
 
 class _GpuArgs(NamedTuple):
