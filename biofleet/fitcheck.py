@@ -96,6 +96,7 @@ GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB, GRAPH_BIG_BATCH = 0.15, 0.012, 1.7
 ACT_BYTES_PER_INTER, ACT_BYTES_PER_HIDDEN = 6, 10
 MOE_WORKSPACE_BYTES = 8  # per token x routed MLP width / TP: fused-MoE buffers kept beside the sampler
 AWQ_SPLIT_K_OUTPUTS = 9  # vLLM < 0.3 awq_gemm: 8 split-k partial outputs + their sum (case 2011)
+MAX_CPU_OFFLOAD_GB = 65536.0  # --cpu-offload-gb beyond this is no host's memory
 # Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
 VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
 
@@ -152,6 +153,8 @@ class ServerInput(_Frozen):
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     gpu_free_gib: float | None = Field(default=None, ge=0)  # free memory on its GPU(s) before it starts (shared GPUs)
+    # vLLM --cpu-offload-gb: GiB of each GPU's share of the decoder layers' weights kept in CPU memory
+    cpu_offload_gb: float = Field(default=0.0, ge=0, le=MAX_CPU_OFFLOAD_GB)
     env: Mapping[str, str] = Field(default_factory=dict)
     # vLLM's --rope-scaling / --hf-overrides '{"rope_scaling": ...}': replaces the config's, so it sets the
     # longest max_model_len vLLM accepts (YaRN x4 takes Qwen3 from 40,960 to 131,072 tokens)
@@ -203,6 +206,24 @@ class ServerInput(_Frozen):
 
 
 ROPE_OVERRIDE_MAX_CHARS = 4096  # a rope_scaling object is a few fields; anything longer is not one
+
+
+def cpu_offload_override(args: Sequence[str]) -> float:
+    """The ``--cpu-offload-gb`` a server's extra vLLM arguments set (``--cpu-offload-gb X``, ``--flag=X``), or 0.
+    A value that is not a number in [0, ``MAX_CPU_OFFLOAD_GB``] is not one (vLLM refuses it at start-up)."""
+    found = 0.0
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--cpu-offload-gb", "--cpu_offload_gb"):
+            continue
+        text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        try:
+            gb = float(text[:32])
+        except ValueError:
+            continue
+        if 0 <= gb <= MAX_CPU_OFFLOAD_GB:
+            found = gb
+    return found
 
 
 def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
@@ -367,7 +388,8 @@ def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
                      v0_model=server.model.mamba is not None or
                      (server.model.vision is not None and server.model.vision.family == "mllama"),
-                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_v0_requested(server))
+                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_v0_requested(server),
+                     v1_requested=str(server.env.get("VLLM_USE_V1", "")).strip() == "1")
 
 
 def _v0_requested(server: ServerInput) -> bool:
@@ -473,10 +495,24 @@ def _mxfp4_experts(m: ModelSpec) -> tuple[int, int] | None:
 
 
 def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
-    """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size.
+    """Weights per GPU (GiB) for the server's dtype / quantisation and tensor parallel size, less what
+    ``--cpu-offload-gb`` keeps in CPU memory: vLLM offloads the decoder layers' parameters one by one until
+    that many GiB per GPU are offloaded (``maybe_offload_to_cpu`` in ``make_layers``); the token embeddings,
+    the lm_head and a vision tower stay on the GPU (case 16002: 70 of Llama-3-70B's 131 GiB offloaded,
+    61.29 GiB logged on the GPU).
 
     The checkpoint's own size wins when it is known (local directory or ``--online``): its
     floating-point tensors scaled to the served dtype, packed / FP8 tensors as stored."""
+    total = _loaded_weights_gib(server, dtype, gpu)
+    if not server.cpu_offload_gb:
+        return total
+    m = server.model
+    stay = ((m.embedding_params_b + (m.vision.params_b if m.vision else 0.0)) * 1e9 * 2
+            / server.tensor_parallel_size / GiB)
+    return total - min(server.cpu_offload_gb, max(total - stay, 0.0))
+
+
+def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
     m = server.model
     dbytes = _DTYPE_BYTES[dtype or effective_dtype(server)]
     method = _weight_method(server)
@@ -946,6 +982,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "kv_layer_slots": sum(_kv_slots(server, r)) if not m.encoder_only else 0,
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
+        "cpu_offload_gb": server.cpu_offload_gb or None,
         "mamba_state": _mamba_inputs(server, res) if m.mamba else None,
     }
 
@@ -1007,6 +1044,14 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
                            "outside the budget"))
     budget = res.utilization * gpu.visible_gib
     w = weights_gib(server, dtype, gpu)
+    if server.cpu_offload_gb:
+        loaded = _loaded_weights_gib(server, dtype, gpu)
+        findings.append(_f("info", "cpu-offload",
+                           f"--cpu-offload-gb {server.cpu_offload_gb:g}: {loaded - w:.2f} of {loaded:.2f} GiB of "
+                           f"weights per GPU stay in CPU memory ({w:.2f} on the GPU); every forward pass reads them "
+                           "over PCIe",
+                           "" if loaded - w >= server.cpu_offload_gb - 0.01 else
+                           "the embeddings, lm_head and any vision tower stay on the GPU: that is all it can offload"))
     act = _activation(server, res)
     nt = non_torch_gib(server, res.rules, gpu)
     held = held_by_others_gib(server, gpu)

@@ -97,14 +97,16 @@ def _model_default_only(case: dict[str, Any], key: str) -> bool:
 
 
 def _flag_in_quote(quote: str, key: str) -> str | None:
-    """A value the user set, from a non-default-args dict, a command line or the user's own words
+    """A value the user set, from a non-default-args dict, the args Namespace the server logs, a command line or
+    the user's own words
     ("decreasing `max_num_seqs` to 32") in the quote; never from vLLM's own resolved-settings lines."""
     k = re.escape(key)
     # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
     m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
-        (re.search(r"\bquantization=(?!None\b)([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
+        re.search(rf"args: Namespace\([^\n]*?\b{k}=(?!None\b)([^,)\s]+)", quote) or \
+        (re.search(r"\bquantization=(?!None\b)([A-Za-z][A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(r"(?:^|\s)-q[= ]+([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(_UNSLOTH_BANNER[key], quote) if key in _UNSLOTH_BANNER else None)
     return m.group(1).strip("'\"") if m else None
@@ -259,15 +261,20 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         v = _flag_in_quote(quote, key)
         if v:
             argv += ["--" + key.replace("_", "-"), v]
-    if re.search(r"\bVLLM_USE_V1=0\b", quote):  # 0.8-0.10 run V0 when the user asks for it
-        argv += ["--env", "VLLM_USE_V1=0"]
+    use_v1 = re.search(r"\bVLLM_USE_V1=([01])\b", quote)  # 0.8-0.10 run V0 on 0, 0.7 runs V1 on 1
+    if use_v1:
+        argv += ["--env", f"VLLM_USE_V1={use_v1.group(1)}"]
+    offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
+    if offload and float(offload) > 0:
+        argv += ["--cpu-offload-gb", str(offload)]
     if "embedding" in model.lower():
         argv += ["--kind", "embed"]
     free = re.search(r"Free memory on device[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)", str(case.get("error") or ""))
     if free:
         argv += ["--gpu-free-gib", free.group(1)]
-    elif case.get("gpu_held_by_others_gib") and logged:  # what nvidia-smi showed the user before the start
-        argv += ["--gpu-free-gib", f"{float(logged) - float(case['gpu_held_by_others_gib']):.2f}"]
+    elif case.get("gpu_held_by_others_gib") and (logged or name):  # what the source says others held
+        total = float(logged) if logged else get_gpu(str(name)).visible_gib
+        argv += ["--gpu-free-gib", f"{total - float(case['gpu_held_by_others_gib']):.2f}"]
     elif (others := _others_in_oom(f"{case.get('error') or ''}\n{quote}")) and logged:
         argv += ["--gpu-free-gib", f"{float(logged) - others:.2f}"]
     run.argv = argv

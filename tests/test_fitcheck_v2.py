@@ -120,6 +120,51 @@ def test_a_server_can_ask_for_v0_on_the_builds_that_kept_it():
     assert (r.servers[0].max_num_batched_tokens, v1.servers[0].max_num_batched_tokens) == (8192, 2048)
 
 
+def test_cpu_offload_keeps_decoder_weights_in_host_memory():
+    """--cpu-offload-gb: vLLM offloads the decoder layers' parameters until that many GiB per GPU are off the
+    card; embeddings and lm_head stay (case 16002: Llama-3-70B with 70 offloaded, 61.29 GiB logged)."""
+    def run(gb: float, tp: int = 1):
+        return fit("meta-llama/Meta-Llama-3-70B-Instruct", gpu=get_gpu("GH200"), vllm_version="0.5.2",
+                   gpu_memory_utilization=0.95, cpu_offload_gb=gb, tensor_parallel_size=tp, max_model_len=8192)
+    full, off = run(0), run(70)
+    assert not full.ok and "no-kv-memory" in full.codes()
+    assert off.ok and off.servers[0].weights_gib == pytest.approx(61.29, rel=0.01)
+    assert off.servers[0].weights_gib == pytest.approx(full.servers[0].weights_gib - 70)
+    (info,) = [f for f in off.all_findings() if f.code == "cpu-offload"]
+    assert "70.00 of 131.41 GiB" in info.message and not info.fix
+    # more than the layers hold: the embeddings and lm_head (2 x 128,256 x 8,192 x 2 B) stay on the GPU
+    most = run(500)
+    assert most.servers[0].weights_gib == pytest.approx(2 * 128256 * 8192 * 2 / 2**30, rel=0.01)
+    assert "all it can offload" in next(f for f in most.all_findings() if f.code == "cpu-offload").fix
+    # a profile sets it through extra_args, which render passes to vLLM as they are
+    from biofleet.fitcheck import cpu_offload_override
+    assert cpu_offload_override(["--cpu-offload-gb", "12"]) == 12 and cpu_offload_override(["--cpu-offload-gb=4.5"])
+    assert cpu_offload_override(["--cpu-offload-gb", "-1"]) == 0 and cpu_offload_override(["--cpu-offload-gb"]) == 0
+    _, d = cli("--model", "meta-llama/Meta-Llama-3-70B-Instruct", "--gpu", "GH200", "--cpu-offload-gb", "70",
+               "--gpu-memory-utilization", "0.95", "--max-model-len", "8192", "--json")
+    assert d["ok"] and d["servers"][0]["inputs"]["cpu_offload_gb"] == 70
+
+
+def test_cpu_offload_in_a_profile_is_read_from_extra_args(tmp_path: Path):
+    p = tmp_path / "p.yaml"
+    body = ("name: o\nservers:\n  s: {{model: meta-llama/Meta-Llama-3-70B-Instruct, max_model_len: 8192, "
+            "gpu_memory_utilization: 0.95{extra}}}\njobs:\n  - {{name: j, gpu: GH200, nodes: [s]}}\n")
+    p.write_text(body.format(extra=""))
+    code, rep = cli("--profile", str(p), "--json")
+    assert code == 1 and rep["servers"][0]["weights_gib"] > 130
+    p.write_text(body.format(extra=", extra_args: ['--cpu-offload-gb', '70']"))
+    code, rep = cli("--profile", str(p), "--json")
+    assert code == 0 and rep["servers"][0]["weights_gib"] == pytest.approx(61.4, abs=0.1)
+
+
+def test_v1_on_request_before_it_was_the_default():
+    assert rules_for("0.7.3", v1_requested=True).engine == "V1" and rules_for("0.7.3").engine == "V0"
+    assert rules_for("0.7.3", (7, 5), v1_requested=True).engine == "V0"  # V1 needed CC >= 8.0 then
+    assert rules_for("0.6.6", v1_requested=True).engine == "V0"  # no V1 before 0.7
+    # V1 0.7 read other processes' memory as its own, as 0.8 did (case 16131: a second 0.2 instance)
+    assert rules_for("0.7.3", v1_requested=True).others_count_as_own
+
+
 def test_env_on_the_command_line():
     _, d = cli("--model", LLAMA8, "--gpu", "L4", "--vllm-version", "0.9.2", "--env", "VLLM_USE_V1=0",
                "--max-model-len", "4096", "--json")

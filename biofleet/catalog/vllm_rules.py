@@ -137,16 +137,18 @@ class VllmRules:
 
 
 def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0),
-              v0_model: bool = False, pipeline_parallel: bool = False, v0_requested: bool = False) -> VllmRules:
+              v0_model: bool = False, pipeline_parallel: bool = False, v0_requested: bool = False,
+              v1_requested: bool = False) -> VllmRules:
     """The rules of ``version`` on a GPU of ``compute_capability``. ``v0_model``: a model V1-era builds
     before 0.10.2 still ran on V0: Mamba hybrids (case 3012: 0.10.1, V0 ``model_runner.py`` building its
     ``MambaCacheManager``) and encoder-decoder models (mllama: V0's ``enc_dec_model_runner.py``).
     ``pipeline_parallel``: 0.8.x ran pipeline-parallel servers on V0 (case 2004: 0.8.5, two stages, V0's
     ``worker.py`` refusing the KV cache); V1 took them with its multiprocessing executor in 0.9.
     ``v0_requested``: the server runs with ``VLLM_USE_V1=0``, which kept V0 from 0.8 until it was removed
-    in 0.11 (cases 2001 / 2002 / 15004: 0.8.3 with V0's log lines)."""
+    in 0.11 (cases 2001 / 2002 / 15004: 0.8.3 with V0's log lines). ``v1_requested``: ``VLLM_USE_V1=1``, which
+    ran the V1 engine before it became the default, from its alpha in 0.7.0 (release notes; case 16131)."""
     v = parse_vllm_version(version) if isinstance(version, str) else version
-    v1 = v >= (0, 8, 0)
+    v1 = v >= (0, 8, 0) or (v1_requested and v >= (0, 7, 0) and compute_capability >= (8, 0))
     fallback = v1 and ((v < (0, 10, 2) and (compute_capability < (8, 0) or v0_model)) or
                        (pipeline_parallel and v < (0, 9, 0)) or (v0_requested and v < (0, 11, 0)))
     engine: Literal["V0", "V1"] = "V1" if v1 and not fallback else "V0"

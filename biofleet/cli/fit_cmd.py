@@ -99,6 +99,11 @@ def fit_check(
         help=(
             "Tokens per scheduler step, the profiling batch (default: vLLM's)."
         ))] = None,
+    cpu_offload_gb: Annotated[float, typer.Option(
+        min=0, help=(
+            "vLLM --cpu-offload-gb: GiB of weights per GPU kept in CPU memory (the decoder layers'; embeddings "
+            "and lm_head stay on the GPU). In a profile: extra_args."
+        ))] = 0.0,
     env: Annotated[list[str] | None, typer.Option(
         "--env", help=(
             "An environment variable the server runs with, NAME=VALUE (repeatable; a profile's servers have "
@@ -149,7 +154,7 @@ def fit_check(
             "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
-            "env": _env_pairs(env or []),
+            "env": _env_pairs(env or []), "cpu_offload_gb": cpu_offload_gb,
         }
         gpu_args = _GpuArgs(gpu_visible_gib, gpu_memory_gib, compute_capability, gpu_name)
         report = _single(model, gpu, gpu_args, gpus_on_node, settings, online)
