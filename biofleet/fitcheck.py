@@ -91,6 +91,7 @@ NON_TORCH_GIB, NON_TORCH_NEW_GIB, NCCL_GIB, NCCL_PCIE_GIB = 0.07, 0.25, 1.85, 0.
 # CUDA graphs: 0.46-0.54 GiB logged for 28-36-layer models with 256 sequences, ~0.9 GiB for
 # 32-layer models at H100 defaults (1024 sequences, 0.19 logs).
 GRAPH_BASE_GIB, GRAPH_PER_LAYER_GIB, GRAPH_BIG_BATCH = 0.15, 0.012, 1.7
+GRAPH_FULL_SEQS, GRAPH_SMALL_FLOOR = 128, 0.1  # fewer sequences than this: a smaller graph pool (cuda_graph_gib)
 # Forward pass of the profiling batch, bytes per token: gate/up output + activated copy (6 B x
 # MLP width / TP) and residual, norm, attention output, QKV (10 B x hidden). 16-bit; x2 for fp32.
 ACT_BYTES_PER_INTER, ACT_BYTES_PER_HIDDEN = 6, 10
@@ -737,7 +738,13 @@ def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:
     if server.enforce_eager:
         return 0.0
     size = GRAPH_BASE_GIB + GRAPH_PER_LAYER_GIB * server.model.num_layers
-    return size * (GRAPH_BIG_BATCH if max_num_seqs >= 512 else 1.0)
+    if max_num_seqs >= 512:
+        return size * GRAPH_BIG_BATCH
+    # vLLM captures batch sizes up to max_num_seqs only (V0 `_get_max_graph_batch_size`, V1's capture-size list
+    # cut at it), and the pool holds the largest's buffers: below GRAPH_FULL_SEQS it shrinks with the batch
+    # (logged: 0.04-0.14 GiB at 1 sequence, cases 6003 / 12101 / 14002 / 1039; 0.10-0.11 at 16, 1032 / 14006;
+    # 0.22 / 0.29 at 64, 1019 / 16117)
+    return size * min(1.0, GRAPH_SMALL_FLOOR + (1 - GRAPH_SMALL_FLOOR) * max_num_seqs / GRAPH_FULL_SEQS)
 
 
 # --------------------------------------------------------------------------- checks

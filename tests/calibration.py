@@ -131,8 +131,10 @@ def _others_in_oom(error: str) -> float:
 
 def _version(case: dict[str, Any]) -> str | None:
     for key in ("vllm_version", "engine"):
-        # "0.11.0", "0.8.5.post1"; not a range a gatherer wrote for an unknown release ("~0.2x")
-        m = re.search(r"(\d+\.\d+(?:\.\d+)?)(?![\dxX])", str(case.get(key) or ""))
+        # "0.11.0", "0.8.5.post1"; not a range a gatherer wrote for an unknown release ("~0.2x"), nor the
+        # "0.1.devN+g<hash>" an untagged source checkout reports (the release it was cut from follows, if known)
+        text = re.sub(r"\b0\.1\.dev\d+\+g[0-9a-f]+", "", str(case.get(key) or ""))
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)(?![\dxX])", text)
         if m:
             return m.group(1)
     if str(case.get("engine") or "").startswith("V0"):
@@ -327,7 +329,8 @@ def _rel(pred: float, logged: float) -> float:
 
 
 # what the fit-check checks: memory, and the layout / dtype / length rules it refuses plans for
-_MEMORY_WORDS = re.compile(r"memory|OOM|KV cache|cache blocks|max seq len|GiB|utili[sz]ation|divisible|"
+# ("KV cache" alone is not one: "hangs after the KV cache was sized" is a failure after the memory was sized)
+_MEMORY_WORDS = re.compile(r"memory|OOM|cache blocks|max seq len|GiB|utili[sz]ation|divisible|"
                            r"compute capability|max_model_len|dtype|Mamba", re.I)
 
 

@@ -157,6 +157,22 @@ def test_cpu_offload_in_a_profile_is_read_from_extra_args(tmp_path: Path):
     assert code == 0 and rep["servers"][0]["weights_gib"] == pytest.approx(61.4, abs=0.1)
 
 
+def test_graph_pool_shrinks_with_max_num_seqs():
+    """vLLM captures batch sizes up to max_num_seqs only; logged pools: 0.04-0.14 GiB at one sequence (28-36
+    layers), 0.10-0.11 at 16 (32-48 layers), 0.22-0.29 at 64 (48-62 layers)."""
+    from biofleet.fitcheck import cuda_graph_gib
+
+    s = srv("Qwen/Qwen3-8B")  # 36 layers
+    full = cuda_graph_gib(s, 256)
+    assert cuda_graph_gib(s, 128) == full and cuda_graph_gib(s, 1024) == pytest.approx(full * 1.7)
+    assert 0.04 <= cuda_graph_gib(s, 1) <= 0.14 and cuda_graph_gib(s, 16) < cuda_graph_gib(s, 64) < full
+    # a single-sequence server at 0.97 of a 4090 pair starts (case 17222: Llama-3.1-70B AWQ, 0.19)
+    r = fit("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4", gpu=get_gpu("RTX-4090"), vllm_version="0.19",
+            max_model_len=36000, gpu_memory_utilization=0.97, tensor_parallel_size=2, kv_cache_dtype="fp8",
+            dtype="float16", quantization="awq_marlin", max_num_seqs=1)
+    assert r.ok, r.all_findings()
+
+
 def test_v1_on_request_before_it_was_the_default():
     assert rules_for("0.7.3", v1_requested=True).engine == "V1" and rules_for("0.7.3").engine == "V0"
     assert rules_for("0.7.3", (7, 5), v1_requested=True).engine == "V0"  # V1 needed CC >= 8.0 then
