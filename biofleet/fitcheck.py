@@ -409,6 +409,26 @@ def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
     return per_layer * mb.layers / GiB, ssm
 
 
+def state_page_bytes(server: ServerInput, dtype: str) -> int:
+    """Bytes of one state page on one rank in V1's hybrid KV cache: one Mamba2 / Gated DeltaNet layer's state
+    for one sequence, rounded up to a whole attention block (vLLM raises the attention block size in steps of
+    16 tokens until an attention page holds a state page, and pads the state page to it); 0 for other models."""
+    m, tp = server.model, server.tensor_parallel_size
+    ssm = _DTYPE_BYTES[mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, m.model_type,
+                                       m.mamba.config_ssm_dtype if m.mamba else None)]
+    if m.mamba is not None:
+        mb = m.mamba
+        state = mamba2_state_bytes(mb.heads, mb.head_dim, mb.n_groups, mb.state_size, mb.conv_kernel, tp,
+                                   _DTYPE_BYTES[dtype], ssm)
+    elif m.linear_state is not None:
+        conv, recurrent = m.linear_state
+        state = conv // tp * _DTYPE_BYTES[dtype] + recurrent // tp * ssm
+    else:
+        return 0
+    step = BLOCK_SIZE * _layer_token_bytes(server, dtype, _rules(server, None), full=True)
+    return math.ceil(state / step) * step
+
+
 def effective_dtype(server: ServerInput, gpu: GpuSpec | None = None) -> str:
     """The dtype vLLM serves with (see :func:`_resolve_dtype`)."""
     return _resolve_dtype(server, gpu, _rules(server, gpu))[0]
@@ -731,6 +751,20 @@ def non_torch_gib(server: ServerInput, rules: VllmRules | None = None, gpu: GpuS
 def held_by_others_gib(server: ServerInput, gpu: GpuSpec) -> float:
     """Memory other processes hold on the server's GPU before it starts (visible - ``gpu_free_gib``)."""
     return max(0.0, gpu.visible_gib - server.gpu_free_gib) if server.gpu_free_gib is not None else 0.0
+
+
+def state_blocks(server: ServerInput, res: Resolved, kv_gib: float) -> int | None:
+    """State blocks a hybrid model's V1 KV cache holds: one per decode sequence in every Mamba / Gated DeltaNet
+    group, the cache divided over every layer slot in pages of :func:`state_page_bytes`. vLLM >= 0.20 refuses to
+    capture CUDA graphs for more sequences than that (``compilation.py``; NeMo-RL's A/B of 0.17.1 against 0.20.0;
+    case 18202: Qwen3.6-35B-A3B, 95 blocks logged, 92 predicted). None where the check does not apply."""
+    if res.rules.engine != "V1" or res.rules.version < (0, 20, 0) or kv_gib <= 0:
+        return None
+    page = state_page_bytes(server, res.dtype)
+    if not page:
+        return None
+    slots = sum(_kv_slots(server, res.rules))
+    return int(kv_gib * GiB // (slots * page))
 
 
 def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:
@@ -1095,6 +1129,16 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     else:
         tokens, conc, one_seq = 0, None, 0.0
     findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)
+    blocks = state_blocks(server, res, kv)
+    if blocks is not None and 0 < blocks < res.max_num_seqs and not server.enforce_eager and kv > one_seq > 0:
+        findings.append(_f(
+            "error", "state-blocks-below-max-num-seqs",
+            f"{m.id} keeps a recurrent state per decode sequence in each of its Mamba / linear-attention layers: "
+            f"the {kv:.2f} GiB KV cache holds ~{blocks} state blocks, fewer than max_num_seqs {res.max_num_seqs}; "
+            f"vLLM {res.rules.label} stops before CUDA-graph capture (\"max_num_seqs ({res.max_num_seqs}) exceeds "
+            "available Mamba cache blocks\")",
+            f"set max_num_seqs to at most {max(1, blocks - blocks // 20)} (a margin of 5 %), or raise "
+            "gpu_memory_utilization"))
     return ServerFit(
         name=server.name, node=node, gpus=gpus, ok=not any(f.severity == "error" for f in findings), model=m.id,
         engine=server.engine, dtype=dtype, quantization=method, weights_gib=w, overhead_gib=overhead,

@@ -271,7 +271,10 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--cpu-offload-gb", str(offload)]
     if "embedding" in model.lower():
         argv += ["--kind", "embed"]
-    free = re.search(r"Free memory on device[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)", str(case.get("error") or ""))
+    # "Free memory on device cuda:0 (38.74/121.63 GiB) on startup ..." (or as a user shortens it, "Free memory on
+    # cuda:0 (...)")
+    free = re.search(r"Free memory\W+on (?:device\b)?[^(]*\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) GiB\)",
+                     str(case.get("error") or ""))
     if free:
         argv += ["--gpu-free-gib", free.group(1)]
     elif case.get("gpu_held_by_others_gib") and (logged or name):  # what the source says others held

@@ -33,8 +33,9 @@ HELDOUT14 = "vllm_cases_v2_heldout14.jsonl"  # scored once at 1e9e7f8 (2026-11-2
 HELDOUT15 = "vllm_cases_v2_heldout15.jsonl"  # scored once at e303e4c (2026-11-27); tuning data since
 HELDOUT16 = "vllm_cases_v2_heldout16.jsonl"  # scored once at a48a137 (2026-11-27); tuning data since
 HELDOUT17 = "vllm_cases_v2_heldout17.jsonl"  # scored once at 7a93aac (2026-11-27); tuning data since
+HELDOUT18 = "vllm_cases_v2_heldout18.jsonl"  # scored once at 4256446 (2026-11-27); tuning data since
 ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7, HELDOUT8, HELDOUT9, HELDOUT10, HELDOUT11,
-               HELDOUT12, HELDOUT13, HELDOUT14, HELDOUT15, HELDOUT16, HELDOUT17)
+               HELDOUT12, HELDOUT13, HELDOUT14, HELDOUT15, HELDOUT16, HELDOUT17, HELDOUT18)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -372,6 +373,22 @@ def test_heldout17_cases():
     # 17221 (17222 with sleep mode), 17223 (NVFP4 weights allocated at BF16 size, the author's reading),
     # 17226 (--cpu-offload-gb 300 on a GH200, 0.20: far less was offloaded than asked)
     assert s.verdicts >= 24 and wrong <= {17000, 17008, 17212, 17215, 17219, 17221, 17223, 17226}, (s, wrong)
+
+
+def test_heldout18_cases():
+    """The eighteenth held-out set (13 cases from two blind gatherers: leads earlier gatherers left, and a search for
+    other stored copies of vLLM threads, which found none). Scored once at 4256446: 11 verdicts, 7 right."""
+    _, rows = _run(HELDOUT18)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    by = {r["id"]: r for r in rows}
+    # round 14: hybrid state blocks against max_num_seqs (18202), "Free memory on cuda:0 (38.74/121.63 GiB)" as a
+    # user shortened vLLM's refusal (18200)
+    assert "gpu-free-memory-too-low" in by[18200]["codes"] and by[18202]["predicted"] == "failed"
+    # 18201 (the same GB10 server at 32,768 tokens, started: 27.65 GiB of KV logged where 3.78 are predicted -- the
+    # unified-memory GB10's accounting), 18210 (DJL LMI on an A10G, 0.2.7: max_model_len assumed 32,768), 18211
+    # (gpt-oss-120b TP 8 on RTX PRO 4500s, 0.28: out of memory after the KV cache, a full card)
+    assert s.verdicts >= 11 and wrong <= {18201, 18210, 18211}, (s, wrong)
 
 
 def test_others_in_an_oom_message():

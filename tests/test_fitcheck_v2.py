@@ -173,6 +173,31 @@ def test_graph_pool_shrinks_with_max_num_seqs():
     assert r.ok, r.all_findings()
 
 
+def test_hybrid_state_blocks_cap_max_num_seqs():
+    """V1 >= 0.20 keeps one recurrent-state block per decode sequence in every Mamba / Gated DeltaNet group and
+    refuses CUDA-graph capture for more sequences than the KV cache holds blocks ("max_num_seqs (256) exceeds
+    available Mamba cache blocks (95)", case 18202: Qwen3.6-35B-A3B FP8, 92 predicted)."""
+    from biofleet.fitcheck import resolve, state_blocks, state_page_bytes
+
+    def run(**kw: Any):
+        base = dict(gpu=L4, vllm_version="0.25", max_model_len=32768, kv_cache_dtype="fp8", max_num_seqs=256)
+        return fit("Qwen/Qwen3.6-35B-A3B-FP8", **{**base, **kw})
+    s = srv("Qwen/Qwen3.6-35B-A3B-FP8", kv_cache_dtype="fp8", vllm_version="0.25")
+    # a GDN layer's state: conv 3 x (2 x 16 x 128 + 32 x 128) + recurrent 32 x 128 x 128, 2 bytes each, already a
+    # whole number of 16-token fp8 attention blocks (2 x 2 heads x 256 B per token)
+    assert state_page_bytes(s, "bfloat16") == (3 * (2 * 16 * 128 + 32 * 128) + 32 * 128 * 128) * 2
+    server = s.model_copy(update={"max_model_len": 32768})
+    blocks = state_blocks(server, resolve(server, H100), run(gpu=H100).servers[0].kv_cache_gib)
+    assert blocks is not None and 0 < blocks < 1024  # H100 defaults: 1,024 sequences
+    (e,) = [f for f in run(gpu=H100, max_num_seqs=None).all_findings() if f.code == "state-blocks-below-max-num-seqs"]
+    assert "exceeds available Mamba cache blocks" in e.message and "max_num_seqs to at most" in e.fix
+    assert run(gpu=H100, max_num_seqs=max(1, blocks // 2)).ok
+    # no check before 0.20, nor without CUDA graphs, nor for models without a recurrent state
+    assert "state-blocks-below-max-num-seqs" not in run(gpu=H100, max_num_seqs=None, vllm_version="0.19").codes()
+    assert "state-blocks-below-max-num-seqs" not in run(gpu=H100, max_num_seqs=None, enforce_eager=True).codes()
+    assert state_page_bytes(srv("Qwen/Qwen3-8B"), "bfloat16") == 0
+
+
 def test_v1_on_request_before_it_was_the_default():
     assert rules_for("0.7.3", v1_requested=True).engine == "V1" and rules_for("0.7.3").engine == "V0"
     assert rules_for("0.7.3", (7, 5), v1_requested=True).engine == "V0"  # V1 needed CC >= 8.0 then

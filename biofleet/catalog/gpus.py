@@ -228,6 +228,9 @@ _CATALOG = (
        "visible: estimate, nvidia-smi 16303 MiB minus ~0.42 GiB; price: estimate"),
     _g("RTX-5090", ("5090", "rtx5090", "rtx-5090-d"), 32, 31.42, (12, 0), 0.70, "rtx5090",
        "visible: estimate, nvidia-smi 32607 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-PRO-4500", ("rtx-pro-4500-blackwell", "rtx-pro-4500-blackwell-server-edition"), 32, 31.38, (12, 0),
+       0.60, "rtxpro4500", "visible: torch total_memory 33,689,829,376 B (nvidia-smi 32623 MiB), case 18211; "
+       "price: estimate"),
     _g("RTX-PRO-6000", ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-server-edition",
                         "rtx-pro-6000-blackwell-workstation-edition",
                         "rtx-pro-6000-blackwell-max-q-workstation-edition"), 96, 94.99, (12, 0), 1.80, "rtxpro6000",

@@ -143,6 +143,10 @@ class ModelSpec(BaseModel):
     global_kv_heads: int | None = Field(default=None, gt=0)
     global_head_dim: int | None = Field(default=None, gt=0)
     mamba: MambaSpec | None = None  # Mamba2 hybrid: its per-sequence state (kv_layers: the attention layers)
+    # Gated DeltaNet layers (Qwen3-Next / Qwen3.5): (conv state, recurrent state) elements per layer and sequence
+    # at TP 1 -- (conv_kernel - 1) x (2 x key heads x key dim + value heads x value dim), value heads x key dim x
+    # value dim (vLLM ``MambaStateShapeCalculator.gated_delta_net_state_shape``)
+    linear_state: tuple[int, int] | None = None
     base_model: str | None = None  # the unquantised model this checkpoint derives from
     matched_by_name: str | None = None  # another org's copy, resolved to this catalogue id by its repo name
     source: str = ""
@@ -788,6 +792,16 @@ def _nas_blocks(cfg: Mapping[str, Any]) -> tuple[int, int, list[int]] | None:
     return attn_layers, max(1, heads // group), widths
 
 
+def _linear_state(cfg: Mapping[str, Any], layers: int) -> tuple[int, int] | None:
+    """See ``ModelSpec.linear_state``; None for models without Gated DeltaNet layers."""
+    if not _linear_attention_layers(cfg, layers):
+        return None
+    nk, dk = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
+    nv, dv = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+    kernel = int(cfg.get("linear_conv_kernel_dim") or 4)
+    return (kernel - 1) * (2 * nk * dk + nv * dv), nv * dk * dv
+
+
 def _linear_attention_layers(cfg: Mapping[str, Any], layers: int) -> int:
     """Layers of linear attention (Gated DeltaNet) in a Qwen3-Next / Qwen3.5 config, else 0."""
     if "linear_num_value_heads" not in cfg:
@@ -1085,6 +1099,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         sliding else None,
         global_head_dim=int(cfg["global_head_dim"]) if cfg.get("global_head_dim") and sliding else None,
         mamba=_mamba_of(cfg, mix),
+        linear_state=_linear_state(cfg, layers),
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
 
