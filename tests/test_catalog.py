@@ -261,6 +261,12 @@ def test_modelopt_side_file_is_read_as_vllm_reads_it(tmp_path):
     m = get_model(str(_write(tmp_path / "inline", inline, **{"hf_quant_config.json": NVFP4_SIDE})))
     assert (m.quantization, m.quant_bits) == ("fp8", 8)
     assert get_model(str(_write(tmp_path / "plain", cfg))).quantization is None
+    # a malformed side file is an error naming it, not a crash or a silent 16-bit guess
+    for bad in ("{not json", "[1, 2]"):
+        d = _write(tmp_path / "bad", cfg)
+        (d / "hf_quant_config.json").write_text(bad)
+        with pytest.raises(ValueError, match=r"hf_quant_config\.json: not"):
+            get_model(str(d))
 
 
 def test_modelopt_side_file_is_fetched_with_the_config(tmp_path, monkeypatch):

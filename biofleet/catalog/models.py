@@ -1285,12 +1285,26 @@ def _side_quant(name: str, q: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _small_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file of at most ``MAX_HUB_JSON_BYTES``; ValueError naming the file otherwise."""
+    if path.stat().st_size > MAX_HUB_JSON_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_HUB_JSON_BYTES} bytes; not a quantisation config")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
 def _read_local(path: Path, id: str) -> ModelSpec:
     cfg = json.loads((path / "config.json").read_text())
     if "quantization_config" not in cfg:
         for name in _SIDE_QUANT_FILES:
-            if (path / name).is_file():
-                cfg["quantization_config"] = _side_quant(name, json.loads((path / name).read_text()))
+            side = path / name
+            if side.is_file():
+                cfg["quantization_config"] = _side_quant(name, _small_json_object(side))
                 break
     spec = model_from_config(cfg, id)
     ck = checkpoint_from_dir(path)
