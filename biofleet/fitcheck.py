@@ -389,12 +389,13 @@ def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
                      v0_model=server.model.mamba is not None or
                      (server.model.vision is not None and server.model.vision.family == "mllama"),
-                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_v0_requested(server),
-                     v1_requested=str(server.env.get("VLLM_USE_V1", "")).strip() == "1")
+                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_use_v1_env(server) == "0",
+                     v1_requested=_use_v1_env(server) == "1")
 
 
-def _v0_requested(server: ServerInput) -> bool:
-    return str(server.env.get("VLLM_USE_V1", "")).strip() == "0"
+def _use_v1_env(server: ServerInput) -> str:
+    """The server's VLLM_USE_V1 setting ("0", "1", or "" when unset)."""
+    return str(server.env.get("VLLM_USE_V1", "")).strip()
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -1072,7 +1073,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _model_coverage(server, res)
     if res.rules.v1_fallback:
         new_gpu = gpu.compute_capability >= (8, 0)
-        if _v0_requested(server):
+        if _use_v1_env(server) == "0":
             why = "because the server sets VLLM_USE_V1=0"
         elif m.mamba and new_gpu:
             why = f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)"
