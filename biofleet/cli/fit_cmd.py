@@ -107,7 +107,8 @@ def fit_check(
     env: Annotated[list[str] | None, typer.Option(
         "--env", help=(
             "An environment variable the server runs with, NAME=VALUE (repeatable; a profile's servers have "
-            "env:). Read: VLLM_USE_V1=0 (0.8-0.10 run the V0 engine), VLLM_ATTENTION_BACKEND."
+            "env:). Read: VLLM_USE_V1=0 (0.8-0.10 run the V0 engine), VLLM_USE_V1=1 (0.7 runs V1), "
+            "VLLM_ATTENTION_BACKEND."
         ))] = None,
     kind: Annotated[str, typer.Option(help="generate or embed.")] = "generate",
     online: Annotated[bool, typer.Option(
