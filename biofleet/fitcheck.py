@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -209,15 +209,20 @@ class ServerInput(_Frozen):
 ROPE_OVERRIDE_MAX_CHARS = 4096  # a rope_scaling object is a few fields; anything longer is not one
 
 
+def _flag_values(args: Sequence[str], flags: Collection[str]) -> Iterator[tuple[str, str]]:
+    """(flag, value) for each of ``flags`` in a server's extra vLLM arguments: ``--flag VALUE`` or ``--flag=VALUE``
+    (an empty value when the flag ends the list)."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in flags:
+            yield flag, value if eq else (args[i + 1] if i + 1 < len(args) else "")
+
+
 def cpu_offload_override(args: Sequence[str]) -> float:
     """The ``--cpu-offload-gb`` a server's extra vLLM arguments set (``--cpu-offload-gb X``, ``--flag=X``), or 0.
     A value that is not a number in [0, ``MAX_CPU_OFFLOAD_GB``] is not one (vLLM refuses it at start-up)."""
     found = 0.0
-    for i, arg in enumerate(args):
-        flag, eq, value = arg.partition("=")
-        if flag not in ("--cpu-offload-gb", "--cpu_offload_gb"):
-            continue
-        text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    for _, text in _flag_values(args, ("--cpu-offload-gb", "--cpu_offload_gb")):
         try:
             gb = float(text[:32])
         except ValueError:
@@ -234,11 +239,7 @@ def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
     import json
 
     found: Mapping[str, Any] | None = None
-    for i, arg in enumerate(args):
-        flag, eq, value = arg.partition("=")
-        if flag not in ("--rope-scaling", "--rope_scaling", "--hf-overrides", "--hf_overrides"):
-            continue
-        text = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    for flag, text in _flag_values(args, ("--rope-scaling", "--rope_scaling", "--hf-overrides", "--hf_overrides")):
         if len(text) > ROPE_OVERRIDE_MAX_CHARS:
             continue
         try:
@@ -403,30 +404,37 @@ def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
     mb = server.model.mamba
     if mb is None:
         return 0.0, ""
-    ssm = mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, server.model.model_type,
-                          mb.config_ssm_dtype)
-    per_layer = mamba2_state_bytes(mb.heads, mb.head_dim, mb.n_groups, mb.state_size, mb.conv_kernel,
-                                   server.tensor_parallel_size, _DTYPE_BYTES[dtype], _DTYPE_BYTES[ssm])
-    return per_layer * mb.layers / GiB, ssm
+    return _state_layer_bytes(server, dtype) * mb.layers / GiB, _ssm_dtype(server, dtype)
 
 
-def state_page_bytes(server: ServerInput, dtype: str) -> int:
+def _ssm_dtype(server: ServerInput, dtype: str) -> str:
+    m = server.model
+    return mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, m.model_type,
+                           m.mamba.config_ssm_dtype if m.mamba else None)
+
+
+def _state_layer_bytes(server: ServerInput, dtype: str) -> int:
+    """One Mamba2 or Gated DeltaNet layer's state for one sequence on one rank (0 for other models)."""
+    m, tp = server.model, server.tensor_parallel_size
+    ssm = _DTYPE_BYTES[_ssm_dtype(server, dtype)]
+    if m.mamba is not None:
+        mb = m.mamba
+        return mamba2_state_bytes(mb.heads, mb.head_dim, mb.n_groups, mb.state_size, mb.conv_kernel, tp,
+                                  _DTYPE_BYTES[dtype], ssm)
+    if m.linear_state is not None:
+        conv, recurrent = m.linear_state
+        return conv // tp * _DTYPE_BYTES[dtype] + recurrent // tp * ssm
+    return 0
+
+
+def state_page_bytes(server: ServerInput, dtype: str, rules: VllmRules | None = None) -> int:
     """Bytes of one state page on one rank in V1's hybrid KV cache: one Mamba2 / Gated DeltaNet layer's state
     for one sequence, rounded up to a whole attention block (vLLM raises the attention block size in steps of
     16 tokens until an attention page holds a state page, and pads the state page to it); 0 for other models."""
-    m, tp = server.model, server.tensor_parallel_size
-    ssm = _DTYPE_BYTES[mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, m.model_type,
-                                       m.mamba.config_ssm_dtype if m.mamba else None)]
-    if m.mamba is not None:
-        mb = m.mamba
-        state = mamba2_state_bytes(mb.heads, mb.head_dim, mb.n_groups, mb.state_size, mb.conv_kernel, tp,
-                                   _DTYPE_BYTES[dtype], ssm)
-    elif m.linear_state is not None:
-        conv, recurrent = m.linear_state
-        state = conv // tp * _DTYPE_BYTES[dtype] + recurrent // tp * ssm
-    else:
+    state = _state_layer_bytes(server, dtype)
+    if not state:
         return 0
-    step = BLOCK_SIZE * _layer_token_bytes(server, dtype, _rules(server, None), full=True)
+    step = BLOCK_SIZE * _layer_token_bytes(server, dtype, rules or _rules(server, None), full=True)
     return math.ceil(state / step) * step
 
 
@@ -525,13 +533,17 @@ def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | No
 
     The checkpoint's own size wins when it is known (local directory or ``--online``): its
     floating-point tensors scaled to the served dtype, packed / FP8 tensors as stored."""
-    total = _loaded_weights_gib(server, dtype, gpu)
+    return _on_gpu(server, _loaded_weights_gib(server, dtype, gpu))
+
+
+def _on_gpu(server: ServerInput, loaded: float) -> float:
+    """What stays on each GPU of ``loaded`` GiB of weights after ``--cpu-offload-gb`` (see :func:`weights_gib`)."""
     if not server.cpu_offload_gb:
-        return total
+        return loaded
     m = server.model
     stay = ((m.embedding_params_b + (m.vision.params_b if m.vision else 0.0)) * 1e9 * 2
             / server.tensor_parallel_size / GiB)
-    return total - min(server.cpu_offload_gb, max(total - stay, 0.0))
+    return loaded - min(server.cpu_offload_gb, max(loaded - stay, 0.0))
 
 
 def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
@@ -761,7 +773,7 @@ def state_blocks(server: ServerInput, res: Resolved, kv_gib: float) -> int | Non
     case 18202: Qwen3.6-35B-A3B, 95 blocks logged, 92 predicted). None where the check does not apply."""
     if res.rules.engine != "V1" or res.rules.version < (0, 20, 0) or kv_gib <= 0:
         return None
-    page = state_page_bytes(server, res.dtype)
+    page = state_page_bytes(server, res.dtype, res.rules)
     if not page:
         return None
     slots = sum(_kv_slots(server, res.rules))
@@ -1085,9 +1097,9 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
                            f"vLLM {res.rules.label} runs the V0 engine {why}: whole-sequence profiling, CUDA graphs "
                            "outside the budget"))
     budget = res.utilization * gpu.visible_gib
-    w = weights_gib(server, dtype, gpu)
+    loaded = _loaded_weights_gib(server, dtype, gpu)
+    w = _on_gpu(server, loaded)
     if server.cpu_offload_gb:
-        loaded = _loaded_weights_gib(server, dtype, gpu)
         findings.append(_f("info", "cpu-offload",
                            f"--cpu-offload-gb {server.cpu_offload_gb:g}: {loaded - w:.2f} of {loaded:.2f} GiB of "
                            f"weights per GPU stay in CPU memory ({w:.2f} on the GPU); every forward pass reads them "
