@@ -652,9 +652,8 @@ def hybrid_layer_mix(cfg: Mapping[str, Any]) -> dict[str, int] | None:
     ``ALL_DECODER_LAYER_TYPES``). None for other configs."""
     pattern = cfg.get("hybrid_override_pattern")
     names = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
-    # the same as a list of names (Nemotron-3 files written by transformers 5; Jamba's Mamba-1 list is not this)
-    kinds = cfg.get("layers_block_type") if cfg.get("model_type") == "nemotron_h" else None
-    if (not isinstance(pattern, str) or not pattern) and isinstance(kinds, list) and kinds:
+    kinds = _nemotron_block_list(cfg)
+    if (not isinstance(pattern, str) or not pattern) and kinds:
         unknown_kinds = sorted({str(k) for k in kinds} - set(names.values()))
         if unknown_kinds:
             raise ValueError(f"layers_block_type has layer kinds {unknown_kinds} that are not modelled "
@@ -667,6 +666,13 @@ def hybrid_layer_mix(cfg: Mapping[str, Any]) -> dict[str, int] | None:
         raise ValueError(f"hybrid_override_pattern has layer kinds {unknown} that are not modelled "
                          "(known: M = Mamba2, * = attention, - = MLP, E = MoE)")
     return {name: pattern.count(ch) for ch, name in names.items()}
+
+
+def _nemotron_block_list(cfg: Mapping[str, Any]) -> list[Any] | None:
+    """Nemotron-H's layer kinds as a list of names (files written by transformers 5), else None. Jamba's
+    ``layers_block_type`` (Mamba-1 layers) is not this."""
+    kinds = cfg.get("layers_block_type") if cfg.get("model_type") == "nemotron_h" else None
+    return kinds if isinstance(kinds, list) and kinds else None
 
 
 def _mamba_of(cfg: Mapping[str, Any], mix: Mapping[str, int] | None) -> MambaSpec | None:
@@ -1021,8 +1027,8 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
                      ("padded_vocab_size", "vocab_size")):
         if cfg.get(src) is not None and cfg.get(dst) is None:
             cfg[dst] = cfg[src]
-    blocks = cfg.get("layers_block_type")
-    if cfg.get("num_hidden_layers") is None and cfg.get("model_type") == "nemotron_h" and isinstance(blocks, list):
+    blocks = _nemotron_block_list(cfg)
+    if cfg.get("num_hidden_layers") is None and blocks:
         cfg["num_hidden_layers"] = len(blocks)  # transformers 5 derives it from the list
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
     if missing:
@@ -1285,17 +1291,22 @@ def _side_quant(name: str, q: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_object(data: bytes, where: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ValueError naming ``where`` (a file or URL) otherwise."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    return obj
+
+
 def _small_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from a file of at most ``MAX_HUB_JSON_BYTES``; ValueError naming the file otherwise."""
     if path.stat().st_size > MAX_HUB_JSON_BYTES:
         raise ValueError(f"{path}: larger than {MAX_HUB_JSON_BYTES} bytes; not a quantisation config")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return data
+    return _json_object(path.read_bytes(), str(path))
 
 
 def _read_local(path: Path, id: str) -> ModelSpec:
@@ -1337,8 +1348,8 @@ def _with_hub_checkpoint(spec: ModelSpec, model_id: str, cache: Path, allow_netw
     return spec.model_copy(update={"checkpoint": ck}) if ck else spec
 
 
-def _get_json(url: str, headers: Mapping[str, str], *, missing_ok: bool = False) -> Any:
-    """GET a small JSON file from the hub, streamed and refused beyond ``MAX_HUB_JSON_BYTES``; None for
+def _get_json(url: str, headers: Mapping[str, str], *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """GET a small JSON object from the hub, streamed and refused beyond ``MAX_HUB_JSON_BYTES``; None for
     a 404 when ``missing_ok``."""
     import httpx
 
@@ -1351,7 +1362,7 @@ def _get_json(url: str, headers: Mapping[str, str], *, missing_ok: bool = False)
             body += chunk
             if len(body) > MAX_HUB_JSON_BYTES:
                 raise ValueError(f"{url} is larger than {MAX_HUB_JSON_BYTES} bytes; not a config file")
-    return json.loads(bytes(body))
+    return _json_object(bytes(body), url)
 
 
 def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
@@ -1361,13 +1372,10 @@ def _fetch_hub(model_id: str, cache: Path) -> dict[str, Any]:
         headers["Authorization"] = f"Bearer {token}"
     base = f"{hub_endpoint()}/{model_id}/resolve/main"
     cfg = _get_json(f"{base}/config.json", headers)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{model_id}'s config.json is not a JSON object")
+    assert cfg is not None  # without missing_ok a 404 raises
     if "quantization_config" not in cfg:  # ModelOpt <= 0.29 keeps it beside config.json (_SIDE_QUANT_FILES)
         side = _get_json(f"{base}/hf_quant_config.json", headers, missing_ok=True)
         if side is not None:
-            if not isinstance(side, dict):
-                raise ValueError(f"{model_id}'s hf_quant_config.json is not a JSON object")
             cfg["quantization_config"] = _side_quant("hf_quant_config.json", side)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
