@@ -119,14 +119,24 @@ _UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens
 
 def _others_in_oom(error: str) -> float:
     """GiB other processes held, from torch's out-of-memory message when it tells them from the failing one
-    ("Process 4683 has 11.05 GiB memory in use. ... this process has 18.80 GiB memory in use"). Without "this
-    process" (in a container torch cannot match its own pid) every listed process may be the failing one."""
-    if not re.search(r"this process has", error):
+    ("GPU 0 has a total capacity of 23.54 GiB of which 139.75 MiB is free. Process 4257 has 83.54 MiB memory in
+    use. ... this process has 21.72 GiB memory in use"): the total less the free memory and this process's, which
+    counts what torch could not list as well (a desktop card's display or another container: 0.6-1.5 GiB on the
+    consumer cards of cases 1059, 15206, 17223; 0.00-0.03 GiB on data-centre cards), else the processes it lists.
+    Without "this process" (in a container torch cannot match its own pid) every listed process may be the
+    failing one."""
+    this = re.search(r"this process has ([\d.]+) (GiB|MiB)", error)
+    if not this:
         return 0.0
     units = {"GiB": 1.0, "MiB": 1 / 1024}
     held = {pid: float(n) * units[u]  # by pid: a message quoted twice lists each process twice
             for pid, n, u in re.findall(r"Process (\d+) has ([\d.]+) (GiB|MiB) memory in use", error)}
-    return sum(held.values())
+    listed = sum(held.values())
+    cap = re.search(r"total capaci?ty of ([\d.]+) GiB of which ([\d.]+) (GiB|MiB) is free", error)
+    if cap:
+        rest = float(cap[1]) - float(cap[2]) * units[cap[3]] - float(this[1]) * units[this[2]]
+        return max(listed, round(rest, 2))
+    return listed
 
 
 def _version(case: dict[str, Any]) -> str | None:

@@ -1,6 +1,6 @@
 """Calibrate the fit-check against real vLLM start-ups, through the command line users run.
 
-Four case files (tests/data): the 22 public calibration cases, the 37 tuning cases gathered
+Four case files (tests/data): the 22 public calibration cases, the 49 tuning cases gathered
 for fit-check v2 and the held-out cases (kept out of tuning; scored once the model was
 frozen, see docs/fit-check.md). ``tests/calibration.py`` turns every case into a
 ``biofleet fit-check --model ... --json`` command line with one rule set for all cases.
@@ -396,7 +396,14 @@ def test_others_in_an_oom_message():
 
     msg = ("GPU 0 has a total capacty of 80 GiB of which 176.38 MiB is free. Process 4683 has 11.05 GiB memory in "
            "use. Process 16753 has 1.71 GiB memory in use. Including non-PyTorch memory, this process has 18.80 GiB")
-    assert _others_in_oom(msg + "\n" + msg) == pytest.approx(12.76)  # quoted twice: each process once
+    listed = msg.split(". ", 1)[1]  # without the capacity clause: the processes torch lists, each once
+    assert _others_in_oom(listed + "\n" + listed) == pytest.approx(12.76)
+    # with it: the total less the free memory and this process's (what torch could not list counts too)
+    assert _others_in_oom(msg + "\n" + msg) == pytest.approx(80 - 176.38 / 1024 - 18.80, abs=0.01)
+    desktop = ("GPU 0 has a total capacity of 23.54 GiB of which 139.75 MiB is free. Process 4257 has 83.54 MiB memory "
+               "in use. Process 11017 has 133.29 MiB memory in use. Including non-PyTorch memory, this process has "
+               "21.72 GiB memory in use.")  # case 1059: an RTX 3090 whose display holds 1.47 GiB torch cannot list
+    assert _others_in_oom(desktop) == pytest.approx(1.68, abs=0.01)
     assert _others_in_oom("Process 7 has 512.00 MiB memory in use. this process has 1 GiB") == pytest.approx(0.5)
     # in a container torch lists the failing process by pid too: nothing is taken as another's
     assert _others_in_oom("Process 3941857 has 79.07 GiB memory in use. Of the allocated memory ...") == 0
