@@ -81,8 +81,11 @@ OVERCOMMIT_WARN_GIB = 0.25  # less headroom than this on a GPU: warn
 # co-located server adds one. This constant is the H100 figure, kept for callers.
 CUDA_CONTEXT_GIB = 0.51
 # Non-torch memory the profiling pass adds (cuBLAS workspace, allocator slack): 0.24-0.27 GiB in
-# 0.19 logs at TP 1 (0.67 - 0.51 GiB measured after a cuBLAS warm-up); 0.02-0.10 GiB in V0 and
-# V1 <= 0.16 logs. With TP > 1 NCCL and custom all-reduce buffers add ~1.85 GiB per rank
+# 0.19 logs at TP 1 on H100s (0.67 - 0.51 GiB measured after a cuBLAS warm-up; 0.13-0.14 in 0.11 H100
+# logs), and as much on L4 / A10G in 0.22-0.28 (the logged KV of cases 1047, 6017, 6018); 0.02-0.10 GiB in
+# V0 and V1 <= 0.18 logs (an RTX 3090 on 0.17.1, cases 1055-1066: 0.52-0.64 GiB left for activations and
+# non-torch memory together; 0.18 on 4 x RTX 3090 and an RTX PRO 6000, cases 14008, 11022).
+# With TP > 1 NCCL and custom all-reduce buffers add ~1.85 GiB per rank
 # (0.19 logs 2.07-2.21 GiB; PR #10511's TP 2 log 3.58 - 1.79 GiB).
 # On PCIe-only cards vLLM runs no custom all-reduce (custom_all_reduce.py: off without P2P and on
 # more than two PCIe-only GPUs) and NCCL keeps no NVLink buffers: TP > 1 adds ~0.25 GiB (logs: L40S x2
@@ -749,13 +752,14 @@ def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
 
 
 def non_torch_gib(server: ServerInput, rules: VllmRules | None = None, gpu: GpuSpec | None = None) -> float:
-    """Memory outside torch's allocator that the profiler counts, per rank. With TP > 1 the
+    """Memory outside torch's allocator that the profiler counts, per rank (the larger figure from V1 0.19).
+    With TP > 1 the
     communication buffers depend on the link between the GPUs (``GpuSpec.nvlink``): NVLink-
     connected ranks (and unknown cards) get the NVLink figure, PCIe-only cards the small one."""
     rules = rules or _rules(server, gpu)
     if not rules.non_torch_counted:
         return 0.0  # before 0.2.5 only torch.cuda.max_memory_allocated was read
-    base = NON_TORCH_NEW_GIB if rules.engine == "V1" and rules.version >= (0, 17, 0) else NON_TORCH_GIB
+    base = NON_TORCH_NEW_GIB if rules.engine == "V1" and rules.version >= (0, 19, 0) else NON_TORCH_GIB
     if server.tensor_parallel_size == 1:
         return base
     return base + (NCCL_PCIE_GIB if gpu is not None and gpu.nvlink is False else NCCL_GIB)
