@@ -97,8 +97,8 @@ def _model_default_only(case: dict[str, Any], key: str) -> bool:
 
 
 def _flag_in_quote(quote: str, key: str) -> str | None:
-    """A value the user set, from a non-default-args dict, the args Namespace the server logs, a command line or
-    the user's own words
+    """A value the user set, from a non-default-args dict, the args Namespace the server logs, a command line, the
+    keyword arguments of an ``LLM(...)`` call or the user's own words
     ("decreasing `max_num_seqs` to 32") in the quote; never from vLLM's own resolved-settings lines."""
     k = re.escape(key)
     # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
@@ -106,6 +106,7 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
         re.search(rf"args: Namespace\([^\n]*?\b{k}=(?!None\b)([^,)\s]+)", quote) or \
+        re.search(rf"\bLLM\([^)]*?\b{k}\s*=\s*(?!None\b)([^,)\s#]+)", quote) or \
         (re.search(r"\bquantization=(?!None\b)([A-Za-z][A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(r"(?:^|\s)-q[= ]+([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(_UNSLOTH_BANNER[key], quote) if key in _UNSLOTH_BANNER else None)
