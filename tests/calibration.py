@@ -118,6 +118,14 @@ _UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens
                    "max_num_seqs": r"Unsloth: .*Num Sequences = (\d+)"}
 
 
+def _json_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _others_in_oom(error: str) -> float:
     """GiB other processes held, from torch's out-of-memory message when it tells them from the failing one
     ("GPU 0 has a total capacity of 23.54 GiB of which 139.75 MiB is free. Process 4257 has 83.54 MiB memory in
@@ -277,6 +285,16 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     use_v1 = re.search(r"\bVLLM_USE_V1=([01])\b", quote)  # 0.8-0.10 run V0 on 0, 0.7 runs V1 on 1
     if use_v1:
         argv += ["--env", f"VLLM_USE_V1={use_v1.group(1)}"]
+    # a context stretched by rope scaling: the case's transcription of what the source states, or the JSON of
+    # vLLM's --rope-scaling / --hf-overrides on a quoted command line
+    rope = case.get("rope_scaling")
+    quoted = re.search(r"--(rope-scaling|hf-overrides)[= ]+'(\{[^']*\})'", quote)
+    if rope:
+        argv += ["--rope-scaling", json.dumps(rope)]
+    elif quoted and quoted.group(1) == "rope-scaling":
+        argv += ["--rope-scaling", quoted.group(2)]
+    elif quoted and (hf := _json_or_none(quoted.group(2))) and isinstance(hf.get("rope_scaling"), dict):
+        argv += ["--rope-scaling", json.dumps(hf["rope_scaling"])]
     offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
     if offload and float(offload) > 0:
         argv += ["--cpu-offload-gb", str(offload)]
