@@ -40,6 +40,7 @@ from typer.testing import CliRunner
 from biofleet.catalog.gpus import UnknownGpuError, get_gpu
 from biofleet.catalog.models import ModelSpec, UnknownModelError, get_model
 from biofleet.cli.main import app
+from biofleet.fitcheck import rope_override
 
 DATA = Path(__file__).resolve().parent / "data"
 CONFIGS = DATA / "model_configs"
@@ -116,14 +117,6 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
 # Unsloth starts vLLM itself and prints what it passes ("Chunked prefill tokens = 2048. Num Sequences = 128.")
 _UNSLOTH_BANNER = {"max_num_batched_tokens": r"Unsloth: .*Chunked prefill tokens = (\d+)",
                    "max_num_seqs": r"Unsloth: .*Num Sequences = (\d+)"}
-
-
-def _json_or_none(text: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _others_in_oom(error: str) -> float:
@@ -293,8 +286,8 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--rope-scaling", json.dumps(rope)]
     elif quoted and quoted.group(1) == "rope-scaling":
         argv += ["--rope-scaling", quoted.group(2)]
-    elif quoted and (hf := _json_or_none(quoted.group(2))) and isinstance(hf.get("rope_scaling"), dict):
-        argv += ["--rope-scaling", json.dumps(hf["rope_scaling"])]
+    elif quoted and (hf := rope_override(["--hf-overrides", quoted.group(2)])):  # the tool's own reader
+        argv += ["--rope-scaling", json.dumps(hf)]
     offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
     if offload and float(offload) > 0:
         argv += ["--cpu-offload-gb", str(offload)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
@@ -170,17 +169,21 @@ def fit_check(
     raise typer.Exit(EXIT_FITS if report.ok else EXIT_WOULD_FAIL)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME_MAX, ENV_VALUE_MAX = 128, 4096  # --env bounds (the fit-check only reads the few names it knows)
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    """``--env NAME=VALUE`` options as a mapping; a malformed one is an error naming it."""
+    """``--env NAME=VALUE`` options as a mapping; a malformed one is an error naming it. Names and one-line values
+    as a profile's ``env:`` takes them (``profile._ENV_KEY``, ``profile._SHELL_LINE_FORBIDDEN``), bounded in length;
+    the profile's refusal of secret-looking names is for what job scripts write, which this does not."""
     from biofleet.errors import ProfileError, ProfileIssue
+    from biofleet.profile import _ENV_KEY, _SHELL_LINE_FORBIDDEN
 
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not _ENV_NAME.match(name) or len(value) > 4096 or any(c in value for c in "\n\r\0"):
+        if not sep or len(name) > ENV_NAME_MAX or not _ENV_KEY.match(name) or len(value) > ENV_VALUE_MAX \
+                or any(c in value for c in _SHELL_LINE_FORBIDDEN):
             raise ProfileError([ProfileIssue(None, None, "--env", f"{pair[:80]!r} is not NAME=VALUE (a variable "
                                              "name of letters, digits and _, a one-line value)")])
         out[name] = value
