@@ -164,3 +164,45 @@ def test_up_refuses_a_plan_that_does_not_fit(tmp_path):
     assert r.exit_code == 1
     assert "fit-check refuses this plan; nothing was submitted" in str(r.exception)
     assert not (tmp_path / "w" / "bad" / "state.json").exists()
+
+
+def test_logs_read_from_the_end_and_follow_by_offset(tmp_path, capsys):
+    # `biofleet logs` on a 6 MB log: the last lines come from reads at the end, never the whole file, and
+    # following prints only what was appended (from a byte offset, so a multi-byte character is never split).
+    from biofleet.cli.fleet_cmd import _last_lines, _print_from
+    from biofleet.remote.local import LocalRunner
+
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i} \u00e9\u00e9\n" for i in range(400_000)))
+    size = log.stat().st_size
+    reads: list[tuple[int, int]] = []
+
+    class Counting(LocalRunner):
+        def read_range(self, path, start, max_bytes):
+            reads.append((start, max_bytes))
+            return super().read_range(path, start, max_bytes)
+
+        def read_text(self, path, max_bytes=0):  # the whole file is never asked for
+            raise AssertionError("read whole")
+
+    runner = Counting()
+    offset = _last_lines(runner, str(log), 3)
+    assert capsys.readouterr().out == "line 399997 \u00e9\u00e9\nline 399998 \u00e9\u00e9\nline 399999 \u00e9\u00e9\n"
+    assert offset == size and sum(n for _, n in reads) <= 64 * 1024
+    # a tail longer than the first span widens it
+    reads.clear()
+    _last_lines(runner, str(log), 10_000)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 10_000 and out[0] == "line 390000 \u00e9\u00e9" and len(reads) == 2
+    # appended text, then a truncated (rotated) log printed from its start
+    with log.open("a") as fh:
+        fh.write("new \u00e9\n")
+    assert _print_from(runner, str(log), offset) == size + len("new \u00e9\n".encode())
+    assert capsys.readouterr().out == "new \u00e9\n"
+    log.write_text("fresh\n")
+    assert _print_from(runner, str(log), size) == 6 and capsys.readouterr().out == "fresh\n"
+    # --lines 0 prints everything, a megabyte at a time
+    log.write_text("".join(f"{i}\n" for i in range(500_000)))
+    reads.clear()
+    assert _print_from(runner, str(log), 0) == log.stat().st_size
+    assert capsys.readouterr().out.splitlines() == [str(i) for i in range(500_000)] and len(reads) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import random
 
 import pytest
@@ -66,6 +67,13 @@ def test_token_required_off_loopback(tmp_path):
     tok.write_text("abc\n")
     c = ProxyConfig(host="0.0.0.0", backends=STATIC, token_file=tok)
     assert c.resolved_token() == "abc"
+    tok.write_text("x" * (64 * 1024 + 1))  # a token file is read only up to its bound, a FIFO not at all
+    with pytest.raises(ValueError, match=r"tok is larger than 65536 bytes"):
+        c.resolved_token()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        ProxyConfig(host="0.0.0.0", backends=STATIC, token_file=fifo).resolved_token()
     assert "abc" not in repr(ProxyConfig(backends=STATIC, token="abc"))  # SecretStr
     with pytest.raises(ValidationError, match="no backends"):
         ProxyConfig()

@@ -15,7 +15,7 @@ import pytest
 
 from biofleet.backends.base import JobState
 from biofleet.backends.slurm import Slurm
-from biofleet.remote.base import CommandError, ConnectionFailed, Runner, UnknownHostError
+from biofleet.remote.base import CommandError, ConnectionFailed, FileTooLarge, Runner, UnknownHostError
 from biofleet.remote.local import LocalRunner
 from biofleet.remote.ssh import SSHRunner
 
@@ -122,6 +122,40 @@ def test_files(any_runner, tmp_path):
     any_runner.rmtree(str(tmp_path / "fleet"))
     assert not any_runner.exists(str(tmp_path / "fleet"))
     assert any_runner.which("sh") and not any_runner.which("biofleet-no-such-command")
+
+
+def test_read_text_is_bounded_and_never_blocks(any_runner, tmp_path):
+    path = tmp_path / "state.json"
+    path.write_bytes(b"x" * 1000)
+    assert any_runner.read_text(str(path), 1000) == "x" * 1000
+    with pytest.raises(FileTooLarge, match=r"state\.json is larger than 999 bytes"):
+        any_runner.read_text(str(path), 999)
+    with pytest.raises(FileNotFoundError):
+        any_runner.read_text(str(tmp_path / "missing"))
+    # A FIFO someone left where a file is expected: refused at once, not a hang waiting for a writer.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="not a regular file"):
+        any_runner.read_text(str(fifo))
+    with pytest.raises(OSError, match="not a regular file"):
+        any_runner.read_range(str(fifo), 0, 10)
+    assert time.monotonic() - t0 < 10
+
+
+def test_read_range(any_runner, tmp_path, request):
+    path = str(tmp_path / "server.log")
+    (tmp_path / "server.log").write_bytes(b"0123456789")
+    got = [(c.text, c.start, c.end, c.size) for c in (
+        any_runner.read_range(path, -4, 4), any_runner.read_range(path, 3, 2),
+        any_runner.read_range(path, -50, 5), any_runner.read_range(path, 20, 5), any_runner.read_range(path, 4, 0))]
+    assert got == [("6789", 6, 10, 10), ("34", 3, 5, 10), ("01234", 0, 5, 10), ("", 10, 10, 10), ("", 4, 4, 10)]
+    if request.node.callspec.params["any_runner"] != "ssh-no-sftp":  # commands decode with replacement
+        (tmp_path / "server.log").write_bytes("ab\u00e9".encode())  # é is two bytes: cut by a 3-byte span
+        first = any_runner.read_range(path, 0, 3)
+        assert (first.text, first.end) == ("ab", 2)  # the cut character waits for the next read
+        second = any_runner.read_range(path, first.end, 10)
+        assert (second.text, second.end) == ("\u00e9", 4)
 
 
 @pytest.mark.parametrize("which", ["ssh", "ssh_no_sftp"])

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from biofleet.fleet import Fleet, FleetStatus
     from biofleet.fleet.state import FleetState
+    from biofleet.remote.base import Runner
 
 ProfileOpt = Annotated[str | None, typer.Option(
     "--profile", "-p",
@@ -367,21 +368,50 @@ def logs(
         path = slurm_log if slurm_output else server_log
         if not fleet.runner.exists(path):
             raise FleetError(f"no log yet at {path} (the job may still be pending: biofleet status)")
-        text = fleet.runner.read_text(path)
-        shown = text.splitlines(keepends=True)
-        sys.stdout.write("".join(shown[-lines:] if lines else shown))
-        sys.stdout.flush()
-        seen = len(text)
-        while follow:
+        seen = _last_lines(fleet.runner, path, lines) if lines else 0
+        while True:
             try:
+                seen = _print_from(fleet.runner, path, seen)
+                if not follow:
+                    break
                 time.sleep(1)
-                text = fleet.runner.read_text(path)
             except KeyboardInterrupt:
                 break
-            if len(text) > seen:
-                sys.stdout.write(text[seen:])
-                sys.stdout.flush()
-            seen = len(text)
+
+
+_LOG_CHUNK = 1 << 20
+_MAX_TAIL_BYTES = 16 << 20
+
+
+def _last_lines(runner: Runner, path: str, n: int) -> int:
+    """Print the last ``n`` lines of a log, read from its end (at most 16 MiB back); the offset after them."""
+    span = 64 * 1024
+    while True:
+        chunk = runner.read_range(path, -span, span)
+        shown = chunk.text.splitlines(keepends=True)
+        if chunk.start == 0 or len(shown) > n or span >= _MAX_TAIL_BYTES:
+            if chunk.start > 0:
+                shown = shown[1:]  # cut by the span
+            sys.stdout.write("".join(shown[-n:]))
+            sys.stdout.flush()
+            return chunk.end
+        span *= 4
+
+
+def _print_from(runner: Runner, path: str, offset: int) -> int:
+    """Print a log from byte ``offset`` to its current end, a chunk at a time; the offset after. A log
+    shorter than ``offset`` was truncated or replaced: it is printed from its start."""
+    while True:
+        chunk = runner.read_range(path, offset, _LOG_CHUNK)
+        if chunk.size < offset:
+            offset = 0
+            continue
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        if chunk.end == offset or chunk.end >= chunk.size:
+            return chunk.end
+        offset = chunk.end
 
 
 def register(

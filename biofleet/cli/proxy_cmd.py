@@ -77,8 +77,9 @@ def proxy(
             config.resolved_token()  # fail now, not at the first request
         if elastic is not None:
             from biofleet.elastic.state import ElasticPlan
+            from biofleet.remote.base import read_local_text
 
-            ElasticPlan.model_validate_json(elastic.read_text())  # fail now, not in the background
+            ElasticPlan.model_validate_json(read_local_text(str(elastic)))  # fail now, not in the background
     except ValidationError as exc:
         for err in exc.errors():
             path = ".".join(str(p) for p in err["loc"])

@@ -184,9 +184,7 @@ def load_elastic_state(runner: Runner, paths: FleetPaths) -> ElasticState | None
     if not runner.exists(paths.elastic_state):
         return None
     try:
-        text = runner.read_text(paths.elastic_state)
-        if len(text) > MAX_JOURNAL_BYTES:
-            raise ValueError(f"larger than {MAX_JOURNAL_BYTES} bytes")
+        text = runner.read_text(paths.elastic_state, MAX_JOURNAL_BYTES)
         return ElasticState.model_validate(json.loads(text))
     except ValueError as exc:
         raise FleetError(f"elastic journal {paths.elastic_state} is unreadable ({exc})") from None

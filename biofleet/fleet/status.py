@@ -14,11 +14,12 @@ from biofleet.backends.base import JobInfo, JobState
 from biofleet.fleet.context import Fleet
 from biofleet.fleet.elastic import ElasticSummary, elastic_summaries, read_journal
 from biofleet.fleet.state import FleetState, Supervision, load_state
+from biofleet.names import check_endpoint_url
 from biofleet.paths import FleetPaths
 from biofleet.plan import node_label
 from biofleet.procs import pid_alive
 from biofleet.registry import MAX_RECORD_BYTES, MAX_RECORDS, Endpoint, parse_records
-from biofleet.remote.base import Runner
+from biofleet.remote.base import MAX_SECRET_BYTES, Runner
 
 
 class ServerState(str, Enum):
@@ -161,12 +162,18 @@ def _restart_requests(runner: Runner, paths: FleetPaths) -> set[str]:
         return set()
 
 
+TAIL_BYTES = 64 * 1024  # the end of a server log that status shows lines from
+
+
 def _tail(runner: Runner, path: str, n: int = 8) -> list[str]:
     try:
-        text = runner.read_text(path)
-    except (OSError, Exception):
+        chunk = runner.read_range(path, -TAIL_BYTES, TAIL_BYTES)
+    except Exception:
         return []
-    return text.rstrip("\n").splitlines()[-n:]
+    lines = chunk.text.rstrip("\n").splitlines()
+    if chunk.start > 0 and lines:
+        lines = lines[1:]  # the first line is cut
+    return lines[-n:]
 
 
 def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None = None) -> FleetStatus:
@@ -239,8 +246,11 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
                 proxy.ending_soon = proxy.ends_in_s is not None and proxy.ends_in_s < margin
             if proxy.url is None and fleet.runner.exists(fleet.paths.proxy_record):
                 try:
-                    proxy.url = json.loads(fleet.runner.read_text(fleet.paths.proxy_record)).get("url")
-                except ValueError:
+                    record = fleet.runner.read_text(fleet.paths.proxy_record, MAX_RECORD_BYTES)
+                    doc = json.loads(record)
+                    url = doc.get("url") if isinstance(doc, dict) else None
+                    proxy.url = check_endpoint_url(url) if isinstance(url, str) else None
+                except (ValueError, OSError):
                     pass
         elif state.proxy.run == "local":
             proxy.state = ServerState.STARTING if pid_alive(state.proxy.pid) else ServerState.STOPPED
@@ -340,6 +350,6 @@ def _probe_into(fleet: Fleet, servers: list[ServerStatus], proxy: ProxyStatus) -
 
 def read_secret(fleet: Fleet, path: str) -> str | None:
     try:
-        return fleet.runner.read_text(path).strip() or None
+        return fleet.runner.read_text(path, MAX_SECRET_BYTES).strip() or None
     except Exception:
         return None

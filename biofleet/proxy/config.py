@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from biofleet.names import check_endpoint_url, check_served_name, redact_userinfo, shown
+from biofleet.remote.base import MAX_SECRET_BYTES, read_local_text
 
 
 class _Frozen(BaseModel):
@@ -188,7 +189,7 @@ class ProxyConfig(_Frozen):
         if self.token is not None:
             return self.token.get_secret_value()
         if self.token_file is not None:
-            tok = self.token_file.read_text().strip()
+            tok = read_local_text(str(self.token_file), MAX_SECRET_BYTES).strip()
             if not tok:
                 raise ValueError(f"token file {self.token_file} is empty")
             return tok
@@ -197,7 +198,7 @@ class ProxyConfig(_Frozen):
     def resolved_backend_key(self) -> str | None:
         if self.backend_api_key_file is None:
             return None
-        return self.backend_api_key_file.read_text().strip() or None
+        return read_local_text(str(self.backend_api_key_file), MAX_SECRET_BYTES).strip() or None
 
 
 def is_loopback(host: str) -> bool:

@@ -29,6 +29,47 @@ from biofleet.errors import BiofleetError
 
 # ---------------------------------------------------------------------------- results and errors
 
+MAX_READ_BYTES = 16 * 1024 * 1024
+"""The most :meth:`Runner.read_text` reads unless told otherwise: fleet state and plans are a few kB."""
+MAX_SECRET_BYTES = 64 * 1024
+"""The most a token or key file is read to (a generated one is 43 characters)."""
+
+
+class FileTooLarge(ValueError):
+    """A file that is read whole is larger than its bound (a ValueError, as a malformed file is)."""
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        super().__init__(f"{path} is larger than {max_bytes} bytes; not read")
+        self.path = path
+        self.max_bytes = max_bytes
+
+
+@dataclass(frozen=True)
+class FileChunk:
+    """Part of a file: its text, the byte offsets it spans and the file's size when it was read."""
+
+    text: str
+    start: int
+    end: int
+    size: int
+
+
+def whole_utf8(data: bytes) -> bytes:
+    """``data`` less a UTF-8 sequence cut at its end (the next read starts with it)."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 == 0x80:  # a continuation byte: look further back
+            continue
+        need = 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 1
+        return data[:-back] if need > back else data
+    return data
+
+
+def clamp_range(size: int, start: int, max_bytes: int) -> tuple[int, int]:
+    """The byte span ``[first, last)`` that :meth:`Runner.read_range` reads from a file of ``size``."""
+    first = max(0, size + start) if start < 0 else min(start, size)
+    return first, min(size, first + max(0, max_bytes))
+
 
 @dataclass(frozen=True)
 class CompletedCommand:
@@ -114,7 +155,17 @@ class Runner(Protocol):
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
 
-    def read_text(self, path: str) -> str: ...
+    def read_text(self, path: str, max_bytes: int = MAX_READ_BYTES) -> str:
+        """The whole of a regular file as UTF-8 text. A file larger than ``max_bytes`` raises
+        :class:`FileTooLarge` (a ValueError) without being read past the bound; a FIFO, device or
+        directory raises OSError instead of blocking."""
+        ...
+
+    def read_range(self, path: str, start: int, max_bytes: int) -> FileChunk:
+        """At most ``max_bytes`` of a regular file from byte ``start`` (a negative start counts back
+        from the end; both are clamped to the file), decoded with replacement: how logs are tailed
+        and followed without reading them whole."""
+        ...
 
     def mkdir(self, path: str, mode: int = 0o755) -> None: ...
 
@@ -191,6 +242,57 @@ def expand_user_vars(path: str, home: Callable[[], str], user: Callable[[], str]
         if var in path:
             path = path.replace(var, user())
     return path
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of a regular file and its stat; a FIFO (opened non-blocking), device or
+    directory raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _read_fd(fd: int, count: int) -> bytes:
+    parts: list[bytes] = []
+    while count > 0:
+        data = os.read(fd, min(count, 1 << 20))
+        if not data:
+            break
+        parts.append(data)
+        count -= len(data)
+    return b"".join(parts)
+
+
+def read_local_text(path: str, max_bytes: int = MAX_READ_BYTES) -> str:
+    """:meth:`Runner.read_text` on this machine's filesystem."""
+    fd, info = _open_regular(path)
+    try:
+        if info.st_size > max_bytes:
+            raise FileTooLarge(path, max_bytes)
+        data = _read_fd(fd, max_bytes + 1)  # the file may have grown since fstat
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileTooLarge(path, max_bytes)
+    return data.decode()
+
+
+def read_local_range(path: str, start: int, max_bytes: int) -> FileChunk:
+    """:meth:`Runner.read_range` on this machine's filesystem."""
+    fd, info = _open_regular(path)
+    try:
+        first, last = clamp_range(info.st_size, start, max_bytes)
+        os.lseek(fd, first, os.SEEK_SET)
+        data = whole_utf8(_read_fd(fd, last - first))
+    finally:
+        os.close(fd)
+    return FileChunk(data.decode(errors="replace"), first, first + len(data), info.st_size)
 
 
 def read_small_files(directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:

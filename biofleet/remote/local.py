@@ -13,13 +13,17 @@ import httpx
 
 from biofleet.clusterside.jobkit import atomic_write_text
 from biofleet.remote.base import (
+    MAX_READ_BYTES,
     CommandError,
     CompletedCommand,
+    FileChunk,
     check_argv,
     check_env,
     decode_output,
     expand_home,
     expand_user_vars,
+    read_local_range,
+    read_local_text,
     read_small_files,
 )
 
@@ -66,8 +70,11 @@ class LocalRunner:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(str(target), text, mode)
 
-    def read_text(self, path: str) -> str:
-        return Path(_local(path)).read_text()
+    def read_text(self, path: str, max_bytes: int = MAX_READ_BYTES) -> str:
+        return read_local_text(_local(path), max_bytes)
+
+    def read_range(self, path: str, start: int, max_bytes: int) -> FileChunk:
+        return read_local_range(_local(path), start, max_bytes)
 
     def chmod(self, path: str, mode: int) -> None:
         os.chmod(_local(path), mode)

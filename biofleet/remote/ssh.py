@@ -24,14 +24,19 @@ import httpx
 import paramiko
 
 from biofleet.remote.base import (
+    MAX_READ_BYTES,
     CommandError,
     CompletedCommand,
     ConnectionFailed,
+    FileChunk,
+    FileTooLarge,
     UnknownHostError,
     check_argv,
     check_env,
+    clamp_range,
     expand_home,
     expand_user_vars,
+    whole_utf8,
 )
 
 # ---------------------------------------------------------------------------- SSH
@@ -39,8 +44,8 @@ from biofleet.remote.base import (
 log = logging.getLogger("biofleet.ssh")
 _T = TypeVar("_T")
 
-# Exit status our file commands use for "no such file or directory" / "not a directory".
-_NO_SUCH_FILE, _NOT_A_DIR = 66, 65
+# Exit status our file commands use for "no such file or directory" / "not a directory" / "not a regular file".
+_NO_SUCH_FILE, _NOT_A_DIR, _NOT_REGULAR = 66, 65, 64
 _NO_SFTP_HINT = ("the login node has no SFTP subsystem; the admins can enable it with "
                  "`Subsystem sftp internal-sftp` in sshd_config")
 
@@ -310,8 +315,11 @@ class SSHRunner:
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         self._file_op("writing", path, lambda files, p: files.write_text(p, text, mode))
 
-    def read_text(self, path: str) -> str:
-        return self._file_op("reading", path, lambda files, p: files.read_text(p))
+    def read_text(self, path: str, max_bytes: int = MAX_READ_BYTES) -> str:
+        return self._file_op("reading", path, lambda files, p: files.read_text(p, max_bytes))
+
+    def read_range(self, path: str, start: int, max_bytes: int) -> FileChunk:
+        return self._file_op("reading", path, lambda files, p: files.read_range(p, start, max_bytes))
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         self._file_op("creating directory", path, lambda files, p: files.mkdir(p, mode))
@@ -507,9 +515,30 @@ class _SFTPFiles:
             except OSError:
                 pass
 
-    def read_text(self, path: str) -> str:
-        with self.sftp.open(path, "r") as fh:
-            return fh.read().decode()
+    def _open_regular(self, path: str) -> tuple[paramiko.SFTPFile, int]:
+        # stat before open: the SFTP server would block opening a FIFO for reading
+        if not stat.S_ISREG(self.sftp.stat(path).st_mode or 0):
+            raise OSError(f"{path} is not a regular file")
+        fh = self.sftp.open(path, "r")
+        return fh, fh.stat().st_size or 0
+
+    def read_text(self, path: str, max_bytes: int) -> str:
+        fh, size = self._open_regular(path)
+        with fh:
+            if size > max_bytes:
+                raise FileTooLarge(path, max_bytes)
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise FileTooLarge(path, max_bytes)
+        return data.decode()
+
+    def read_range(self, path: str, start: int, max_bytes: int) -> FileChunk:
+        fh, size = self._open_regular(path)
+        with fh:
+            first, last = clamp_range(size, start, max_bytes)
+            fh.seek(first)
+            data = whole_utf8(fh.read(last - first)) if last > first else b""
+        return FileChunk(data.decode(errors="replace"), first, first + len(data), size)
 
     def chmod(self, path: str, mode: int) -> None:
         self.sftp.chmod(path, mode)
@@ -587,11 +616,31 @@ class _ShellFiles:
             path, f"{mode & 0o7777:o}", stdin=text.encode(),
         )
 
-    def read_text(self, path: str) -> str:
-        r = self._sh(f'[ -e "$1" ] || exit {_NO_SUCH_FILE}; exec cat -- "$1"', path, ok=(0, _NO_SUCH_FILE))
+    def _regular(self, script: str, path: str, *args: str) -> CompletedCommand:
+        """Run ``script`` on a path that must be a regular file (``$1``; the script's own arguments follow)."""
+        r = self._sh(f'[ -e "$1" ] || exit {_NO_SUCH_FILE}; [ -f "$1" ] || exit {_NOT_REGULAR}; {script}',
+                     path, *args, ok=(0, _NO_SUCH_FILE, _NOT_REGULAR))
         if r.returncode == _NO_SUCH_FILE:
             raise FileNotFoundError(errno.ENOENT, "No such file", path)
+        if r.returncode == _NOT_REGULAR:
+            raise OSError(f"{path} is not a regular file")
+        return r
+
+    def read_text(self, path: str, max_bytes: int) -> str:
+        r = self._regular('exec head -c "$2" -- "$1"', path, str(max_bytes + 1))
+        if len(r.stdout.encode()) > max_bytes:
+            raise FileTooLarge(path, max_bytes)
         return r.stdout
+
+    def read_range(self, path: str, start: int, max_bytes: int) -> FileChunk:
+        # the size on the first line, then the span (tail -c +N counts from 1)
+        r = self._regular('s=$(wc -c < "$1") || exit 1; echo $s; '
+                          'f=$2; [ "$f" -lt 0 ] && f=$((s + f)); [ "$f" -lt 0 ] && f=0; [ "$f" -gt "$s" ] && f=$s; '
+                          'echo $f; tail -c +$((f + 1)) -- "$1" | head -c "$3"', path, str(start), str(max_bytes))
+        size_line, first_line, data = r.stdout.split("\n", 2)
+        size, first = int(size_line), int(first_line)
+        # the bytes head wrote (the text was decoded with replacement: a character cut at the end is lost)
+        return FileChunk(data, first, first + min(max_bytes, size - first), size)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._sh('umask "$1" && mkdir -p -- "$2"', f"{0o777 & ~mode:03o}", path)
