@@ -103,8 +103,15 @@ def _problem(data: object, exc: ValidationError) -> str:
 
 
 
+def problems_line(problems: list[str], most: int = 5) -> str:
+    """The first ``most`` problems of :func:`read_records`, and how many more: how the proxy's log and
+    ``status`` name them."""
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
+
+
 def read_records(registry_dir: Path, problems: list[str] | None = None) -> list[Endpoint]:
     """All well-formed records (bounded: regular files only, size and count capped, never blocking);
     ``problems`` as in :func:`parse_records`."""
-    texts = read_small_files(str(registry_dir), ".json", MAX_RECORD_BYTES, MAX_RECORDS)
+    texts = read_small_files(str(registry_dir), ".json", MAX_RECORD_BYTES, MAX_RECORDS, problems)
     return parse_records(texts, problems)[0]

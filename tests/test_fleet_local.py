@@ -135,6 +135,11 @@ def test_cli_up_json_status_down(demo_profile, monkeypatch, tmp_path):
         st = json.loads(r.stdout)
         assert st["ready"] == 4 and st["proxy"]["state"] == "READY"
         assert {s["name"] for s in st["servers"]} == {"coder-0", "coder-1", "math", "embeddings"}
+        junk = Path(st["fleet_dir"]) / "registry" / "junk.json"  # a record that is not one: said, not fatal
+        junk.write_text("{not json")
+        st = json.loads(runner.invoke(app, ["status", "--profile", ref, "--json"]).stdout)
+        assert st["ready"] == 4 and any("1 record(s) ignored: not JSON" in n for n in st["notes"]), st["notes"]
+        junk.unlink()
         r = runner.invoke(app, ["logs", "math", "--profile", ref, "--slurm"])
         assert r.exit_code == 0 and "biofleet: starting math (mock)" in r.stdout, r.stdout
         r = runner.invoke(app, ["logs", "math", "--profile", ref])

@@ -19,6 +19,7 @@ import pytest
 from biofleet.fleet import open_fleet, prepare_fleet_dir, register_endpoint
 from biofleet.profile import load_profile
 from biofleet.registry import MAX_RECORD_BYTES, read_records
+from biofleet.remote.base import read_small_files
 
 GOOD = {"fleet": "f", "server": "coder-0", "url": "http://127.0.0.1:8001", "served_names": ["coder"], "job_id": "12_0"}
 
@@ -148,5 +149,16 @@ def test_remote_reading_skips_the_same_files(sshd_server, tmp_path):
     (reg / "big.json").write_text("x" * 2000)
     with SSHRunner("127.0.0.1", user=sshd_server.user, port=sshd_server.port, key_file=sshd_server.key_file,
                    known_hosts=sshd_server.known_hosts) as runner:
-        texts = runner.read_small_files(str(reg), ".json", 1000, 10)
+        skipped: list[str] = []
+        texts = runner.read_small_files(str(reg), ".json", 1000, 10, skipped)
+        beyond: list[str] = []
+        runner.read_small_files(str(reg), ".json", 1000, 2, beyond)
     assert [json.loads(t)["server"] for t in texts] == ["coder-0"]
+    # what was passed over is said, the same way here and there
+    local: list[str] = []
+    assert read_small_files(str(reg), ".json", 1000, 10, local) == texts
+    assert skipped == local == ["'big.json': larger than 1000 bytes", "'fifo.json': not a regular file",
+                                "'zero.json': not a regular file"]
+    local_beyond: list[str] = []
+    read_small_files(str(reg), ".json", 1000, 2, local_beyond)
+    assert beyond == local_beyond == ["'big.json': larger than 1000 bytes", "2 more file(s) beyond the first 2"]

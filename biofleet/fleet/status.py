@@ -18,7 +18,7 @@ from biofleet.names import check_endpoint_url
 from biofleet.paths import FleetPaths
 from biofleet.plan import node_label
 from biofleet.procs import pid_alive
-from biofleet.registry import MAX_RECORD_BYTES, MAX_RECORDS, Endpoint, parse_records
+from biofleet.registry import MAX_RECORD_BYTES, MAX_RECORDS, Endpoint, parse_records, problems_line
 from biofleet.remote.base import MAX_SECRET_BYTES, Runner
 
 
@@ -138,9 +138,11 @@ def _read_records(runner: Runner, directory: str) -> list[Any]:
     return recs
 
 
-def read_registry(runner: Runner, paths: FleetPaths) -> list[Endpoint]:
-    """Every well-formed record in the registry dir (bounded like the proxy's reading)."""
-    return parse_records(runner.read_small_files(paths.registry, ".json", MAX_RECORD_BYTES, MAX_RECORDS))[0]
+def read_registry(runner: Runner, paths: FleetPaths, problems: list[str] | None = None) -> list[Endpoint]:
+    """Every well-formed record in the registry dir (bounded like the proxy's reading); ``problems`` gets a
+    line per file skipped or record refused, as the proxy logs them."""
+    texts = runner.read_small_files(paths.registry, ".json", MAX_RECORD_BYTES, MAX_RECORDS, problems)
+    return parse_records(texts, problems)[0]
 
 
 def read_supervision(runner: Runner, paths: FleetPaths) -> dict[tuple[str, str], Supervision]:
@@ -192,7 +194,8 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
     journal, note = read_journal(fleet) if elastic_jobs else (None, None)
     ids = state.job_ids() + (journal.job_ids() if journal is not None else [])
     infos = fleet.scheduler.states(ids) if ids else {}
-    records = read_registry(fleet.runner, fleet.paths)
+    problems: list[str] = []
+    records = read_registry(fleet.runner, fleet.paths, problems)
     by_key = {(r.server, r.job_id): r for r in records}
     supervision = read_supervision(fleet.runner, fleet.paths)
     asked = _restart_requests(fleet.runner, fleet.paths)
@@ -265,6 +268,9 @@ def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None
     if elastic_jobs:
         out.elastic = elastic_summaries(p, journal, servers)
         out.notes += [note] if note else []
+    if problems:
+        out.notes.append(f"registry {fleet.paths.registry}: {len(problems)} record(s) ignored: "
+                         f"{problems_line(problems)}")
     return out
 
 

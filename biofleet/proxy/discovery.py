@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from biofleet.proxy.config import ProxyConfig
-from biofleet.registry import read_records
+from biofleet.registry import problems_line, read_records
 
 # A registry listing plus up to 10,000 small reads: well under a second even on a loaded NFS or
 # Lustre; past this the last listing stays in use (and no second read starts) until it returns.
@@ -116,7 +116,7 @@ class RegistrySource:
             self._bad = problems
             if problems:
                 log.warning("registry %s: %d record(s) skipped: %s", self.registry_dir, len(problems),
-                            "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
+                            problems_line(problems))
             else:
                 log.info("registry %s: no bad records any more", self.registry_dir)
         return specs

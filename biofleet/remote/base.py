@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import httpx
 
 from biofleet.errors import BiofleetError
+from biofleet.names import shown
 
 # ---------------------------------------------------------------------------- results and errors
 
@@ -187,10 +188,12 @@ class Runner(Protocol):
         """``~``, ``$HOME`` and ``$USER`` in a path as the machine the runner reaches sees them."""
         ...
 
-    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
+    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int,
+                         skipped: list[str] | None = None) -> list[str]:
         """The text of the regular files named ``*suffix`` in ``directory`` (records written by jobs),
         in one round trip: hidden, non-regular (FIFO, device, symlink) and larger files are skipped,
-        and at most ``max_files`` are read. A missing directory gives []."""
+        and at most ``max_files`` are read. A missing directory gives []. ``skipped``, when given,
+        gets one line per file passed over (``NAME: why``; hidden files are not counted)."""
         ...
 
     def http_transport(self) -> httpx.BaseTransport | None: ...
@@ -295,28 +298,54 @@ def read_local_range(path: str, start: int, max_bytes: int) -> FileChunk:
     return FileChunk(data.decode(errors="replace"), first, first + len(data), info.st_size)
 
 
-def read_small_files(directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
+SKIP_NOT_REGULAR = "not a regular file"
+
+
+def skip_line(name: str, why: str) -> str:
+    """One ``skipped`` line: the file's name as untrusted input (escaped, clipped) and why."""
+    return f"{shown(name, 60)}: {why}"
+
+
+def skip_too_large(max_bytes: int) -> str:
+    return f"larger than {max_bytes} bytes"
+
+
+def skip_beyond(max_files: int, count: int) -> str:
+    return f"{count} more file(s) beyond the first {max_files}"
+
+
+def read_small_files(directory: str, suffix: str, max_bytes: int, max_files: int,
+                     skipped: list[str] | None = None) -> list[str]:
     """:meth:`Runner.read_small_files` on this machine's filesystem. Never blocks: a FIFO is opened
     non-blocking and skipped, a symlink is not followed, a file is read only up to ``max_bytes``."""
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(suffix) and not n.startswith("."))
     except OSError:
         return []
+    why: list[str] = []
     out: list[str] = []
     for name in names[:max_files]:
         try:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+        except OSError:  # a symlink (O_NOFOLLOW), or gone since the listing
+            why.append(skip_line(name, SKIP_NOT_REGULAR) if os.path.lexists(os.path.join(directory, name)) else "")
             continue
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            if not stat.S_ISREG(info.st_mode):
+                why.append(skip_line(name, SKIP_NOT_REGULAR))
                 continue
-            data = os.read(fd, max_bytes + 1)
+            data = os.read(fd, max_bytes + 1) if info.st_size <= max_bytes else b""
         except OSError:
             continue
         finally:
             os.close(fd)
-        if len(data) <= max_bytes:
+        if info.st_size <= max_bytes and len(data) <= max_bytes:
             out.append(data.decode("utf-8", errors="replace"))
+        else:
+            why.append(skip_line(name, skip_too_large(max_bytes)))
+    if len(names) > max_files:
+        why.append(skip_beyond(max_files, len(names) - max_files))
+    if skipped is not None:
+        skipped += [w for w in why if w]
     return out

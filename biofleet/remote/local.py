@@ -99,8 +99,9 @@ class LocalRunner:
     def which(self, cmd: str) -> bool:
         return shutil.which(cmd) is not None
 
-    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
-        return read_small_files(directory, suffix, max_bytes, max_files)
+    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int,
+                         skipped: list[str] | None = None) -> list[str]:
+        return read_small_files(directory, suffix, max_bytes, max_files, skipped)
 
     def expand_path(self, path: str) -> str:
         return os.path.abspath(expand_user_vars(path, lambda: os.path.expanduser("~"), getpass.getuser))

@@ -25,6 +25,7 @@ import paramiko
 
 from biofleet.remote.base import (
     MAX_READ_BYTES,
+    SKIP_NOT_REGULAR,
     CommandError,
     CompletedCommand,
     ConnectionFailed,
@@ -36,6 +37,9 @@ from biofleet.remote.base import (
     clamp_range,
     expand_home,
     expand_user_vars,
+    skip_beyond,
+    skip_line,
+    skip_too_large,
     whole_utf8,
 )
 
@@ -405,14 +409,33 @@ class SSHRunner:
             self._user_name = self.run(["id", "-un"]).stdout.strip() or self.user
         return self._user_name
 
-    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int) -> list[str]:
-        # One command for the whole directory; NUL-separated (no JSON text contains a NUL byte).
-        script = ('n=0; for f in "$1"/*"$2"; do [ "$n" -lt "$4" ] || break; '
-                  '[ -f "$f" ] && [ ! -L "$f" ] && [ "$(wc -c <"$f")" -le "$3" ] && '
-                  '{ head -c "$3" "$f"; printf "\\0"; n=$((n + 1)); }; done; true')
+    def read_small_files(self, directory: str, suffix: str, max_bytes: int, max_files: int,
+                         skipped: list[str] | None = None) -> list[str]:
+        # One command for the whole directory; NUL-separated entries (no JSON text contains a NUL byte):
+        # "T" + a file's text, "R" / "L" + the name of a file that is not regular / too large, "M" + the count
+        # beyond max_files. The glob sorts as the local listing does and skips hidden files.
+        script = ('n=0; m=0; for f in "$1"/*"$2"; do [ -e "$f" ] || [ -L "$f" ] || continue; '
+                  'if [ "$n" -ge "$4" ]; then m=$((m + 1)); continue; fi; n=$((n + 1)); '
+                  'if [ ! -f "$f" ] || [ -L "$f" ]; then printf "R%s\\0" "${f##*/}"; '
+                  'elif [ "$(wc -c <"$f")" -gt "$3" ]; then printf "L%s\\0" "${f##*/}"; '
+                  'else printf T; head -c "$3" "$f"; printf "\\0"; fi; done; printf "M%s\\0" "$m"')
         directory = expand_home(directory, self._remote_home)
         out = self.run(["sh", "-c", script, "sh", directory, suffix, str(max_bytes), str(max_files)], check=False)
-        return [chunk for chunk in out.stdout.split("\0") if chunk.strip()]
+        texts: list[str] = []
+        why: list[str] = []
+        for chunk in out.stdout.split("\0"):
+            kind, body = chunk[:1], chunk[1:]
+            if kind == "T":
+                texts.append(body)
+            elif kind == "R":
+                why.append(skip_line(body, SKIP_NOT_REGULAR))
+            elif kind == "L":
+                why.append(skip_line(body, skip_too_large(max_bytes)))
+            elif kind == "M" and body.isdigit() and int(body):
+                why.append(skip_beyond(max_files, int(body)))
+        if skipped is not None:
+            skipped += why
+        return texts
 
     def expand_path(self, path: str) -> str:
         return expand_user_vars(path, self._remote_home, self._remote_user)
