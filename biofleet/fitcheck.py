@@ -848,7 +848,7 @@ def _capability(server: ServerInput, gpu: GpuSpec, res: Resolved) -> list[Findin
     if m.encoder_only and server.kind == "generate":
         out.append(_f("error", "kind-mismatch", f"{m.id} is an encoder-only embedding model and cannot generate",
                       "set kind: embed"))
-    out += _quant_findings(server, gpu, dtype)
+    out += _quant_findings(server, gpu, dtype, res.rules)
     if server.kv_cache_dtype.startswith("fp8") and not gpu.supports_fp8:
         out.append(_f("warning", "fp8-kv-cache-old-gpu",
                       f"kv_cache_dtype {server.kv_cache_dtype} on compute capability {cc} (< 8.9): only some "
@@ -857,9 +857,11 @@ def _capability(server: ServerInput, gpu: GpuSpec, res: Resolved) -> list[Findin
     return out
 
 
-def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Finding]:
+def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str, rules: VllmRules) -> list[Finding]:
     m, req, ck, out = server.model, server.quantization, server.model.quantization, []
     cc = gpu.cc_str
+    marlin = gpu.compute_capability >= rules.marlin_min_cc
+    need_marlin = ".".join(map(str, rules.marlin_min_cc))
     if ck and m.quant_bits is None:
         assumed = "its checkpoint size" if m.checkpoint else "16 bits per parameter (an upper bound)"
         out.append(_f("warning", "quant-method-unknown",
@@ -896,8 +898,8 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
     kernel = req or ck
     if kernel is None:
         return out
-    # an AWQ checkpoint without the flag runs awq_marlin on CC >= 8.0 (bf16 fine), plain awq below
-    if kernel == "awq" and (req is not None or not gpu.supports_marlin):
+    # an AWQ checkpoint without the flag runs awq_marlin where Marlin runs (bf16 fine), plain awq elsewhere
+    if kernel == "awq" and (req is not None or not marlin):
         if gpu.compute_capability < (7, 5):
             out.append(_f("error", "quant-unsupported-on-gpu",
                           f"AWQ kernels need compute capability >= 7.5; {gpu.name} has {cc}",
@@ -906,12 +908,14 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
             out.append(_f("error", "quant-dtype-mismatch",
                           "the AWQ kernel runs in float16 only; bfloat16 was requested",
                           "use dtype float16" +
-                          (" (or quantization awq_marlin, which accepts bfloat16)" if gpu.supports_marlin else "")))
-    if kernel in _MARLIN and not gpu.supports_marlin:
+                          (" (or quantization awq_marlin, which accepts bfloat16)" if marlin else "")))
+    if kernel in _MARLIN and not marlin:
         plain = "awq" if kernel.startswith("awq") else "gptq"
         out.append(_f("error", "quant-unsupported-on-gpu",
-                      f"{kernel} (Marlin kernels) needs compute capability >= 8.0 on most vLLM builds; "
-                      f"{gpu.name} has {cc}", f"use quantization {plain}"))
+                      f"{kernel} (Marlin kernels) needs compute capability >= {need_marlin} in vLLM "
+                      f"{rules.label}; {gpu.name} has {cc}",
+                      f"use quantization {plain}" + (", or vLLM >= 0.14 (Marlin on Turing)"
+                                                     if gpu.compute_capability >= (7, 5) else "")))
     if kernel in ("fp8", "fbgemm_fp8"):
         if gpu.compute_capability < (8, 0):
             out.append(_f("error", "fp8-unsupported",
@@ -923,7 +927,7 @@ def _quant_findings(server: ServerInput, gpu: GpuSpec, dtype: str) -> list[Findi
                           f"{gpu.name} (CC {cc}) has no FP8 compute; vLLM runs FP8 weights weight-only via Marlin "
                           "(slower, same memory)", "use an L4/L40S/H100 for native FP8"))
     if kernel == "compressed-tensors" and m.quant_bits is not None:
-        need = (7, 5) if m.quant_bits >= 8 else (8, 0)
+        need = (7, 5) if m.quant_bits >= 8 else rules.marlin_min_cc  # WNA16 runs on Marlin
         if gpu.compute_capability < need:
             out.append(_f("error", "quant-unsupported-on-gpu",
                           f"this compressed-tensors scheme ({m.quant_bits:g}-bit) needs compute capability >= "

@@ -99,7 +99,8 @@ def _model_default_only(case: dict[str, Any], key: str) -> bool:
 
 def _flag_in_quote(quote: str, key: str) -> str | None:
     """A value the user set, from a non-default-args dict, the args Namespace the server logs, a command line, the
-    keyword arguments of an ``LLM(...)`` call or the user's own words
+    keyword arguments of an ``LLM(...)`` call, a ``vllm serve --config`` YAML file (``max-num-seqs: 1``) or the
+    user's own words
     ("decreasing `max_num_seqs` to 32") in the quote; never from vLLM's own resolved-settings lines."""
     k = re.escape(key)
     # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
@@ -108,6 +109,7 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
         re.search(rf"args: Namespace\([^\n]*?\b{k}=(?!None\b)([^,)\s]+)", quote) or \
         re.search(rf"\bLLM\([^)]*?\b{k}\s*=\s*(?!None\b)([^,)\s#]+)", quote) or \
+        re.search(rf"(?m)^\s*{k.replace('_', '[-_]')}:\s*['\"]?([\w.-]+)", quote) or \
         (re.search(r"\bquantization=(?!None\b)([A-Za-z][A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(r"(?:^|\s)-q[= ]+([A-Za-z0-9_-]+)", quote) if k == "quantization" else None) or \
         (re.search(_UNSLOTH_BANNER[key], quote) if key in _UNSLOTH_BANNER else None)
@@ -244,9 +246,10 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         if logged:
             argv += ["--gpu-visible-gib", str(logged)]
         run.unified = name in _UNIFIED_MEMORY
-    elif logged and not re.search(r"unnamed|GB-class", gpu_text):  # a named card the catalogue lacks
+    elif logged and not re.search(r"unnamed|GB[- ]class", gpu_text):  # a named card the catalogue lacks
         argv += ["--gpu-visible-gib", str(logged), "--compute-capability", ASSUMED_CC]
-    elif sized := re.search(r"(\d+)\s*GB-class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
+    # "unnamed 24 GB-class GPU" (earlier sets), "unnamed (80 GB class; visible total 79.2 GiB ...)" (set 21)
+    elif sized := re.search(r"(\d+)\s*GB[- ]class|unnamed[^(]*?(\d+)\s*GB", gpu_text):
         size = logged or float(sized.group(1) or sized.group(2))
         argv += ["--gpu-visible-gib" if logged else "--gpu-memory-gib", str(size), "--compute-capability", ASSUMED_CC]
     elif head_size := re.search(r"(\d+)\s*GB\b", gpu_text.split("(", 1)[0]):  # a named card by its size

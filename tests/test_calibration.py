@@ -36,9 +36,10 @@ HELDOUT17 = "vllm_cases_v2_heldout17.jsonl"  # scored once at 7a93aac (2026-11-2
 HELDOUT18 = "vllm_cases_v2_heldout18.jsonl"  # scored once at 4256446 (2026-11-27); tuning data since
 HELDOUT19 = "vllm_cases_v2_heldout19.jsonl"  # scored once at ecd9c85 (2026-11-27); tuning data since
 HELDOUT20 = "vllm_cases_v2_heldout20.jsonl"  # scored once at 22e7edb (2026-11-27); tuning data since
+HELDOUT21 = "vllm_cases_v2_heldout21.jsonl"  # scored once at 2c01eda (2026-11-27); tuning data since
 ALL_HELDOUT = (HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4, HELDOUT6, HELDOUT7, HELDOUT8, HELDOUT9, HELDOUT10, HELDOUT11,
                HELDOUT12, HELDOUT13, HELDOUT14, HELDOUT15, HELDOUT16, HELDOUT17, HELDOUT18, HELDOUT19,
-               HELDOUT20)
+               HELDOUT20, HELDOUT21)
 VERDICTS, WEIGHTS_MEDIAN, KV_MEDIAN = 0.95, 0.03, 0.10  # the targets of issue 12
 
 
@@ -424,6 +425,23 @@ def test_heldout20_cases():
     # transcribed, and the harness passes a case's rope scaling (or a quoted --rope-scaling / --hf-overrides) on
     assert by[20003]["predicted"] == "started" and "--rope-scaling" in by[20003]["argv"]
     assert s.verdicts >= 15 and not wrong, (s, wrong)
+    assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
+
+
+def test_heldout21_cases():
+    """The twenty-first held-out set (33 cases from two blind gatherers: runs on cards the log names only by their
+    torch-visible total, and named-card leads). Scored once at 2c01eda (the fit-check of 32471dc): 24 verdicts,
+    20 right (the harness first read the new "unnamed (80 GB class; ...)" GPU form: 9 scored, 7 right)."""
+    _, rows = _run(HELDOUT21)
+    s = summarize(rows)
+    wrong = {r["id"] for r in rows if r.get("verdict_scored") and r["logged"] != r["predicted"]}
+    by = {r["id"]: r for r in rows}
+    # after the first scoring: Marlin kernels run on Turing from 0.14 (21104: awq_marlin on a T4 under 0.17.1), and
+    # the harness reads a `vllm serve --config` YAML file's settings (21106: max-num-seqs 1)
+    assert by[21104]["predicted"] == "started" and by[21106]["predicted"] == "started"
+    # left: 21004 (a TP-2 start on a GPU another job held 44.73 GiB of; the log cannot say which listed process is
+    # vLLM's), 21021 (an unnamed 79.25 GiB card: an A100's defaults, 256 sequences, start; the H100-class ones fail)
+    assert s.verdicts >= 24 and wrong <= {21004, 21021}, (s, wrong)
     assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
 
 

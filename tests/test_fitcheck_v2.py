@@ -48,6 +48,23 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------- version rules
 
+def test_marlin_runs_on_turing_from_0_14():
+    """Marlin (awq_marlin / gptq_marlin / compressed-tensors WNA16) on CC 7.5 from vLLM 0.14 (PRs #29901, #31000):
+    before it, the fit-check refuses it on a T4 with the plain kernel as the fix; a V100 never runs it."""
+    def codes(gpu: GpuSpec, version: str) -> list[str]:
+        r = fit("Qwen/Qwen2.5-7B-Instruct-AWQ", gpu, quantization="awq_marlin", dtype="float16",
+                vllm_version=version, max_model_len=2048)
+        return [f.code for s in r.servers for f in s.findings if f.severity == "error"]
+
+    old = fit("Qwen/Qwen2.5-7B-Instruct-AWQ", T4, quantization="awq_marlin", dtype="float16", vllm_version="0.13.0",
+              max_model_len=2048)
+    refusal = next(f for s in old.servers for f in s.findings if f.code == "quant-unsupported-on-gpu")
+    assert "compute capability >= 8.0 in vLLM 0.13.0" in refusal.message and "vLLM >= 0.14" in refusal.fix
+    assert codes(T4, "0.14.0") == [] and codes(T4, "0.17.1") == []
+    assert "quant-unsupported-on-gpu" in codes(get_gpu("V100-32GB"), "0.17.1")
+    assert rules_for("0.13.0").marlin_min_cc == (8, 0) and rules_for("0.14.0").marlin_min_cc == (7, 5)
+
+
 def test_version_parsing_and_eras():
     assert parse_vllm_version("v0.6.4.post1") == (0, 6, 4)
     assert parse_vllm_version("0.11.0+cu118") == (0, 11, 0)

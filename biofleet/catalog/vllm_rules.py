@@ -115,6 +115,7 @@ class VllmRules:
     mla_latent_kv: bool  # 0.7.1: MLA models cache one latent per token (before: full K and V of every head)
     awq_split_k_gemm: bool  # before 0.3.0 every AWQ matmul ran awq_gemm with 8 split-k partial outputs
     kv_tokens_from_concurrency: bool  # "GPU KV cache size" printed as max concurrency x max_model_len
+    marlin_min_cc: tuple[int, int]  # the least compute capability Marlin (AWQ / GPTQ / WNA16) kernels run on
 
     @property
     def label(self) -> str:
@@ -176,6 +177,10 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # PRs #38364 / #40694 (2026-03/04): hybrid models' token count from the concurrency estimate instead of
         # num_blocks // groups x block size; 0.20.0 still prints the old figure (case 3018), 0.20.2 the new (8000)
         kv_tokens_from_concurrency=v >= (0, 20, 1),
+        # PR #29901 (Marlin on Turing: two m16n8k8 MMAs for each m16n8k16, fp16 activations) and #31000 / #31008
+        # (compressed-tensors' Marlin path), merged December 2025, first released in 0.14.0 (release highlights,
+        # 2026-01-20); case 21104: awq_marlin on a T4 under 0.17.1
+        marlin_min_cc=(7, 5) if v >= (0, 14, 0) else (8, 0),
     )
 
 
