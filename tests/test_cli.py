@@ -205,3 +205,11 @@ def test_installed_wheel_finds_profiles_and_templates(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(target)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2"
+
+
+def test_the_fit_check_path_does_not_import_httpx():
+    # profile -> proxy config -> the runner protocol: the HTTP client is for commands that talk to servers;
+    # importing it costs the fit-check ~0.1 s (benchmarks/cli_startup.py, session 21)
+    code = "import sys, biofleet.profile, biofleet.fitcheck; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False", out

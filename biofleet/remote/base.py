@@ -21,12 +21,13 @@ import shlex
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import httpx
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from biofleet.errors import BiofleetError
 from biofleet.names import shown
+
+if TYPE_CHECKING:  # the CLI's import path (profile -> proxy config -> here) stays without httpx
+    import httpx
 
 # ---------------------------------------------------------------------------- results and errors
 
