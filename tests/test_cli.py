@@ -213,3 +213,8 @@ def test_the_fit_check_path_does_not_import_httpx():
     code = "import sys, biofleet.profile, biofleet.fitcheck; print('httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False", out
+
+
+def test_logs_refuses_a_negative_line_count():
+    r = CliRunner().invoke(app, ["logs", "coder-0", "--lines", "-3"])
+    assert r.exit_code == 2 and "--lines" in r.output, r.output

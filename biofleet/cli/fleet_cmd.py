@@ -350,7 +350,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     slurm_output: Annotated[bool, typer.Option(
         "--slurm", help="Show the SLURM output file of the task instead of the server's log.")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end (0: all).")] = 100,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end (0: all).")] = 100,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
     trust_new_host: TrustOpt = False,
