@@ -107,8 +107,11 @@ def test_awq_kernel_rules():
     assert "quant-dtype-mismatch" in one(CODER_AWQ, gpu=A100, dtype="bfloat16", quantization="awq").codes()
     assert one(CODER_AWQ, gpu=A100, dtype="bfloat16", quantization="awq_marlin").ok
     assert "quant-unsupported-on-gpu" in one(CODER_AWQ, gpu=V100, dtype="float16", quantization="awq").codes()
-    r = one(CODER_AWQ, dtype="float16", quantization="awq_marlin", max_model_len=8192)  # Marlin on Turing
-    assert "quant-unsupported-on-gpu" in r.codes()
+    # Marlin on Turing: refused before vLLM 0.14, run from it (PR #29901)
+    old = one(CODER_AWQ, dtype="float16", quantization="awq_marlin", max_model_len=8192, vllm_version="0.13.0")
+    assert "quant-unsupported-on-gpu" in old.codes()
+    assert "quant-unsupported-on-gpu" not in one(CODER_AWQ, dtype="float16", quantization="awq_marlin",
+                                                 max_model_len=8192).codes()
 
 
 def test_fp8_rules():
