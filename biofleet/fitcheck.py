@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from biofleet.catalog.gpus import GpuSpec
-from biofleet.catalog.models import ModelSpec, quantized_variant, rope_scaled_length
+from biofleet.catalog.models import ModelSpec, language_model_only, quantized_variant, rope_scaled_length
 from biofleet.catalog.vllm_rules import (
     DEFAULT_VLLM_VERSION,
     VllmRules,
@@ -163,6 +163,10 @@ class ServerInput(_Frozen):
     # vLLM's --rope-scaling / --hf-overrides '{"rope_scaling": ...}': replaces the config's, so it sets the
     # longest max_model_len vLLM accepts (YaRN x4 takes Qwen3 from 40,960 to 131,072 tokens)
     rope_scaling: Mapping[str, Any] | None = None
+    # vLLM --language-model-only, or --limit-mm-per-prompt with every modality at 0: a multimodal model served
+    # text-only (from TEXT_ONLY_FROM its vision tower is neither loaded nor profiled; see vision_dropped_b)
+    language_model_only: bool = False
+    vision_dropped_b: float = Field(default=0.0, ge=0)  # set by the check: the tower text-only mode left out
 
     @field_validator("vllm_version")
     @classmethod
@@ -208,8 +212,19 @@ class ServerInput(_Frozen):
             object.__setattr__(self, "model", self.model.model_copy(update={"rope_scaled_context": stretched}))
         return self
 
+    @model_validator(mode="after")
+    def _text_only(self) -> ServerInput:
+        v = self.model.vision
+        if self.language_model_only and v is not None and rules_for(self.vllm_version).version >= TEXT_ONLY_FROM:
+            object.__setattr__(self, "vision_dropped_b", v.params_b)
+            object.__setattr__(self, "model", language_model_only(self.model))
+        return self
+
 
 ROPE_OVERRIDE_MAX_CHARS = 4096  # a rope_scaling object is a few fields; anything longer is not one
+# vLLM's text-only mode for every multimodal family: PR #22299 (Aug 2025, in 0.10.1) for the families it names and
+# PR #26000 (Qwen3-VL, 0.11.1), made one mechanism for every model by PR #32605 (merged 2026-01-19, first in 0.15)
+TEXT_ONLY_FROM = (0, 15, 0)
 
 
 def _flag_values(args: Sequence[str], flags: Collection[str]) -> Iterator[tuple[str, str]]:
@@ -233,6 +248,30 @@ def cpu_offload_override(args: Sequence[str]) -> float:
         if 0 <= gb <= MAX_CPU_OFFLOAD_GB:
             found = gb
     return found
+
+
+def language_model_only_override(args: Sequence[str]) -> bool:
+    """Whether a server's extra vLLM arguments serve a multimodal model text-only: ``--language-model-only``, or
+    ``--limit-mm-per-prompt`` with every modality at 0 (a JSON object such as ``'{"image": 0}'`` of at most
+    ``ROPE_OVERRIDE_MAX_CHARS``, or the dotted ``--limit-mm-per-prompt.image 0`` form)."""
+    import json
+
+    if "--language-model-only" in args:
+        return True
+    limits: list[object] = []
+    for _, text in _flag_values(args, ("--limit-mm-per-prompt", "--limit_mm_per_prompt")):
+        try:
+            data = json.loads(text) if len(text) <= ROPE_OVERRIDE_MAX_CHARS else None
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict) or not data:
+            return False  # a limit vLLM would read otherwise (or refuse): not text-only as far as we can tell
+        limits += data.values()
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag.startswith(("--limit-mm-per-prompt.", "--limit_mm_per_prompt.")):
+            limits.append(value if eq else (args[i + 1] if i + 1 < len(args) else ""))
+    return bool(limits) and all(str(x).strip() == "0" for x in limits)
 
 
 def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
@@ -954,6 +993,15 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
                       f"{m.id}: vision tower weights are counted ({v.params_b:g}B parameters) but its activation "
                       f"peak is not ({why}); the KV cache may be smaller than shown",
                       "keep headroom, or limit images with --limit-mm-per-prompt"))
+    if server.vision_dropped_b:
+        out.append(_f("info", "language-model-only",
+                      f"{m.id} served text-only: vLLM {res.rules.label} loads no vision tower "
+                      f"({server.vision_dropped_b:g}B parameters left out) and profiles no encoder"))
+    elif server.language_model_only and v is not None:
+        out.append(_f("warning", "language-model-only-unsure",
+                      f"text-only mode in vLLM {res.rules.label} leaves the vision tower out for some families only "
+                      f"(PR #22299, 0.10.1; every family from 0.15): {m.id}'s tower is counted",
+                      "use vLLM >= 0.15 for the memory text-only mode saves"))
     if m.matched_by_name:
         # a catalogue entry keeps its id; a copy quantised by its suffix carries the copy's id (see _by_repo_name)
         what = m.id if m.id != m.matched_by_name else f"{m.base_model} quantised with {m.quantization}"

@@ -81,7 +81,7 @@ def elastic_max(profile: Profile) -> dict[str, int]:
 
 def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = None) -> ServerInput:
     from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION
-    from biofleet.fitcheck import ServerInput, cpu_offload_override, rope_override
+    from biofleet.fitcheck import ServerInput, cpu_offload_override, language_model_only_override, rope_override
 
     s = inst.spec
     return ServerInput(
@@ -94,6 +94,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         max_num_batched_tokens=s.max_num_batched_tokens, env={**s.env},
         rope_scaling=rope_override([str(a) for a in s.extra_args]),
         cpu_offload_gb=cpu_offload_override([str(a) for a in s.extra_args]),
+        language_model_only=language_model_only_override([str(a) for a in s.extra_args]),
     )
 
 

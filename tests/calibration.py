@@ -291,6 +291,16 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--rope-scaling", quoted.group(2)]
     elif quoted and (hf := rope_override(["--hf-overrides", quoted.group(2)])):  # the tool's own reader
         argv += ["--rope-scaling", json.dumps(hf)]
+    # a multimodal model served text-only: --language-model-only, or every --limit-mm-per-prompt at 0 (command line,
+    # a `--config` YAML file's `limit-mm-per-prompt: '{"image": 0}'`, or the dotted per-modality flags)
+    limits = re.search(r"limit[-_]mm[-_]per[-_]prompt['\"]?\s*[:= ]\s*'?(\{[^}]*\})", quote)
+    dotted = re.findall(r"--limit[-_]mm[-_]per[-_]prompt\.\w+[= ]+(\S+)", quote)
+    if "--language-model-only" in quote:
+        argv += ["--language-model-only"]
+    elif limits:
+        argv += ["--limit-mm-per-prompt", limits.group(1)]
+    elif dotted and all(x == "0" for x in dotted):
+        argv += ["--language-model-only"]
     offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
     if offload and float(offload) > 0:
         argv += ["--cpu-offload-gb", str(offload)]

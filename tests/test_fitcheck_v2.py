@@ -48,6 +48,30 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------- version rules
 
+def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
+    from biofleet.fitcheck import language_model_only_override as lmo
+
+    assert lmo(["--language-model-only"]) and lmo(["--limit-mm-per-prompt", '{"image": 0, "video": 0}'])
+    assert lmo(["--limit-mm-per-prompt.image", "0", "--limit-mm-per-prompt.video=0"])
+    assert not lmo(["--limit-mm-per-prompt", '{"image": 1, "video": 0}']) and not lmo([])
+    assert not lmo(["--limit-mm-per-prompt", "{'image': 0}"])  # not JSON: vLLM refuses it, so no text-only
+    assert not lmo(["--limit-mm-per-prompt.image", "0", "--limit-mm-per-prompt.video", "2"])
+    assert not lmo(["--limit-mm-per-prompt", '{"image": 0}', "--limit-mm-per-prompt.video", "1"])
+    vl = "Qwen/Qwen2.5-VL-7B-Instruct"
+    full = fit(vl, L4, vllm_version="0.15.0", max_model_len=8192).servers[0]
+    text = fit(vl, L4, vllm_version="0.15.0", max_model_len=8192, language_model_only=True).servers[0]
+    tower = get_model(vl).vision.params_b
+    assert full.weights_gib - text.weights_gib == pytest.approx(tower * 2e9 / 2**30, rel=0.02)
+    assert text.kv_cache_gib > full.kv_cache_gib and "language-model-only" in {f.code for f in text.findings}
+    assert "vision-not-modelled" not in {f.code for f in text.findings}
+    early = fit(vl, L4, vllm_version="0.14.0", max_model_len=8192, language_model_only=True).servers[0]
+    assert early.weights_gib == fit(vl, L4, vllm_version="0.14.0", max_model_len=8192).servers[0].weights_gib
+    assert "language-model-only-unsure" in {f.code for f in early.findings}
+    _, out = cli("--model", vl, "--gpu", "L4", "--vllm-version", "0.15", "--max-model-len", "8192",
+                 "--limit-mm-per-prompt", '{"image": 0, "video": 0}', "--json")
+    assert "language-model-only" in {f["code"] for f in out["servers"][0]["findings"]}
+
+
 def test_marlin_runs_on_turing_from_0_14():
     """Marlin (awq_marlin / gptq_marlin / compressed-tensors WNA16) on CC 7.5 from vLLM 0.14 (PRs #29901, #31000):
     before it, the fit-check refuses it on a T4 with the plain kernel as the fix; a V100 never runs it."""
@@ -172,6 +196,19 @@ def test_cpu_offload_in_a_profile_is_read_from_extra_args(tmp_path: Path):
     p.write_text(body.format(extra=", extra_args: ['--cpu-offload-gb', '70']"))
     code, rep = cli("--profile", str(p), "--json")
     assert code == 0 and rep["servers"][0]["weights_gib"] == pytest.approx(61.4, abs=0.1)
+
+
+def test_text_only_mode_in_a_profile_is_read_from_extra_args(tmp_path: Path):
+    p = tmp_path / "p.yaml"
+    body = ("name: t\nvllm_version: '0.15'\nservers:\n  s: {{model: Qwen/Qwen2.5-VL-7B-Instruct, max_model_len: 8192"
+            "{extra}}}\njobs:\n  - {{name: j, gpu: L4, nodes: [s]}}\n")
+    p.write_text(body.format(extra=""))
+    _, full = cli("--profile", str(p), "--json")
+    p.write_text(body.format(extra=", extra_args: ['--limit-mm-per-prompt.image', '0', "
+                                   "'--limit-mm-per-prompt.video', '0']"))
+    _, text = cli("--profile", str(p), "--json")
+    assert text["servers"][0]["weights_gib"] < full["servers"][0]["weights_gib"] - 1
+    assert "language-model-only" in {f["code"] for f in text["servers"][0]["findings"]}
 
 
 def test_graph_pool_shrinks_with_max_num_seqs():

@@ -71,6 +71,22 @@ class VisionSpec(BaseModel):
     modelled: bool = True  # False: encoder profiling is not estimated (a warning says so)
 
 
+def language_model_only(m: ModelSpec) -> ModelSpec:
+    """The model as vLLM's text-only mode loads it: without its vision tower (the tower's parameters off the
+    count, and their 16-bit bytes off a checkpoint read from disk)."""
+    if m.vision is None:
+        return m
+    cut = int(m.vision.params_b * 1e9 * 2)
+    update: dict[str, Any] = {"vision": None, "params_b": max(m.params_b - m.vision.params_b, 0.0)}
+    ck = m.checkpoint
+    if ck is not None and ck.total_bytes > cut:
+        update["checkpoint"] = ck.model_copy(update={
+            "total_bytes": ck.total_bytes - cut,
+            "float_bytes": None if ck.float_bytes is None else max(ck.float_bytes - cut, 0),
+            "source": f"{ck.source}, less the vision tower"})
+    return m.model_copy(update=update)
+
+
 class MambaSpec(BaseModel):
     """The Mamba2 mixers of a hybrid model (Nemotron-H ``hybrid_override_pattern`` 'M' layers): what each
     keeps per sequence. vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``: a conv state of

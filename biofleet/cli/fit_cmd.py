@@ -90,6 +90,12 @@ def fit_check(
             "\"original_max_position_embeddings\":32768}': stretches the longest max_model_len."
         ))] = None,
     enforce_eager: Annotated[bool, typer.Option(help="No CUDA graphs (saves their memory).")] = False,
+    language_model_only: Annotated[bool, typer.Option(
+        help="Serve a vision-language model text-only (vLLM >= 0.15 then loads no vision tower).")] = False,
+    limit_mm_per_prompt: Annotated[str | None, typer.Option(
+        help=(
+            "vLLM's --limit-mm-per-prompt JSON, e.g. '{\"image\": 0}': every modality at 0 is text-only mode."
+        ))] = None,
     max_num_seqs: Annotated[int | None, typer.Option(
         help=(
             "Concurrent sequences vLLM schedules (default: vLLM's)."
@@ -152,6 +158,7 @@ def fit_check(
             "tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size,
             "kv_cache_dtype": kv_cache_dtype,
             "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
+            "language_model_only": _text_only(language_model_only, limit_mm_per_prompt),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
             "env": _env_pairs(env or []), "cpu_offload_gb": cpu_offload_gb,
@@ -214,6 +221,13 @@ def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
         return custom_gpu(a.memory_gib, a.compute_capability, name=a.name or "custom", visible_gib=a.visible_gib)
     raise ProfileError([ProfileIssue(None, None, "--gpu", "give --gpu NAME, or --gpu-visible-gib X (or "
                                      "--gpu-memory-gib X) with --compute-capability M.N")])
+
+
+def _text_only(flag: bool, limits: str | None) -> bool:
+    from biofleet.fitcheck import language_model_only_override
+
+    args = (["--language-model-only"] if flag else []) + (["--limit-mm-per-prompt", limits] if limits else [])
+    return language_model_only_override(args)  # the one reader, as for a profile's extra_args
 
 
 def _rope_json(text: str | None) -> Mapping[str, Any] | None:
