@@ -80,6 +80,18 @@ def _named_gpu(gpu_text: str) -> str | None:
     return next((n for pat, n in _GPU_NAMES if re.search(pat, gpu_text, re.I)), None)
 
 
+def _sized_as_stated(name: str, case: dict[str, Any]) -> str:
+    """The catalogue card of the size the case states (``gpu_memory`` "40 GB (machine type)") when the device
+    name alone picked the family's other size (an "A100" is the 80 GB card unless the case says 40)."""
+    stated = re.match(r"\s*(\d+)\s*GB\b", str(case.get("gpu_memory") or ""))
+    if not stated or int(stated.group(1)) == round(get_gpu(name).memory_gib):
+        return name
+    try:
+        return get_gpu(f"{name.split('-')[0]}-{stated.group(1)}GB").name
+    except UnknownGpuError:
+        return name
+
+
 def _catalogue_gpu(gpu_text: str) -> str | None:
     """The catalogue card the case's GPU text names by the device name CUDA prints (the text before any
     count, parenthesis or comma), if any."""
@@ -106,6 +118,7 @@ def _flag_in_quote(quote: str, key: str) -> str | None:
     # (quantization also from the engine's "with config: ... quantization=X" line: what vLLM loads)
     m = re.search(rf"'{k}':\s*'?([^',}}\s]+)", quote) or \
         re.search(rf"--{k.replace('_', '[-_]')}[= ]+([^\s\\`]+)", quote) or \
+        re.search(rf"-\s+--{k.replace('_', '[-_]')}\s*\n[>+]?\s*-\s+[\"']?([^\s\"']+)", quote) or \
         re.search(rf"\b{k}`?\s+to\s+(\d+)\b", quote) or \
         re.search(rf"args: Namespace\([^\n]*?\b{k}=(?!None\b)([^,)\s]+)", quote) or \
         re.search(rf"\bLLM\([^)]*?\b{k}\s*=\s*(?!None\b)([^,)\s#]+)", quote) or \
@@ -238,6 +251,7 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     gpu_text = str(case.get("gpu") or "")
     logged = case.get("gpu_total_gib_logged")
     name = _named_gpu(gpu_text)
+    name = _sized_as_stated(name, case) if name else None
     mig = re.search(r"MIG\b[^,;]*?\d+g\.(\d+)gb", gpu_text, re.I)
     if name and mig and not logged:  # a MIG slice: its own memory, the parent card's compute capability
         argv += ["--gpu-memory-gib", mig.group(1), "--compute-capability", get_gpu(name).cc_str]
