@@ -167,6 +167,9 @@ class ServerInput(_Frozen):
     # text-only (from TEXT_ONLY_FROM its vision tower is neither loaded nor profiled; see vision_dropped_b)
     language_model_only: bool = False
     vision_dropped_b: float = Field(default=0.0, ge=0)  # set by the check: the tower text-only mode left out
+    # vLLM --max-model-len auto (-1), from 0.14 (PR #29431): the model's context when one request of it fits the KV
+    # cache, else the longest that does; the check fits max_model_len the same way (see _auto_length)
+    max_model_len_auto: bool = False
 
     @field_validator("vllm_version")
     @classmethod
@@ -1426,6 +1429,47 @@ def pipeline_stage(server: ServerInput) -> ServerInput:
     return server.model_copy(update={"model": m.model_copy(update=update)})
 
 
+AUTO_LENGTH_FROM = (0, 14, 0)  # PR #29431 (merged 2025-11): --max-model-len auto / -1
+
+
+def _auto_length(server: ServerInput, node: NodeInput, idx: tuple[int, ...], extra: list[Finding]) -> ServerInput:
+    """``server`` with the max_model_len vLLM's ``--max-model-len auto`` picks: the model's context when one request
+    of it fits the KV cache the profile leaves, else the longest length that does (vLLM's binary search over
+    ``estimate_max_model_len``; the profile itself does not depend on the length in V1). Says what it picked."""
+    rules = _rules(server, node.gpu)
+    if rules.version < AUTO_LENGTH_FROM:
+        extra.append(_f("error", "max-model-len-auto-unsupported",
+                        f"vLLM {rules.label} has no --max-model-len auto (from 0.14)",
+                        "give max_model_len a number, or use vLLM >= 0.14"))
+        return server.model_copy(update={"max_model_len_auto": False})
+    full = server.model_copy(update={"max_model_len": None, "max_model_len_auto": False})
+    probe = _fit_server(pipeline_stage(full), node.gpu, node.label, idx, node.gpu_count)
+    res = resolve(full, node.gpu)
+    context = res.max_model_len
+    state, _ = mamba_state_gib(full, res.dtype)  # V1 keeps a request's Mamba state beside its blocks
+    room = (probe.kv_cache_gib - state) * GiB
+
+    def fits(length: int) -> bool:
+        s = full.model_copy(update={"max_model_len": length})
+        return _request_kv_bytes(s, resolve(s, node.gpu)) <= room
+
+    if room <= 0 or fits(context):
+        length = context
+    else:  # the most whole blocks one request may take
+        lo, hi = 0, context // BLOCK_SIZE
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid * BLOCK_SIZE) else (lo, mid - 1)
+        length = lo * BLOCK_SIZE
+    if room <= 0 or length <= 0:
+        return full  # no room for one block: the check says so with the model's context
+    whole = " (the model's full context)" if length == context else f" (the model's context is {context:,})"
+    extra.append(_f("info", "max-model-len-auto",
+                    f"--max-model-len auto: vLLM {rules.label} fits the context to {length:,} tokens{whole}",
+                    "" if length == context else "set max_model_len explicitly to plan for a longer context"))
+    return full.model_copy(update={"max_model_len": length})
+
+
 def check(nodes: Sequence[NodeInput]) -> FitReport:
     """Fit-check every server on every node, then every GPU's combined memory."""
     servers: list[ServerFit] = []
@@ -1454,6 +1498,8 @@ def check(nodes: Sequence[NodeInput]) -> FitReport:
                                 f"place it on {tp} GPUs or set tensor_parallel_size {len(idx)}"))
             if server.pipeline_parallel_size > 1:
                 extra.append(_pipeline_finding(server, node.gpu))
+            if server.max_model_len_auto:
+                server = _auto_length(server, node, tuple(idx), extra)
             fit = _fit_server(pipeline_stage(server), node.gpu, node.label, tuple(idx), node.gpu_count, extra)
             servers.append(fit)
             for i in idx:

@@ -87,7 +87,8 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
     return ServerInput(
         name=inst.name, model=model, kind=s.kind, engine=s.engine, vllm_version=vllm_version or DEFAULT_VLLM_VERSION,
         dtype=s.dtype,
-        quantization=s.quantization, max_model_len=s.max_model_len,
+        quantization=s.quantization, max_model_len=None if s.max_model_len == "auto" else s.max_model_len,
+        max_model_len_auto=s.max_model_len == "auto",
         gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
         kv_cache_dtype=s.kv_cache_dtype, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
         enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,

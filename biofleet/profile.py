@@ -201,7 +201,8 @@ class ServerSpec(_Frozen):
     engine: Literal["vllm", "mock"] = "vllm"
     dtype: Literal["auto", "float16", "half", "bfloat16", "float32"] = "auto"
     quantization: QuantMethod | None = None
-    max_model_len: int | None = Field(None, gt=0)
+    # a number, or "auto": vLLM >= 0.14 fits the context to the memory (--max-model-len auto)
+    max_model_len: int | Literal["auto"] | None = None
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
@@ -212,6 +213,17 @@ class ServerSpec(_Frozen):
     max_num_batched_tokens: int | None = Field(None, gt=0)
     trust_remote_code: bool = False
     port: int | None = Field(None, ge=1024, le=65535)  # default: a free port picked at job start
+
+    @field_validator("max_model_len", mode="before")
+    @classmethod
+    def _max_model_len(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v <= 0:
+                raise ValueError("Input should be greater than 0 (or auto)")
+            return v
+        raise ValueError(f"Input should be a positive number of tokens or auto (got {str(v)[:40]!r})")
     extra_args: tuple[EngineArg, ...] = ()
     env: EnvMap = Field(default_factory=dict)
     roles: tuple[Name, ...] = ()  # task types this server answers (merged into routing.tasks)

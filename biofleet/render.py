@@ -99,7 +99,7 @@ def server_argv(inst: Instance, profile: Profile, fleet_dir: str) -> list[Any]:
             "--host", c.bind_host, "--port", PORT_PLACEHOLDER,
             "--served-model-name", *names, "--kind", spec.kind,
         ]
-        if spec.max_model_len:
+        if spec.max_model_len and spec.max_model_len != "auto":  # the mock engine serves its default on auto
             argv += ["--max-model-len", str(spec.max_model_len)]
         return _with_env(spec.env, argv + list(spec.extra_args))
 

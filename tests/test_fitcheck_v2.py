@@ -72,6 +72,32 @@ def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     assert "language-model-only" in {f["code"] for f in out["servers"][0]["findings"]}
 
 
+def test_max_model_len_auto_fits_the_context_as_vllm_does(tmp_path: Path):
+    """--max-model-len auto (vLLM >= 0.14, PR #29431): the model's context when one request of it fits, else the
+    longest whole-block length that does; refused before 0.14."""
+    r = fit(LLAMA8, L4, max_model_len_auto=True).servers[0]
+    auto = next(f for f in r.findings if f.code == "max-model-len-auto")
+    assert r.ok and r.max_model_len < 131072 and r.max_model_len % 16 == 0
+    assert r.max_model_len <= r.kv_cache_tokens < r.max_model_len + 16 and "131,072" in auto.message
+    whole = fit("Qwen/Qwen2.5-7B-Instruct", L4, max_model_len_auto=True).servers[0]
+    assert whole.ok and whole.max_model_len == 32768
+    old = fit(LLAMA8, L4, max_model_len_auto=True, vllm_version="0.13.0").servers[0]
+    assert "max-model-len-auto-unsupported" in {f.code for f in old.findings} and not old.ok
+    code, out = cli("--model", LLAMA8, "--gpu", "L4", "--max-model-len", "-1", "--json")
+    assert code == 0 and out["servers"][0]["max_model_len"] == r.max_model_len
+    bad = CliRunner().invoke(app, ["fit-check", "--model", LLAMA8, "--gpu", "L4", "--max-model-len", "lots"])
+    assert bad.exit_code == 2 and "--max-model-len" in bad.output
+    # in a profile: checked the same way, and passed to vLLM as it is (the mock engine keeps its own length)
+    p = tmp_path / "p.yaml"
+    p.write_text(f"name: a\nservers:\n  s: {{model: {LLAMA8}, max_model_len: auto}}\n"
+                 "jobs:\n  - {name: j, gpu: L4, nodes: [s]}\n")
+    code, rep = cli("--profile", str(p), "--json")
+    fitted = rep["servers"][0]["max_model_len"]  # a profile's utilisation default is 0.9, the one-server form's 0.92
+    assert code == 0 and 16 <= fitted < r.max_model_len and fitted % 16 == 0
+    scripts = render_fleet(load_profile(str(p)), "/tmp/fleet")
+    assert "--max-model-len auto" in str(scripts)
+
+
 def test_marlin_runs_on_turing_from_0_14():
     """Marlin (awq_marlin / gptq_marlin / compressed-tensors WNA16) on CC 7.5 from vLLM 0.14 (PRs #29901, #31000):
     before it, the fit-check refuses it on a T4 with the plain kernel as the fix; a V100 never runs it."""

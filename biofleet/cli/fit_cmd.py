@@ -63,9 +63,10 @@ def fit_check(
             "vLLM version the server runs, e.g. 0.6.3 or 0.19 (default: the version the templates "
             "target); picks that release's memory rules."
         ))] = None,
-    max_model_len: Annotated[int | None, typer.Option(
+    max_model_len: Annotated[str | None, typer.Option(
         help=(
-            "Context length to plan for (default: the model's)."
+            "Context length to plan for (default: the model's), or auto: vLLM >= 0.14 fits it to the memory "
+            "and the fit-check says to what."
         ))] = None,
     gpu_memory_utilization: Annotated[float | None, typer.Option(
         help=(
@@ -153,7 +154,7 @@ def fit_check(
         title = f"fit-check {p.name}"
     elif model:
         settings = {
-            "vllm_version": vllm_version, "max_model_len": max_model_len,
+            "vllm_version": vllm_version, **_max_model_len(max_model_len),
             "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "quantization": quantization,
             "tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size,
             "kv_cache_dtype": kv_cache_dtype,
@@ -221,6 +222,18 @@ def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
         return custom_gpu(a.memory_gib, a.compute_capability, name=a.name or "custom", visible_gib=a.visible_gib)
     raise ProfileError([ProfileIssue(None, None, "--gpu", "give --gpu NAME, or --gpu-visible-gib X (or "
                                      "--gpu-memory-gib X) with --compute-capability M.N")])
+
+
+def _max_model_len(text: str | None) -> dict[str, Any]:
+    """``--max-model-len`` as vLLM takes it: a positive number, or ``auto`` (``-1``)."""
+    value = (text or "").strip().lower()
+    if not value:
+        return {"max_model_len": None}
+    if value in ("auto", "-1"):
+        return {"max_model_len": None, "max_model_len_auto": True}
+    if value.isdigit() and 0 < int(value) <= 1 << 31:
+        return {"max_model_len": int(value)}
+    raise typer.BadParameter(f"{text!r} is not a positive number of tokens or auto", param_hint="--max-model-len")
 
 
 def _text_only(flag: bool, limits: str | None) -> bool:

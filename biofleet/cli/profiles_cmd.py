@@ -71,7 +71,7 @@ class _ServerRow:
     quantization: str | None
     gpu_memory_utilization: float
     tensor_parallel_size: int
-    max_model_len: int | None
+    max_model_len: int | str | None
     port: int | str  # "auto": picked at job start
 
 
