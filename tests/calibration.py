@@ -292,6 +292,11 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         v = _flag_in_quote(quote, key)
         if v:
             argv += ["--" + key.replace("_", "-"), v]
+    # pipeline stages from the engine's config line when the command is not quoted (the default is 1, so any other
+    # value there is the user's; unlike max_num_seqs, whose resolved default that line prints too)
+    stages = re.search(r"engine \(v[^)]*\) with config:.*?\bpipeline_parallel_size=(\d+)", quote)
+    if stages and int(stages.group(1)) > 1 and "--pipeline-parallel-size" not in argv:
+        argv += ["--pipeline-parallel-size", stages.group(1)]
     use_v1 = re.search(r"\bVLLM_USE_V1=([01])\b", quote)  # 0.8-0.10 run V0 on 0, 0.7 runs V1 on 1
     if use_v1:
         argv += ["--env", f"VLLM_USE_V1={use_v1.group(1)}"]
