@@ -1284,7 +1284,7 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float,
         out.append(_f("error", "kv-cache-too-small",
                       f"KV cache of {kv:.2f} GiB holds {tokens} tokens; one max_model_len {max_len} request needs "
                       f"{one_seq:.2f} GiB", fixes(True)))
-    elif kv / one_seq < LOW_CONCURRENCY:
+    elif kv / one_seq < LOW_CONCURRENCY and not server.max_model_len_auto:  # auto: max-model-len-auto says it
         out.append(_f("warning", "low-concurrency",
                       f"KV cache of {kv:.2f} GiB holds {tokens} tokens: only {kv / one_seq:.2f} requests of "
                       f"{max_len} tokens at once", fixes(True)))
@@ -1467,7 +1467,7 @@ def _auto_length(server: ServerInput, node: NodeInput, idx: tuple[int, ...], ext
     extra.append(_f("info", "max-model-len-auto",
                     f"--max-model-len auto: vLLM {rules.label} fits the context to {length:,} tokens{whole}",
                     "" if length == context else "set max_model_len explicitly to plan for a longer context"))
-    return full.model_copy(update={"max_model_len": length})
+    return full.model_copy(update={"max_model_len": length, "max_model_len_auto": length < context})
 
 
 def check(nodes: Sequence[NodeInput]) -> FitReport:

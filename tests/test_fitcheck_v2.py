@@ -79,6 +79,7 @@ def test_max_model_len_auto_fits_the_context_as_vllm_does(tmp_path: Path):
     auto = next(f for f in r.findings if f.code == "max-model-len-auto")
     assert r.ok and r.max_model_len < 131072 and r.max_model_len % 16 == 0
     assert r.max_model_len <= r.kv_cache_tokens < r.max_model_len + 16 and "131,072" in auto.message
+    assert "low-concurrency" not in {f.code for f in r.findings}  # one request at the fitted length, by design
     whole = fit("Qwen/Qwen2.5-7B-Instruct", L4, max_model_len_auto=True).servers[0]
     assert whole.ok and whole.max_model_len == 32768
     old = fit(LLAMA8, L4, max_model_len_auto=True, vllm_version="0.13.0").servers[0]
