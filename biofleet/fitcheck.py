@@ -1228,14 +1228,15 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float,
                      one_seq: float, tokens: int, per_tok: int, budget: float) -> list[Finding]:
     m, util, out = server.model, res.utilization, []
     max_len = res.max_model_len
-    need_util = _ceil2((w + overhead + one_seq) / gpu.visible_gib)
     where = f"{util:.2f} x {gpu.visible_gib:.2f} GiB = {budget:.2f} GiB"
     max_util = (gpu.visible_gib - gpu.cuda_context_gib) / gpu.visible_gib
     images = _encoder_items(server, res)
     encoder = _encoder_bytes(server, res) / GiB
 
-    def fixes(allow_len_cut: bool) -> str:
+    def fixes(allow_len_cut: bool, requests: float = 1.0) -> str:
+        """What makes ``requests`` full-length requests fit (one for the errors, LOW_CONCURRENCY for the warning)."""
         opts = []
+        need_util = _ceil2((w + overhead + requests * one_seq) / gpu.visible_gib)
         if m.vision is not None and m.vision.family == "mllama" and images > 1 and encoder >= overhead / 2:
             # V0 profiles one image per dummy sequence: fewer sequences, fewer images in the peak
             spare = budget - w - max(overhead - encoder, 0.0) - one_seq
@@ -1248,7 +1249,7 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float,
             opts.append(f"raise gpu_memory_utilization to {need_util:.2f}")
         fit_len = 0
         if per_tok and kv > 0 and one_seq > 0:
-            fit_len = int(max_len * kv / one_seq) // BLOCK_SIZE * BLOCK_SIZE
+            fit_len = int(max_len * kv / (requests * one_seq)) // BLOCK_SIZE * BLOCK_SIZE
         if allow_len_cut and fit_len >= 256:
             opts.append(f"cut max_model_len to {min(fit_len, max_len)}")
         if not m.quantization and _weight_method(server) is None:
@@ -1287,7 +1288,7 @@ def _memory_findings(server: ServerInput, gpu: GpuSpec, res: Resolved, w: float,
     elif kv / one_seq < LOW_CONCURRENCY and not server.max_model_len_auto:  # auto: max-model-len-auto says it
         out.append(_f("warning", "low-concurrency",
                       f"KV cache of {kv:.2f} GiB holds {tokens} tokens: only {kv / one_seq:.2f} requests of "
-                      f"{max_len} tokens at once", fixes(True)))
+                      f"{max_len} tokens at once", fixes(True, LOW_CONCURRENCY)))
     return out
 
 

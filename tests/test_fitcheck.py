@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -198,6 +199,12 @@ def test_kv_cache_too_small_suggests_util_and_len():
 def test_low_concurrency_warning_and_fp8_kv_halves():
     r = one(CODER_AWQ, gpu=L4, max_model_len=32768, gpu_memory_utilization=0.4)
     assert "low-concurrency" in r.codes() and r.ok
+    # its fixes are for LOW_CONCURRENCY requests, not one: taking either clears the warning
+    (warn,) = [f for f in r.all_findings() if f.code == "low-concurrency"]
+    util = float(re.search(r"gpu_memory_utilization to ([\d.]+)", warn.fix).group(1))
+    cut = int(re.search(r"cut max_model_len to (\d+)", warn.fix).group(1))
+    assert "low-concurrency" not in one(CODER_AWQ, gpu=L4, max_model_len=32768, gpu_memory_utilization=util).codes()
+    assert "low-concurrency" not in one(CODER_AWQ, gpu=L4, max_model_len=cut, gpu_memory_utilization=0.4).codes()
     a = one(CODER_AWQ, gpu=L4, max_model_len=32768, gpu_memory_utilization=0.4, kv_cache_dtype="fp8").servers[0]
     assert a.kv_bytes_per_token * 2 == r.servers[0].kv_bytes_per_token
     assert a.kv_cache_tokens >= 2 * r.servers[0].kv_cache_tokens - 16
