@@ -1131,6 +1131,13 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     res = resolve(server, gpu)
     max_len = res.max_model_len
     findings: list[Finding] = list(extra) + _plan_findings(server, gpus_on_node)
+    if gpu.name == "custom" and gpu.visible_gib >= 70 and res.rules.engine == "V1" and \
+            (server.max_num_seqs is None or server.max_num_batched_tokens is None):
+        findings.append(_f("info", "scheduler-defaults-by-name",
+                           f"vLLM picks its scheduler defaults by device name: a card of {gpu.visible_gib:g} GiB not "
+                           "named A100 gets 1,024 sequences and 8,192 batched tokens (assumed here), an A100 256 and "
+                           "2,048", "give the card's name with --gpu-name (or pick it with --gpu), or set "
+                           "max_num_seqs and max_num_batched_tokens"))
     dtype = res.dtype
     method = _weight_method(server)
     if server.engine == "mock":

