@@ -385,17 +385,12 @@ _MAX_TAIL_BYTES = 16 << 20
 
 def _last_lines(runner: Runner, path: str, n: int) -> int:
     """Print the last ``n`` lines of a log, read from its end (at most 16 MiB back); the offset after them."""
-    span = 64 * 1024
-    while True:
-        chunk = runner.read_range(path, -span, span)
-        shown = chunk.text.splitlines(keepends=True)
-        if chunk.start == 0 or len(shown) > n or span >= _MAX_TAIL_BYTES:
-            if chunk.start > 0:
-                shown = shown[1:]  # cut by the span
-            sys.stdout.write("".join(shown[-n:]))
-            sys.stdout.flush()
-            return chunk.end
-        span *= 4
+    from biofleet.remote.base import last_lines
+
+    lines, end = last_lines(runner, path, n, most=_MAX_TAIL_BYTES)
+    sys.stdout.write("".join(lines[-n:]))
+    sys.stdout.flush()
+    return end
 
 
 def _print_from(runner: Runner, path: str, offset: int) -> int:

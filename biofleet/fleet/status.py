@@ -19,7 +19,7 @@ from biofleet.paths import FleetPaths
 from biofleet.plan import node_label
 from biofleet.procs import pid_alive
 from biofleet.registry import MAX_RECORD_BYTES, MAX_RECORDS, Endpoint, parse_records, problems_line
-from biofleet.remote.base import MAX_SECRET_BYTES, Runner
+from biofleet.remote.base import MAX_SECRET_BYTES, Runner, last_lines
 
 
 class ServerState(str, Enum):
@@ -169,13 +169,10 @@ TAIL_BYTES = 64 * 1024  # the end of a server log that status shows lines from
 
 def _tail(runner: Runner, path: str, n: int = 8) -> list[str]:
     try:
-        chunk = runner.read_range(path, -TAIL_BYTES, TAIL_BYTES)
+        lines, _ = last_lines(runner, path, n, most=TAIL_BYTES)
     except Exception:
         return []
-    lines = chunk.text.rstrip("\n").splitlines()
-    if chunk.start > 0 and lines:
-        lines = lines[1:]  # the first line is cut
-    return lines[-n:]
+    return "".join(lines).rstrip("\n").splitlines()[-n:]
 
 
 def collect_status(fleet: Fleet, *, probe: bool = True, state: FleetState | None = None) -> FleetStatus:

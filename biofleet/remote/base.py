@@ -248,10 +248,10 @@ def expand_user_vars(path: str, home: Callable[[], str], user: Callable[[], str]
     return path
 
 
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
+def _open_regular(path: str, *, follow: bool = True) -> tuple[int, os.stat_result]:
     """A read-only descriptor of a regular file and its stat; a FIFO (opened non-blocking), device or
-    directory raises OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    directory raises OSError, and so does a symlink when ``follow`` is false."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -299,6 +299,19 @@ def read_local_range(path: str, start: int, max_bytes: int) -> FileChunk:
     return FileChunk(data.decode(errors="replace"), first, first + len(data), info.st_size)
 
 
+def last_lines(runner: Runner, path: str, n: int, most: int, first: int = 64 * 1024) -> tuple[list[str], int]:
+    """The lines (ends kept) at the end of a file that hold its last ``n``, read back from its end: a span of
+    ``first`` bytes growing x4 until it holds more than ``n`` lines, the whole file or ``most`` bytes. A line the
+    span cuts is left out. Also the offset after them (where following the file goes on)."""
+    span = min(first, most)
+    while True:
+        chunk = runner.read_range(path, -span, span)
+        lines = chunk.text.splitlines(keepends=True)
+        if chunk.start == 0 or len(lines) > n or span >= most:
+            return (lines[1:] if chunk.start > 0 else lines), chunk.end
+        span = min(span * 4, most)
+
+
 SKIP_NOT_REGULAR = "not a regular file"
 
 
@@ -326,17 +339,14 @@ def read_small_files(directory: str, suffix: str, max_bytes: int, max_files: int
     why: list[str] = []
     out: list[str] = []
     for name in names[:max_files]:
+        path = os.path.join(directory, name)
         try:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:  # a symlink (O_NOFOLLOW), or gone since the listing
-            why.append(skip_line(name, SKIP_NOT_REGULAR) if os.path.lexists(os.path.join(directory, name)) else "")
+            fd, info = _open_regular(path, follow=False)
+        except OSError:  # a symlink, FIFO, device or directory; or gone since the listing
+            why.append(skip_line(name, SKIP_NOT_REGULAR) if os.path.lexists(path) else "")
             continue
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                why.append(skip_line(name, SKIP_NOT_REGULAR))
-                continue
-            data = os.read(fd, max_bytes + 1) if info.st_size <= max_bytes else b""
+            data = _read_fd(fd, max_bytes + 1) if info.st_size <= max_bytes else b""
         except OSError:
             continue
         finally:

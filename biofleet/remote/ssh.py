@@ -539,11 +539,12 @@ class _SFTPFiles:
                 pass
 
     def _open_regular(self, path: str) -> tuple[paramiko.SFTPFile, int]:
-        # stat before open: the SFTP server would block opening a FIFO for reading
-        if not stat.S_ISREG(self.sftp.stat(path).st_mode or 0):
+        # stat before open: the SFTP server would block opening a FIFO for reading (its size serves as the
+        # file's; the reads past it check their own length)
+        info = self.sftp.stat(path)
+        if not stat.S_ISREG(info.st_mode or 0):
             raise OSError(f"{path} is not a regular file")
-        fh = self.sftp.open(path, "r")
-        return fh, fh.stat().st_size or 0
+        return self.sftp.open(path, "r"), info.st_size or 0
 
     def read_text(self, path: str, max_bytes: int) -> str:
         fh, size = self._open_regular(path)
