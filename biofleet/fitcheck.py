@@ -43,6 +43,7 @@ from biofleet.catalog.vllm_rules import (
     mamba_ssm_dtype,
     mxfp4_expert_bytes,
     mxfp4_moe_backend,
+    parse_vllm_version,
     rules_for,
     v0_mamba_batch,
 )
@@ -218,7 +219,7 @@ class ServerInput(_Frozen):
     @model_validator(mode="after")
     def _text_only(self) -> ServerInput:
         v = self.model.vision
-        if self.language_model_only and v is not None and rules_for(self.vllm_version).version >= TEXT_ONLY_FROM:
+        if self.language_model_only and v is not None and parse_vllm_version(self.vllm_version) >= TEXT_ONLY_FROM:
             object.__setattr__(self, "vision_dropped_b", v.params_b)
             object.__setattr__(self, "model", language_model_only(self.model))
         return self
@@ -230,13 +231,29 @@ ROPE_OVERRIDE_MAX_CHARS = 4096  # a rope_scaling object is a few fields; anythin
 TEXT_ONLY_FROM = (0, 15, 0)
 
 
-def _flag_values(args: Sequence[str], flags: Collection[str]) -> Iterator[tuple[str, str]]:
-    """(flag, value) for each of ``flags`` in a server's extra vLLM arguments: ``--flag VALUE`` or ``--flag=VALUE``
+def _flag_values(args: Sequence[str], flags: Collection[str], prefixes: tuple[str, ...] = ()
+                 ) -> Iterator[tuple[str, str]]:
+    """(flag, value) for each of ``flags`` (and each flag starting with one of ``prefixes``, vLLM's dotted
+    ``--limit-mm-per-prompt.image`` form) in a server's extra vLLM arguments: ``--flag VALUE`` or ``--flag=VALUE``
     (an empty value when the flag ends the list)."""
     for i, arg in enumerate(args):
         flag, eq, value = arg.partition("=")
-        if flag in flags:
+        if flag in flags or (prefixes and flag.startswith(prefixes)):
             yield flag, value if eq else (args[i + 1] if i + 1 < len(args) else "")
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """A JSON object given as a flag's value, of at most ``ROPE_OVERRIDE_MAX_CHARS``; None for anything else (vLLM
+    refuses such a value at start-up)."""
+    import json
+
+    if len(text) > ROPE_OVERRIDE_MAX_CHARS:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested past the decoder's depth
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def cpu_offload_override(args: Sequence[str]) -> float:
@@ -257,23 +274,18 @@ def language_model_only_override(args: Sequence[str]) -> bool:
     """Whether a server's extra vLLM arguments serve a multimodal model text-only: ``--language-model-only``, or
     ``--limit-mm-per-prompt`` with every modality at 0 (a JSON object such as ``'{"image": 0}'`` of at most
     ``ROPE_OVERRIDE_MAX_CHARS``, or the dotted ``--limit-mm-per-prompt.image 0`` form)."""
-    import json
-
     if "--language-model-only" in args:
         return True
+    whole = ("--limit-mm-per-prompt", "--limit_mm_per_prompt")
     limits: list[object] = []
-    for _, text in _flag_values(args, ("--limit-mm-per-prompt", "--limit_mm_per_prompt")):
-        try:
-            data = json.loads(text) if len(text) <= ROPE_OVERRIDE_MAX_CHARS else None
-        except (ValueError, RecursionError):
-            data = None
-        if not isinstance(data, dict) or not data:
+    for flag, text in _flag_values(args, whole, prefixes=tuple(f + "." for f in whole)):
+        if flag not in whole:
+            limits.append(text)  # one modality's limit
+            continue
+        data = _json_object(text)
+        if not data:
             return False  # a limit vLLM would read otherwise (or refuse): not text-only as far as we can tell
         limits += data.values()
-    for i, arg in enumerate(args):
-        flag, eq, value = arg.partition("=")
-        if flag.startswith(("--limit-mm-per-prompt.", "--limit_mm_per_prompt.")):
-            limits.append(value if eq else (args[i + 1] if i + 1 < len(args) else ""))
     return bool(limits) and all(str(x).strip() == "0" for x in limits)
 
 
@@ -281,19 +293,10 @@ def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
     """The rope_scaling a server's extra vLLM arguments set (``--rope-scaling JSON``, or ``--hf-overrides JSON``
     with a ``rope_scaling`` key; ``--flag=JSON`` too), or None. Text that is not a JSON object of at most
     ``ROPE_OVERRIDE_MAX_CHARS`` is not an override (vLLM itself refuses it at start-up)."""
-    import json
-
     found: Mapping[str, Any] | None = None
     for flag, text in _flag_values(args, ("--rope-scaling", "--rope_scaling", "--hf-overrides", "--hf_overrides")):
-        if len(text) > ROPE_OVERRIDE_MAX_CHARS:
-            continue
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: nested past the decoder's depth
-            continue
-        if not isinstance(data, dict):
-            continue
-        if flag.startswith("--hf"):
+        data: Any = _json_object(text)
+        if data is not None and flag.startswith("--hf"):
             data = data.get("rope_scaling")
         if isinstance(data, dict):
             found = data
@@ -1131,7 +1134,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     res = resolve(server, gpu)
     max_len = res.max_model_len
     findings: list[Finding] = list(extra) + _plan_findings(server, gpus_on_node)
-    if gpu.name == "custom" and gpu.visible_gib >= 70 and res.rules.engine == "V1" and \
+    if gpu.name == "custom" and _big_gpu(gpu) and res.rules.engine == "V1" and \
             (server.max_num_seqs is None or server.max_num_batched_tokens is None):
         findings.append(_f("info", "scheduler-defaults-by-name",
                            f"vLLM picks its scheduler defaults by device name: a card of {gpu.visible_gib:g} GiB not "

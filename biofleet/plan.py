@@ -84,6 +84,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
     from biofleet.fitcheck import ServerInput, cpu_offload_override, language_model_only_override, rope_override
 
     s = inst.spec
+    args = [str(a) for a in s.extra_args]
     return ServerInput(
         name=inst.name, model=model, kind=s.kind, engine=s.engine, vllm_version=vllm_version or DEFAULT_VLLM_VERSION,
         dtype=s.dtype,
@@ -93,9 +94,9 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         kv_cache_dtype=s.kv_cache_dtype, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
         enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens, env={**s.env},
-        rope_scaling=rope_override([str(a) for a in s.extra_args]),
-        cpu_offload_gb=cpu_offload_override([str(a) for a in s.extra_args]),
-        language_model_only=language_model_only_override([str(a) for a in s.extra_args]),
+        rope_scaling=rope_override(args),
+        cpu_offload_gb=cpu_offload_override(args),
+        language_model_only=language_model_only_override(args),
     )
 
 

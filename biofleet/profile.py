@@ -213,17 +213,6 @@ class ServerSpec(_Frozen):
     max_num_batched_tokens: int | None = Field(None, gt=0)
     trust_remote_code: bool = False
     port: int | None = Field(None, ge=1024, le=65535)  # default: a free port picked at job start
-
-    @field_validator("max_model_len", mode="before")
-    @classmethod
-    def _max_model_len(cls, v: Any) -> Any:
-        if v is None or v == "auto":
-            return v
-        if isinstance(v, int) and not isinstance(v, bool):
-            if v <= 0:
-                raise ValueError("Input should be greater than 0 (or auto)")
-            return v
-        raise ValueError(f"Input should be a positive number of tokens or auto (got {str(v)[:40]!r})")
     extra_args: tuple[EngineArg, ...] = ()
     env: EnvMap = Field(default_factory=dict)
     roles: tuple[Name, ...] = ()  # task types this server answers (merged into routing.tasks)
@@ -238,6 +227,17 @@ class ServerSpec(_Frozen):
     # A server that exits is restarted in place by its job (back-off 1, 2, 4 ... 60 s) this many
     # times before it is marked FAILED; its co-located neighbours keep serving meanwhile.
     max_restarts: int = Field(3, ge=0, le=100)
+
+    @field_validator("max_model_len", mode="before")
+    @classmethod
+    def _max_model_len(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v <= 0:
+                raise ValueError("Input should be greater than 0 (or auto)")
+            return v
+        raise ValueError(f"Input should be a positive number of tokens or auto (got {str(v)[:40]!r})")
 
     @property
     def elastic(self) -> ReplicaRange | None:

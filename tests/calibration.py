@@ -40,7 +40,7 @@ from typer.testing import CliRunner
 from biofleet.catalog.gpus import UnknownGpuError, get_gpu
 from biofleet.catalog.models import ModelSpec, UnknownModelError, get_model
 from biofleet.cli.main import app
-from biofleet.fitcheck import rope_override
+from biofleet.fitcheck import language_model_only_override, rope_override
 
 DATA = Path(__file__).resolve().parent / "data"
 CONFIGS = DATA / "model_configs"
@@ -313,12 +313,12 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
     # a multimodal model served text-only: --language-model-only, or every --limit-mm-per-prompt at 0 (command line,
     # a `--config` YAML file's `limit-mm-per-prompt: '{"image": 0}'`, or the dotted per-modality flags)
     limits = re.search(r"limit[-_]mm[-_]per[-_]prompt['\"]?\s*[:= ]\s*'?(\{[^}]*\})", quote)
-    dotted = re.findall(r"--limit[-_]mm[-_]per[-_]prompt\.\w+[= ]+(\S+)", quote)
+    dotted = re.findall(r"(--limit(?:-mm-per-prompt|_mm_per_prompt)\.\w+)[= ]+(\S+)", quote)
     if "--language-model-only" in quote:
         argv += ["--language-model-only"]
     elif limits:
         argv += ["--limit-mm-per-prompt", limits.group(1)]
-    elif dotted and all(x == "0" for x in dotted):
+    elif language_model_only_override([part for pair in dotted for part in pair]):  # the tool's own reader
         argv += ["--language-model-only"]
     offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
     if offload and float(offload) > 0:

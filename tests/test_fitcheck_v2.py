@@ -226,27 +226,30 @@ def test_cpu_offload_keeps_decoder_weights_in_host_memory():
     assert d["ok"] and d["servers"][0]["inputs"]["cpu_offload_gb"] == 70
 
 
-def test_cpu_offload_in_a_profile_is_read_from_extra_args(tmp_path: Path):
+def _profile_without_and_with(tmp_path: Path, body: str, extra: str) -> tuple[tuple[int, Any], tuple[int, Any]]:
+    """fit-check --profile --json of a one-server profile (``body`` with an ``{extra}`` slot in its server) without,
+    then with ``extra``."""
     p = tmp_path / "p.yaml"
+    out = []
+    for text in ("", extra):
+        p.write_text(body.format(extra=text))
+        out.append(cli("--profile", str(p), "--json"))
+    return out[0], out[1]
+
+
+def test_cpu_offload_in_a_profile_is_read_from_extra_args(tmp_path: Path):
     body = ("name: o\nservers:\n  s: {{model: meta-llama/Meta-Llama-3-70B-Instruct, max_model_len: 8192, "
             "gpu_memory_utilization: 0.95{extra}}}\njobs:\n  - {{name: j, gpu: GH200, nodes: [s]}}\n")
-    p.write_text(body.format(extra=""))
-    code, rep = cli("--profile", str(p), "--json")
+    (code, rep), (code2, rep2) = _profile_without_and_with(tmp_path, body, ", extra_args: ['--cpu-offload-gb', '70']")
     assert code == 1 and rep["servers"][0]["weights_gib"] > 130
-    p.write_text(body.format(extra=", extra_args: ['--cpu-offload-gb', '70']"))
-    code, rep = cli("--profile", str(p), "--json")
-    assert code == 0 and rep["servers"][0]["weights_gib"] == pytest.approx(61.4, abs=0.1)
+    assert code2 == 0 and rep2["servers"][0]["weights_gib"] == pytest.approx(61.4, abs=0.1)
 
 
 def test_text_only_mode_in_a_profile_is_read_from_extra_args(tmp_path: Path):
-    p = tmp_path / "p.yaml"
     body = ("name: t\nvllm_version: '0.15'\nservers:\n  s: {{model: Qwen/Qwen2.5-VL-7B-Instruct, max_model_len: 8192"
             "{extra}}}\njobs:\n  - {{name: j, gpu: L4, nodes: [s]}}\n")
-    p.write_text(body.format(extra=""))
-    _, full = cli("--profile", str(p), "--json")
-    p.write_text(body.format(extra=", extra_args: ['--limit-mm-per-prompt.image', '0', "
-                                   "'--limit-mm-per-prompt.video', '0']"))
-    _, text = cli("--profile", str(p), "--json")
+    (_, full), (_, text) = _profile_without_and_with(
+        tmp_path, body, ", extra_args: ['--limit-mm-per-prompt.image', '0', '--limit-mm-per-prompt.video', '0']")
     assert text["servers"][0]["weights_gib"] < full["servers"][0]["weights_gib"] - 1
     assert "language-model-only" in {f["code"] for f in text["servers"][0]["findings"]}
 
