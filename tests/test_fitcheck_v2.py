@@ -70,6 +70,9 @@ def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     _, out = cli("--model", vl, "--gpu", "L4", "--vllm-version", "0.15", "--max-model-len", "8192",
                  "--limit-mm-per-prompt", '{"image": 0, "video": 0}', "--json")
     assert "language-model-only" in {f["code"] for f in out["servers"][0]["findings"]}
+    for bad in ("{image: 0}", "[0]", '{"image": ' + "0" * 5000 + "}"):  # not JSON, not an object, too long
+        r = CliRunner().invoke(app, ["fit-check", "--model", vl, "--gpu", "L4", "--limit-mm-per-prompt", bad])
+        assert r.exit_code != 0 and "--limit-mm-per-prompt" in str(r.exception) + r.output, r.output
 
 
 def test_max_model_len_auto_fits_the_context_as_vllm_does(tmp_path: Path):

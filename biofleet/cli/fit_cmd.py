@@ -237,8 +237,13 @@ def _max_model_len(text: str | None) -> dict[str, Any]:
 
 
 def _text_only(flag: bool, limits: str | None) -> bool:
-    from biofleet.fitcheck import language_model_only_override
+    from biofleet.errors import ProfileError, ProfileIssue
+    from biofleet.fitcheck import _json_object, language_model_only_override
 
+    if limits is not None and _json_object(limits) is None:
+        raise ProfileError([ProfileIssue(None, None, "--limit-mm-per-prompt",
+                                         f"not a JSON object of at most 4 KiB: {limits[:80]!r} "
+                                         "(write it as vLLM takes it, e.g. '{\"image\": 0, \"video\": 0}')")])
     args = (["--language-model-only"] if flag else []) + (["--limit-mm-per-prompt", limits] if limits else [])
     return language_model_only_override(args)  # the one reader, as for a profile's extra_args
 
