@@ -55,8 +55,16 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """Stop gracefully; past 10 s (a connection a test left hanging) force it, and fail if the
+        thread still runs: a server left behind keeps its background loops (discovery, probes) going
+        until the interpreter exits."""
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            raise RuntimeError(f"server on port {self.port} did not stop in 20 s")
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the server's loop (to touch its state safely) and return its result."""
