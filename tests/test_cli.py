@@ -47,6 +47,8 @@ def _examples(words: list[str]) -> list[list[str]]:
     for line in text.replace("\\\n", " ").splitlines():
         m = re.match(r"^\s*(?:Examples?:\s*)?(biofleet .*)$", line)
         argv = shlex.split(m.group(1), comments=True) if m else []
+        if "|" in argv:  # `biofleet ... | jq ...`: the command is what comes before the pipe
+            argv = argv[:argv.index("|")]
         if argv[1:1 + len(words)] == words:
             out.append(argv[1:])
     return out

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -152,10 +157,91 @@ def test_cli_up_json_status_down(demo_profile, monkeypatch, tmp_path):
         assert r.exit_code == 0
         r = runner.invoke(app, ["logs", "nope", "--profile", ref])
         assert r.exit_code == 1 and "no server 'nope'" in str(r.exception)
+        _watch_commands(ref, Path(st["fleet_dir"]), tmp_path)
     finally:
         r = runner.invoke(app, ["down", "--profile", ref, "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["was_up"] is True
+
+
+def _biofleet(*argv: str) -> subprocess.Popen[str]:
+    """The installed command as a user runs it, output into a pipe (not a terminal), no COLUMNS."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.Popen([sys.executable, "-c", "from biofleet.cli.main import main; main()", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _lines_until(proc: subprocess.Popen[str], done: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
+    lines: list[str] = []
+    box: dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if done(lines):
+                    return
+        except BaseException as exc:  # handed to the test
+            box["exc"] = exc
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive() and "exc" not in box, f"{box} after {lines[-5:]}"
+    return lines
+
+
+def _interrupted(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Ctrl-C, as a user ends a watch: the exit status and what it said on stderr."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+def _watch_commands(ref: str, fleet_dir: Path, tmp_path: Path) -> None:
+    """The README's `status --watch` and `scrape-config --watch` on a running fleet: each refresh is seen
+    (JSON lines; stamped tables in a pipe, cells not cut to 80 columns), the targets file follows the
+    registry, and Ctrl-C ends them with exit 0 and no traceback."""
+    p = _biofleet("status", "--profile", ref, "--watch", "--json", "--interval", "0.2")
+    lines = _lines_until(p, lambda ls: len(ls) >= 2)
+    docs = [json.loads(line) for line in lines]
+    assert all(d["ready"] == 4 and d["fleet_dir"] == str(fleet_dir) for d in docs), docs
+    rc, err = _interrupted(p)
+    assert rc == 0 and "Traceback" not in err, err
+
+    p = _biofleet("status", "--profile", ref, "--watch", "--interval", "0.2")
+    lines = _lines_until(p, lambda ls: sum("4/4 servers ready" in x for x in ls) >= 2)
+    text = "".join(lines)
+    assert re.search(r"^─* ?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ─+$", text, re.M), text  # each refresh stamped
+    assert "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ" in text and "…" not in text, text  # whole cells in a pipe
+    rc, err = _interrupted(p)
+    assert rc == 0 and "Traceback" not in err, err
+
+    out = tmp_path / "prom"
+    p = _biofleet("scrape-config", "--profile", ref, "--out", str(out), "--watch", "--interval", "0.2")
+    _lines_until(p, lambda ls: any("target groups" in x for x in ls))
+    targets = out / "biofleet-demo-local-targets.json"
+    first = json.loads(targets.read_text())
+    registry = fleet_dir / "registry"
+    record = json.loads((registry / "math.1001.json").read_text())
+    record.update(server="math-extra", job_id="4242", url="http://127.0.0.1:9", port=9)
+    (registry / "math-extra.4242.json").write_text(json.dumps(record))  # as a job registers itself
+    try:
+        _lines_until(p, lambda ls: sum("target groups" in x for x in ls) >= 1)  # the next write
+        deadline = time.monotonic() + 20
+        while "127.0.0.1:9\"" not in targets.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "127.0.0.1:9\"" in targets.read_text() and targets.read_text() != json.dumps(first)
+    finally:
+        (registry / "math-extra.4242.json").unlink()
+    rc, err = _interrupted(p)
+    assert rc == 0 and "Traceback" not in err, err
+    r = CliRunner().invoke(app, ["status", "--profile", ref, "--watch", "--interval", "0"])
+    assert r.exit_code == 2 and "--interval" in r.output, r.output
 
 
 def test_up_refuses_a_plan_that_does_not_fit(tmp_path):

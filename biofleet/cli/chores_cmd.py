@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -31,7 +32,7 @@ def scrape_config(
     out: Annotated[Path, typer.Option(help="Directory for the scrape config and the targets file.")] = Path("."),
     watch: Annotated[bool, typer.Option(
         "--watch", help="Keep the targets file in step with the registry until interrupted.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between registry checks with --watch.")] = 5.0,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between registry checks with --watch.")] = 5.0,
     profile: ProfileOpt = None,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
@@ -58,33 +59,31 @@ def scrape_config(
     with fleet:
         _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
         c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
-        last = None
-        last_token: str | None = None
-        while True:
-            token = read_secret(fleet, fleet.paths.token)
-            if token != last_token:
-                if token:
-                    _write_atomic(token_file, token + "\n", mode=0o600)
-                    c.print(f"wrote {token_file} (mode 0600: the token Prometheus sends to the proxy)")
-                else:
-                    c.print(f"[yellow]no proxy token in {fleet.paths.token} yet: the proxy's /metrics will answer 401 "
-                            "until `biofleet up` made one[/]")
-                last_token = token
-            state = load_state(fleet.runner, fleet.paths)
-            proxy_url = state.proxy.url if state and state.proxy else None
-            text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],
-                                        proxy_url))
-            if text != last:
-                _write_atomic(targets_file, text)
-                groups = len(json.loads(text))
-                c.print(f"wrote {targets_file} ({groups} target groups)")
-                last = text
-            if not watch:
-                return
-            try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: exit 0
+            last = None
+            last_token: str | None = None
+            while True:
+                token = read_secret(fleet, fleet.paths.token)
+                if token != last_token:
+                    if token:
+                        _write_atomic(token_file, token + "\n", mode=0o600)
+                        c.print(f"wrote {token_file} (mode 0600: the token Prometheus sends to the proxy)")
+                    else:
+                        c.print(f"[yellow]no proxy token in {fleet.paths.token} yet: the proxy's /metrics will "
+                                "answer 401 until `biofleet up` made one[/]")
+                    last_token = token
+                state = load_state(fleet.runner, fleet.paths)
+                proxy_url = state.proxy.url if state and state.proxy else None
+                text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],
+                                            proxy_url))
+                if text != last:
+                    _write_atomic(targets_file, text)
+                    groups = len(json.loads(text))
+                    c.print(f"wrote {targets_file} ({groups} target groups)")
+                    last = text
+                if not watch:
+                    return
                 time.sleep(interval)
-            except KeyboardInterrupt:
-                return
 
 
 class _DownloadProgress:

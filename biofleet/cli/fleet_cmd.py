@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 import time
@@ -14,8 +16,9 @@ import typer
 from biofleet.cli.output import console, print_json
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.table import Table
+    from rich.text import Text
 
     from biofleet.fleet import Fleet, FleetStatus
     from biofleet.fleet.state import FleetState
@@ -204,54 +207,60 @@ def _table(status: FleetStatus) -> Table:
 
 
 def _status_table(out: Console, status: FleetStatus) -> None:
-    out.print(_table(status))
+    out.print(_status_view(status))
+
+
+def _status_view(status: FleetStatus) -> Group:
+    """The whole status as one renderable: the table, the proxy, hand-registered endpoints, elastic
+    servers, notes and the ready count (what `status` prints, and what `status --watch` refreshes)."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    parts: list[Table | Text] = [_table(status)]
+
+    def line(markup: str) -> None:
+        parts.append(Text.from_markup(markup))
+
     px = status.proxy
     if px.run:
         where = f"job {px.job_id}" if px.job_id else "local process"
-        out.print(f"proxy ({where}): {px.state}" + (f" at {px.url}" if px.url else "")
-                  + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else "")
-                  + (f", time left {px.time_left}" if px.time_left else ""))
+        line(escape(f"proxy ({where}): {px.state}" + (f" at {px.url}" if px.url else "")
+                    + (f" — {px.health}" if px.health else "") + (f" ({px.reason})" if px.reason else "")
+                    + (f", time left {px.time_left}" if px.time_left else "")))
         if px.ending_soon:
-            from rich.markup import escape
-
             from biofleet.fleet import PROXY_ENDING
 
-            out.print("[yellow]time limit near:[/yellow] "
-                      + escape(PROXY_ENDING.format(job=px.job_id, mins=int((px.ends_in_s or 0) // 60))))
+            line("[yellow]time limit near:[/yellow] "
+                 + escape(PROXY_ENDING.format(job=px.job_id, mins=int((px.ends_in_s or 0) // 60))))
     for ep in status.extra_endpoints:
-        out.print(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})")
-    _elastic_lines(out, status)
-    ending = [s for s in status.servers if s.ending_soon]
-    if ending:
-        names = ", ".join(f"{s.name} ({_fmt_age(s.ends_in_s)})" for s in ending)
-        out.print(f"[yellow]time limit near:[/yellow] {names}; biofleet up --renew starts replacements "
-                  "before they stop (needs renew: true in the profile)")
-    fixed = status.fixed
-    out.print(f"{sum(s.state == 'READY' for s in fixed)}/{len(fixed)} servers ready"
-              + (f", {len(status.elastic)} elastic" if status.elastic else ""))
-
-
-def _elastic_lines(out: Console, status: FleetStatus) -> None:
-    """Per elastic server: replicas by phase, held requests, what they wait for, the last decisions."""
-    from rich.markup import escape
-
+        line(escape(f"registered by hand: {ep['server']} -> {ep['url']} ({', '.join(ep['served_names'])})"))
     for e in status.elastic:
         held = "?" if e.held is None else str(e.held)
-        line = (f"[bold]elastic {escape(e.server)}[/bold] ({e.min}..{e.max}): {e.ready} ready, {e.starting} starting, "
-                f"{e.pending} pending, {e.draining} draining, {held} held")
+        text = (f"[bold]elastic {escape(e.server)}[/bold] ({e.min}..{e.max}): {e.ready} ready, {e.starting} "
+                f"starting, {e.pending} pending, {e.draining} draining, {held} held")
         if e.last_cold_start_s is not None:
-            line += f"; last cold start {e.last_cold_start_s:.1f}s"
+            text += f"; last cold start {e.last_cold_start_s:.1f}s"
         if e.controller_seen_s is not None and e.controller_seen_s > 120:
-            line += f"; [yellow]controller last seen {_fmt_age(e.controller_seen_s)} ago[/yellow]"
-        out.print(line)
+            text += f"; [yellow]controller last seen {_fmt_age(e.controller_seen_s)} ago[/yellow]"
+        line(text)
         if e.waiting_for:
-            out.print(f"  waiting for: {escape(e.waiting_for)}")
+            line(f"  waiting for: {escape(e.waiting_for)}")
         for d in e.decisions:
             when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
             job = f" job {d['job_id']}" if d.get("job_id") else ""
-            out.print(f"  {when} {d['action']}{job}: {escape(d['reason'])}", highlight=False)
+            line(escape(f"  {when} {d['action']}{job}: {d['reason']}"))
     for note in status.notes:
-        out.print(f"[yellow]note:[/yellow] {escape(note)}")
+        line(f"[yellow]note:[/yellow] {escape(note)}")
+    ending = [s for s in status.servers if s.ending_soon]
+    if ending:
+        names = ", ".join(f"{s.name} ({_fmt_age(s.ends_in_s)})" for s in ending)
+        line(f"[yellow]time limit near:[/yellow] {escape(names)}; biofleet up --renew starts replacements "
+             "before they stop (needs renew: true in the profile)")
+    fixed = status.fixed
+    line(f"{sum(s.state == 'READY' for s in fixed)}/{len(fixed)} servers ready"
+         + (f", {len(status.elastic)} elastic" if status.elastic else ""))
+    return Group(*parts)
 
 
 def _endpoint_hint(out: Console, fleet: Fleet, state: FleetState) -> None:
@@ -264,8 +273,10 @@ def _endpoint_hint(out: Console, fleet: Fleet, state: FleetState) -> None:
 
 def status(
     profile: ProfileOpt = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    watch: Annotated[bool, typer.Option(
+        "--watch", "-w", help="Refresh until interrupted (Ctrl-C). Into a file or pipe: the status again every "
+        "interval, after a time stamp; with --json: one JSON object per line.")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes with --watch.")] = 2.0,
     backend: BackendOpt = "auto",
     ssh: SshOpt = None,
     trust_new_host: TrustOpt = False,
@@ -278,32 +289,49 @@ def status(
     for (e.g. PENDING (Resources)) and the last scaling decisions with their reasons.
 
     Example: biofleet status --profile t4x10 --watch
+    Example: biofleet status --profile t4x10 --watch --json | jq -c '{ready, total}'
     """
     from biofleet.fleet import collect_status
 
     fleet = _open(_profile_ref(profile), ssh, trust_new_host, backend)
     with fleet:
-        if json_out:
-            print_json(collect_status(fleet).to_json_dict())
-            return
-        out = console()
         if not watch:
             st = collect_status(fleet)
+            if json_out:
+                print_json(st.to_json_dict())
+                return
+            out = console()
             if not st.submitted:
                 out.print(f"fleet {fleet.profile.name} is not up (no state in {fleet.paths.root}); "
                           f"start it with biofleet up --profile {fleet.profile.name}")
                 raise typer.Exit(1)
             _status_table(out, st)
             return
-        from rich.live import Live
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: exit 0
+            _watch_status(fleet, interval, json_out)
 
-        with Live(console=out, refresh_per_second=2) as live:
-            try:
-                while True:
-                    live.update(_table(collect_status(fleet)))
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                pass
+
+def _watch_status(fleet: Fleet, interval: float, json_out: bool) -> None:
+    from biofleet.fleet import collect_status
+
+    if json_out:  # JSON lines: one whole status per refresh, for a script to read as it comes
+        while True:
+            sys.stdout.write(json.dumps(collect_status(fleet).to_json_dict(), default=str) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    out = console()
+    if not out.is_terminal:  # a file or a pipe: a redrawn screen would show nothing until the end
+        while True:
+            out.rule(time.strftime("%Y-%m-%d %H:%M:%S"), align="left")
+            out.print(_status_view(collect_status(fleet)))
+            out.file.flush()
+            time.sleep(interval)
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=2) as live:
+        while True:
+            live.update(_status_view(collect_status(fleet)))
+            time.sleep(interval)
 
 
 def down(
