@@ -37,7 +37,7 @@ from biofleet.catalog.models import ModelSpec
 from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, check_vllm_version
 from biofleet.elastic.policy import ReplicaRange, ScalingPolicy
 from biofleet.errors import ProfileError, ProfileIssue
-from biofleet.names import NAME, SERVED_NAME
+from biofleet.names import NAME, SERVED_NAME, shown
 from biofleet.proxy.config import RoutingConfig
 from biofleet.resources import profiles_dir
 from biofleet.yamlpos import Located, YamlSyntaxError, load_located
@@ -603,11 +603,14 @@ def resolve_profile_path(ref: str, *, relative_to: Path | None = None) -> Path:
     if not ref.endswith((".yaml", ".yml")) and "/" not in ref:
         candidates.append(profiles_dir() / f"{ref}.yaml")
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except OSError:  # a name too long for the file system, a directory we may not search: not this one
+            continue
     names = [x.stem for x in shipped_profiles()]
     raise ProfileError([
-        ProfileIssue(None, None, "", f"profile {ref!r} not found: not a file, nor a shipped profile"
+        ProfileIssue(None, None, "", f"profile {shown(ref)} not found: not a file, nor a shipped profile"
                      f"{_suggest(ref, names)}; shipped: {', '.join(names)}")
     ])
 

@@ -151,11 +151,14 @@ def test_not_a_mapping(tmp_path):
     assert err.endswith("a profile must be a YAML mapping (key: value)")
 
 
-def test_missing_profile_lists_shipped():
+def test_missing_profile_lists_shipped(tmp_path):
     with pytest.raises(ProfileError) as ei:
         load_profile("t4x1O")
     msg = str(ei.value)
     assert "profile 't4x1O' not found" in msg and "did you mean 't4x10'?" in msg
+    # a name longer than the file system allows (found by fuzzing): the same error, cut short, at the line
+    (err,) = errors_of(write(tmp_path, "extends: " + "x" * 5000 + "\nname: q\n"))
+    assert ":1  extends: profile 'xxxx" in err and "'... not found" in err and len(err) < 400, err
 
 
 def test_tp_three_on_four_heads_is_a_fit_error(tmp_path):
