@@ -31,10 +31,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from biofleet.catalog.gpus import GpuSpec
+from biofleet.catalog.gpus import MAX_GPU_GIB, GpuSpec
 from biofleet.catalog.models import ModelSpec, language_model_only, quantized_variant, rope_scaled_length
 from biofleet.catalog.vllm_rules import (
     DEFAULT_VLLM_VERSION,
+    MAX_TOKENS,
     VllmRules,
     ceil_div,
     check_vllm_version,
@@ -146,18 +147,19 @@ class ServerInput(_Frozen):
     vllm_version: str = DEFAULT_VLLM_VERSION  # the build the server runs: picks the memory rules
     dtype: str = "auto"  # auto | float16 | half | bfloat16 | float32
     quantization: str | None = None  # the --quantization flag requested
-    max_model_len: int | None = Field(default=None, gt=0)  # None: the model's context length
+    max_model_len: int | None = Field(default=None, gt=0, le=MAX_TOKENS)  # None: the model's context length
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)  # None: that vLLM version's default
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     # vLLM --pipeline-parallel-size: stages of tensor_parallel_size GPUs each (usually one node per stage); the
     # fit-check checks the heaviest stage on its GPUs (see pipeline_stage)
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
     kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
     mamba_ssm_cache_dtype: str = "auto"  # auto | float16 | bfloat16 | float32 (Mamba hybrids' SSM state)
     enforce_eager: bool = False
-    max_num_seqs: int | None = Field(default=None, gt=0)
-    max_num_batched_tokens: int | None = Field(default=None, gt=0)
-    gpu_free_gib: float | None = Field(default=None, ge=0)  # free memory on its GPU(s) before it starts (shared GPUs)
+    max_num_seqs: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    max_num_batched_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    # free memory on its GPU(s) before it starts (shared GPUs)
+    gpu_free_gib: float | None = Field(default=None, ge=0, le=MAX_GPU_GIB)
     # vLLM --cpu-offload-gb: GiB of each GPU's share of the decoder layers' weights kept in CPU memory
     cpu_offload_gb: float = Field(default=0.0, ge=0, le=MAX_CPU_OFFLOAD_GB)
     env: Mapping[str, str] = Field(default_factory=dict)

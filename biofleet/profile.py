@@ -33,8 +33,9 @@ from pydantic import (
     model_validator,
 )
 
+from biofleet.catalog.gpus import MAX_GPU_GIB
 from biofleet.catalog.models import ModelSpec
-from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, check_vllm_version
+from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, MAX_TOKENS, check_vllm_version
 from biofleet.elastic.policy import ReplicaRange, ScalingPolicy
 from biofleet.errors import ProfileError, ProfileIssue
 from biofleet.names import NAME, SERVED_NAME, shown
@@ -209,8 +210,8 @@ class ServerSpec(_Frozen):
     # Mamba hybrids' SSM state (vLLM --mamba-ssm-cache-dtype); auto: vLLM's default for the version
     mamba_ssm_cache_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     enforce_eager: bool = False
-    max_num_seqs: int | None = Field(None, gt=0)
-    max_num_batched_tokens: int | None = Field(None, gt=0)
+    max_num_seqs: int | None = Field(None, gt=0, le=MAX_TOKENS)
+    max_num_batched_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
     trust_remote_code: bool = False
     port: int | None = Field(None, ge=1024, le=65535)  # default: a free port picked at job start
     extra_args: tuple[EngineArg, ...] = ()
@@ -236,6 +237,8 @@ class ServerSpec(_Frozen):
         if isinstance(v, int) and not isinstance(v, bool):
             if v <= 0:
                 raise ValueError("Input should be greater than 0 (or auto)")
+            if v > MAX_TOKENS:
+                raise ValueError(f"Input should be at most {MAX_TOKENS:,} tokens (or auto)")
             return v
         raise ValueError(f"Input should be a positive number of tokens or auto (got {str(v)[:40]!r})")
 
@@ -262,7 +265,7 @@ class ServerSpec(_Frozen):
 
 class CustomGpu(_Frozen):
     name: Name = "custom"
-    memory_gib: float = Field(gt=0, le=4096)
+    memory_gib: float = Field(gt=0, le=MAX_GPU_GIB)
     compute_capability: Annotated[str, _matcher(re.compile(r"^\d+\.\d$"), "compute capability", "7.5")]
 
     @field_validator("compute_capability", mode="before")

@@ -23,7 +23,7 @@ from biofleet.catalog.vllm_rules import (
     rules_for,
 )
 from biofleet.cli.main import app
-from biofleet.errors import ProfileError
+from biofleet.errors import BiofleetError, ProfileError
 from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
 from biofleet.profile import load_profile
 from biofleet.render import render_fleet
@@ -1008,3 +1008,23 @@ def test_an_unreadable_model_config_is_blamed_on_model_not_gpu(tmp_path: Path):
     r = CliRunner().invoke(app, ["fit-check", "--model", str(d), "--gpu", "L40S"])
     assert isinstance(r.exception, ProfileError)
     assert r.exception.issues[0].path == "--model" and "not modelled" in str(r.exception)
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--gpus-on-node", "99999999999999999999"], "--gpus-on-node"),  # was a MemoryError: a list of that many GPUs
+    (["--tensor-parallel-size", "99999999999999999999"], "--tensor-parallel-size"),  # was an OverflowError
+    (["--gpu-visible-gib", "inf"], "--gpu"),  # was 'cannot convert float NaN to integer'
+    (["--gpu-visible-gib", "nan"], "--gpu"),
+    (["--gpu-free-gib", "1e9"], "--gpu-free-gib"),
+    (["--max-num-seqs", "99999999999999"], "--max-num-seqs"),
+    (["--max-num-batched-tokens", "99999999999999"], "--max-num-batched-tokens"),
+    (["--max-model-len", "99999999999999"], "--max-model-len"),
+])
+def test_one_server_numbers_are_bounded(argv: list[str], named: str):
+    """Every number of the one-server form is bounded (found by fuzzing it: 3,000 random command lines): past
+    what any GPU, node or vLLM setting has, it is a usage error naming the option (exit 2), not a traceback."""
+    r = CliRunner().invoke(app, ["fit-check", "--model", LLAMA8, "--gpu", "L4", *argv])
+    code = r.exception.exit_code if isinstance(r.exception, BiofleetError) else r.exit_code  # as main() exits
+    said = r.output + str(r.exception)
+    assert code == 2 and said.count("\n") < 8 and "errors.pydantic.dev" not in said, (code, said)
+    assert named in said

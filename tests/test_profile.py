@@ -79,6 +79,8 @@ BROKEN = [
      "{f}:14  servers.coder.max_model_len: Input should be a positive number of tokens or auto (got 'lots')"),
     ("negative max_model_len", ("max_model_len: 8192", "max_model_len: -5"),
      "{f}:14  servers.coder.max_model_len: Input should be greater than 0 (or auto)"),
+    ("max_model_len past int32", ("max_model_len: 8192", "max_model_len: 99999999999999999999"),
+     "{f}:14  servers.coder.max_model_len: Input should be at most 2,147,483,648 tokens (or auto)"),
     ("util above 1", ("gpu_memory_utilization: 0.85", "gpu_memory_utilization: 1.5"),
      "{f}:15  servers.coder.gpu_memory_utilization: Input should be less than or equal to 1"),
     ("util zero", ("gpu_memory_utilization: 0.85", "gpu_memory_utilization: 0"),

@@ -23,6 +23,9 @@ from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# No GPU has more memory than this (the largest have ~0.3 TiB); it also keeps inf and NaN out of the maths
+MAX_GPU_GIB = 4096
+
 __all__ = ["GPUS", "GpuSpec", "UnknownGpuError", "custom_gpu", "get_gpu", "parse_compute_capability"]
 
 # Without a log we estimate what CUDA reports from the marketing size: the driver and
@@ -37,8 +40,8 @@ class GpuSpec(BaseModel):
 
     name: str
     aliases: tuple[str, ...] = ()
-    memory_gib: float = Field(gt=0)  # marketing size ("16 GB")
-    visible_gib: float = Field(gt=0)  # what CUDA / torch reports as total memory
+    memory_gib: float = Field(gt=0, le=MAX_GPU_GIB)  # marketing size ("16 GB")
+    visible_gib: float = Field(gt=0, le=MAX_GPU_GIB)  # what CUDA / torch reports as total memory
     compute_capability: tuple[int, int]
     price_per_hour: float = Field(ge=0)  # USD, on-demand, one GPU
     gres_type: str  # SLURM GRES type, lower case (gpu:<type>:N)

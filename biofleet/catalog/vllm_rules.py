@@ -63,6 +63,7 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_VLLM_VERSION",
+    "MAX_TOKENS",
     "VllmRules",
     "check_vllm_version",
     "hybrid_kv_group_slots",
@@ -76,6 +77,8 @@ __all__ = [
 ]
 
 DEFAULT_VLLM_VERSION = "0.32"  # the version biofleet's templates target (README, scripts/install-vllm.sh)
+# A context, batch or sequence count beyond this is no real setting (vLLM keeps them in int32)
+MAX_TOKENS = 1 << 31
 
 _VERSION = re.compile(r"^v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,4}))?(?:[.+-][A-Za-z0-9.+-]*)?$")
 

@@ -11,9 +11,11 @@ from biofleet.cli.output import console, print_json
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from pydantic import ValidationError
     from rich.console import Console
 
     from biofleet.catalog.gpus import GpuSpec
+    from biofleet.errors import ProfileError
     from biofleet.fitcheck import Finding, FitReport
 
 EXIT_FITS, EXIT_WOULD_FAIL = 0, 1
@@ -55,7 +57,7 @@ def fit_check(
             "cache); 0.9.1+ refuse a budget above the free memory; other V0 builds run out of memory."
         ))] = None,
     gpus_on_node: Annotated[int | None, typer.Option(
-        help=(
+        min=1, max=64, help=(
             "GPUs on the node (default: --tensor-parallel-size)."
         ))] = None,
     vllm_version: Annotated[str | None, typer.Option(
@@ -74,7 +76,7 @@ def fit_check(
         ))] = None,
     dtype: Annotated[str, typer.Option(help="auto, float16, bfloat16 or float32.")] = "auto",
     quantization: Annotated[str | None, typer.Option(help="awq, gptq, fp8, bitsandbytes, ...")] = None,
-    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs one server is split across.")] = 1,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, max=64, help="GPUs one server is split across.")] = 1,
     pipeline_parallel_size: Annotated[int, typer.Option(
         min=1, max=64, help=(
             "Pipeline stages (vLLM --pipeline-parallel-size), each on its own GPUs, usually its own node: "
@@ -226,12 +228,14 @@ def _gpu_of(gpu: str | None, a: _GpuArgs) -> GpuSpec:
 
 def _max_model_len(text: str | None) -> dict[str, Any]:
     """``--max-model-len`` as vLLM takes it: a positive number, or ``auto`` (``-1``)."""
+    from biofleet.catalog.vllm_rules import MAX_TOKENS
+
     value = (text or "").strip().lower()
     if not value:
         return {"max_model_len": None}
     if value in ("auto", "-1"):
         return {"max_model_len": None, "max_model_len_auto": True}
-    if value.isdigit() and 0 < int(value) <= 1 << 31:
+    if value.isdigit() and 0 < int(value) <= MAX_TOKENS:
         return {"max_model_len": int(value)}
     raise typer.BadParameter(f"{text!r} is not a positive number of tokens or auto", param_hint="--max-model-len")
 
@@ -274,6 +278,8 @@ def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int |
 
     try:
         g = _gpu_of(gpu, gpu_args)
+    except ValidationError as exc:  # a size past any GPU's, inf, NaN, a bad compute capability
+        raise _option_errors(exc, {"visible_gib": "--gpu-visible-gib", "memory_gib": "--gpu-memory-gib"}) from None
     except (UnknownGpuError, ValueError) as exc:  # unknown card, custom GPU without memory, bad compute capability
         raise ProfileError([ProfileIssue(None, None, "--gpu", str(exc.args[0] if exc.args else exc))]) from None
     try:
@@ -284,8 +290,7 @@ def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int |
         settings = {k: v for k, v in settings.items() if v is not None}
         server = ServerInput(name=model.rstrip("/").split("/")[-1], model=spec, **settings)
     except ValidationError as exc:
-        raise ProfileError([ProfileIssue(None, None, f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}", e["msg"])
-                            for e in exc.errors()]) from None
+        raise _option_errors(exc) from None
     report = check_server_on_gpu(server, g, gpus_on_node=gpus_on_node)
     if not gpu and not gpu_args.name and g.visible_gib >= 70:
         note = Finding(severity="info", code="scheduler-defaults-assumed",
@@ -294,6 +299,17 @@ def _single(model: str, gpu: str | None, gpu_args: _GpuArgs, gpus_on_node: int |
                        fix="give --gpu-name, or --max-num-batched-tokens and --max-num-seqs")
         report = report.model_copy(update={"findings": (*report.findings, note)})
     return report
+
+
+def _option_errors(exc: ValidationError, names: Mapping[str, str] | None = None) -> ProfileError:
+    """A model's validation errors as the options the user typed: ``--max-num-seqs: Input should be ...``."""
+    from biofleet.errors import ProfileError, ProfileIssue
+
+    def option(loc: tuple[int | str, ...]) -> str:
+        field = str(loc[0]) if loc else ""
+        return (names or {}).get(field) or "--" + "-".join(map(str, loc)).replace("_", "-")
+
+    return ProfileError([ProfileIssue(None, None, option(e["loc"]), e["msg"]) for e in exc.errors()])
 
 
 _SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
