@@ -68,9 +68,10 @@ _SHELL_LINE_FORBIDDEN = ("\n", "\r", "\x00")
 def _matcher(rx: re.Pattern[str], what: str, example: str) -> AfterValidator:
     def check(v: str) -> str:
         if not rx.match(v):
-            bad = sorted({c for c in v if not rx.match(c) and not c.isalnum()})
-            shown = "".join(bad) if bad else v
-            raise ValueError(f"{v!r} is not a valid {what} (characters {shown!r} are not allowed); e.g. {example}")
+            # a character is allowed if it fits the pattern somewhere: '-' or '.' may not start a name, but may follow
+            bad = sorted({c for c in v if not c.isalnum() and not any(rx.match(t) for t in (c, f"a{c}", f"a{c}a"))})
+            why = f"characters {''.join(bad)!r} are not allowed" if bad else "not of that form"
+            raise ValueError(f"{shown(v)} is not a valid {what} ({why}); e.g. {example}")
         return v
 
     return AfterValidator(check)

@@ -92,7 +92,7 @@ BROKEN = [
     ("negative memory", ("mem: 16G", "mem: -16G"),
      "{f}:7  cluster.mem: '-16G' is not a valid memory size (characters '-' are not allowed); e.g. 50G"),
     ("bad time", ('time: "12:00:00"', 'time: "noon"'),
-     "{f}:6  cluster.time: 'noon' is not a valid time limit (characters 'noon' are not allowed); e.g. 24:00:00 or 1-00:00:00"),
+     "{f}:6  cluster.time: 'noon' is not a valid time limit (not of that form); e.g. 24:00:00 or 1-00:00:00"),
     ("missing model", ("    model: Qwen/Qwen2.5-7B-Instruct-AWQ\n", ""),
      "{f}:17  servers.math.model: required field is missing"),
     ("unknown server in placement", ("nodes: [coder, math]", "nodes: [coder, maths]"),
