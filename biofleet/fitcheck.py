@@ -103,6 +103,7 @@ ACT_BYTES_PER_INTER, ACT_BYTES_PER_HIDDEN = 6, 10
 MOE_WORKSPACE_BYTES = 8  # per token x routed MLP width / TP: fused-MoE buffers kept beside the sampler
 AWQ_SPLIT_K_OUTPUTS = 9  # vLLM < 0.3 awq_gemm: 8 split-k partial outputs + their sum (case 2011)
 MAX_CPU_OFFLOAD_GB = 65536.0  # --cpu-offload-gb beyond this is no host's memory
+MAX_LORAS, MAX_LORA_RANK = 256, 1024  # --max-loras / --max-lora-rank beyond these are no real setting
 # Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
 VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
 
@@ -173,6 +174,11 @@ class ServerInput(_Frozen):
     # vLLM --max-model-len auto (-1), from 0.14 (PR #29431): the model's context when one request of it fits the KV
     # cache, else the longest that does; the check fits max_model_len the same way (see _auto_length)
     max_model_len_auto: bool = False
+    # vLLM --enable-lora / --max-loras / --max-lora-rank: buffers for that many adapters of that rank on every
+    # linear layer, allocated with the weights (see lora_gib)
+    enable_lora: bool = False
+    max_loras: int = Field(default=1, ge=1, le=MAX_LORAS)
+    max_lora_rank: int = Field(default=16, ge=1, le=MAX_LORA_RANK)
 
     @field_validator("vllm_version")
     @classmethod
@@ -269,6 +275,19 @@ def cpu_offload_override(args: Sequence[str]) -> float:
             continue
         if 0 <= gb <= MAX_CPU_OFFLOAD_GB:
             found = gb
+    return found
+
+
+def lora_override(args: Sequence[str]) -> dict[str, Any]:
+    """``enable_lora`` / ``max_loras`` / ``max_lora_rank`` as a server's extra vLLM arguments set them
+    (``--enable-lora``, ``--max-loras N``, ``--max-lora-rank R``); a value out of range is left at vLLM's default."""
+    found: dict[str, Any] = {"enable_lora": any(a.partition("=")[0] in ("--enable-lora", "--enable_lora")
+                                                and a.partition("=")[2].lower() not in ("false", "0")
+                                                for a in args)}
+    for key, top in (("max_loras", MAX_LORAS), ("max_lora_rank", MAX_LORA_RANK)):
+        for _, text in _flag_values(args, ("--" + key.replace("_", "-"), "--" + key)):
+            if text[:8].isdigit() and 1 <= int(text[:8]) <= top:
+                found[key] = int(text[:8])
     return found
 
 
@@ -583,7 +602,29 @@ def weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | No
 
     The checkpoint's own size wins when it is known (local directory or ``--online``): its
     floating-point tensors scaled to the served dtype, packed / FP8 tensors as stored."""
-    return _on_gpu(server, _loaded_weights_gib(server, dtype, gpu))
+    return _on_gpu(server, _loaded_weights_gib(server, dtype, gpu)) + lora_gib(server, dtype)
+
+
+def lora_gib(server: ServerInput, dtype: str | None = None) -> float:
+    """Per GPU, the LoRA buffers ``--enable-lora`` allocates while the model loads (so vLLM's "Model loading
+    took" includes them): every linear layer of the decoder gets, per slice (q, k, v; gate, up), ``max_loras``
+    A matrices of rank x input and B matrices of output x rank in the LoRA dtype (the model's), a column-parallel
+    layer's output and a row-parallel layer's input split over the tensor-parallel ranks (vLLM
+    ``BaseLinearLayerWithLoRA.create_lora_weights``). The embedding / lm_head LoRA buffers (a few MiB) and, for
+    MoE models, the experts' are not counted (a finding says so)."""
+    if not server.enable_lora:
+        return 0.0
+    m, tp = server.model, server.tensor_parallel_size
+    h, hd = m.hidden_size, m.head_dim or m.hidden_size // m.num_attention_heads
+    q, kv = m.num_attention_heads * hd, (m.num_kv_heads or m.num_attention_heads) * hd
+    column = [(h, q), (h, kv), (h, kv)]  # (input, output): q, k, v slices of qkv_proj
+    row = [(q, h)]  # o_proj
+    if m.intermediate_size and not m.num_experts:
+        column += [(h, m.intermediate_size)] * 2  # gate_proj, up_proj slices of gate_up_proj
+        row += [(m.intermediate_size, h)]  # down_proj
+    per_rank = sum(i + o / tp for i, o in column) + sum(i / tp + o for i, o in row)
+    dbytes = _DTYPE_BYTES[dtype or effective_dtype(server)]
+    return m.num_layers * per_rank * server.max_lora_rank * server.max_loras * dbytes / GiB
 
 
 def _on_gpu(server: ServerInput, loaded: float) -> float:
@@ -1101,6 +1142,8 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
         "cpu_offload_gb": server.cpu_offload_gb or None,
+        "lora": {"max_loras": server.max_loras, "max_lora_rank": server.max_lora_rank,
+                 "gib_per_gpu": round(lora_gib(server, res.dtype), 3)} if server.enable_lora else None,
         "mamba_state": _mamba_inputs(server, res) if m.mamba else None,
     }
 
@@ -1136,6 +1179,11 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     res = resolve(server, gpu)
     max_len = res.max_model_len
     findings: list[Finding] = list(extra) + _plan_findings(server, gpus_on_node)
+    if gpu.mig and server.tensor_parallel_size > 1:
+        findings.append(_f("error", "mig-no-tensor-parallel",
+                           f"{gpu.name} is a MIG instance: a process sees one instance and instances share no "
+                           f"link, so tensor_parallel_size {server.tensor_parallel_size} cannot run on them",
+                           "use tensor_parallel_size 1 on a larger instance (or the whole card)"))
     if gpu.name == "custom" and _big_gpu(gpu) and res.rules.engine == "V1" and \
             (server.max_num_seqs is None or server.max_num_batched_tokens is None):
         findings.append(_f("info", "scheduler-defaults-by-name",
@@ -1169,13 +1217,23 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
                            "outside the budget"))
     budget = res.utilization * gpu.visible_gib
     loaded = _loaded_weights_gib(server, dtype, gpu)
-    w = _on_gpu(server, loaded)
+    on_gpu, lora = _on_gpu(server, loaded), lora_gib(server, dtype)
+    w = on_gpu + lora
+    if server.enable_lora:
+        findings.append(_f("info", "lora-buffers",
+                           f"--enable-lora: {lora:.2f} GiB per GPU of LoRA buffers ({server.max_loras} adapter(s) of "
+                           f"rank up to {server.max_lora_rank} on every linear layer), counted with the weights",
+                           "lower --max-loras or --max-lora-rank to the adapters you serve"))
+        if server.model.num_experts:
+            findings.append(_f("warning", "lora-experts-not-counted",
+                               f"{server.model.id} is a mixture of experts: the LoRA buffers of its experts (vLLM "
+                               "versions that apply LoRA to them) are not counted, only the attention layers'"))
     if server.cpu_offload_gb:
         findings.append(_f("info", "cpu-offload",
-                           f"--cpu-offload-gb {server.cpu_offload_gb:g}: {loaded - w:.2f} of {loaded:.2f} GiB of "
-                           f"weights per GPU stay in CPU memory ({w:.2f} on the GPU); every forward pass reads them "
-                           "over PCIe",
-                           "" if loaded - w >= server.cpu_offload_gb - 0.01 else
+                           f"--cpu-offload-gb {server.cpu_offload_gb:g}: {loaded - on_gpu:.2f} of {loaded:.2f} GiB "
+                           f"of weights per GPU stay in CPU memory ({on_gpu:.2f} on the GPU); every forward pass "
+                           "reads them over PCIe",
+                           "" if loaded - on_gpu >= server.cpu_offload_gb - 0.01 else
                            "the embeddings, lm_head and any vision tower stay on the GPU: that is all it can offload"))
     act = _activation(server, res)
     nt = non_torch_gib(server, res.rules, gpu)

@@ -81,7 +81,13 @@ def elastic_max(profile: Profile) -> dict[str, int]:
 
 def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = None) -> ServerInput:
     from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION
-    from biofleet.fitcheck import ServerInput, cpu_offload_override, language_model_only_override, rope_override
+    from biofleet.fitcheck import (
+        ServerInput,
+        cpu_offload_override,
+        language_model_only_override,
+        lora_override,
+        rope_override,
+    )
 
     s = inst.spec
     args = [str(a) for a in s.extra_args]
@@ -97,6 +103,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         rope_scaling=rope_override(args),
         cpu_offload_gb=cpu_offload_override(args),
         language_model_only=language_model_only_override(args),
+        **lora_override(args),
     )
 
 

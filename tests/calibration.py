@@ -56,7 +56,8 @@ _GPU_NAMES: tuple[tuple[str, str], ...] = (
     (r"\bL20\b", "L20"), (r"\bA30\b", "A30"), (r"RTX 5090", "RTX-5090"), (r"RTX 5080", "RTX-5080"),
     (r"RTX 4080", "RTX-4080"), (r"RTX 3080 Ti", "RTX-3080Ti"), (r"RTX 3080", "RTX-3080"), (r"RTX 3060", "RTX-3060"),
     (r"TITAN RTX", "TITAN-RTX"), (r"Quadro RTX 8000", "RTX-8000"),
-    (r"B200", "B200"), (r"A100-PCIE-40GB", "a100-pcie-40gb"), (r"A100-PCIE-80GB", "a100-pcie-80gb"),
+    (r"B200", "B200"), (r"A100-PCIE-40GB|A100 40GB PCIe", "a100-pcie-40gb"),
+    (r"A100-PCIE-80GB|A100 80GB PCIe", "a100-pcie-80gb"),
     (r"V100S", "v100s"),
     (r"A100[^,;]*?40\s?GB|A100 \(.*40 GB", "A100-40GB"), (r"A100", "A100-80GB"), (r"L40S", "L40S"),
     (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"A10G", "A10G"), (r"\bA10\b", "A10"), (r"RTX 3090|RTX_3090", "RTX-3090"),
@@ -320,6 +321,14 @@ def build(case: dict[str, Any], workdir: Path) -> Run:
         argv += ["--limit-mm-per-prompt", limits.group(1)]
     elif language_model_only_override([part for pair in dotted for part in pair]):  # the tool's own reader
         argv += ["--language-model-only"]
+    # LoRA: --enable-lora as an args dict ('enable_lora': True), a command line or an LLM(...) call shows it, with the
+    # adapter count and rank the quote states (vLLM's defaults, 1 and 16, otherwise)
+    if re.search(r"'enable_lora':\s*True|--enable[-_]lora(?![= ]+(?:False|false|0)\b)\b|\benable_lora\s*=\s*True", quote):
+        argv += ["--enable-lora"]
+        for key in ("max_loras", "max_lora_rank"):
+            v = _flag_in_quote(quote, key)
+            if v and v.isdigit():
+                argv += ["--" + key.replace("_", "-"), v]
     offload = case.get("cpu_offload_gb") or _flag_in_quote(quote, "cpu_offload_gb")
     if offload and float(offload) > 0:
         argv += ["--cpu-offload-gb", str(offload)]

@@ -76,6 +76,41 @@ def test_unknown_gpu_lists_known():
     assert "unknown GPU 'MI300X'" in str(ei.value) and "T4" in str(ei.value) and "H100-80GB" in str(ei.value)
 
 
+def test_mig_instance_is_its_share_of_the_card(tmp_path):
+    """A MIG instance as nvidia-smi names it: whole eighths of the parent's memory less ~0.45 % (`nvidia-smi mig
+    -lgip` on an 80 GB card: 39.38 GiB for 3g.40gb; torch on an A100 80GB PCIe slice: 39.25), the parent's compute
+    capability, no NVLink; a server on it gets no tensor parallelism."""
+    from typer.testing import CliRunner
+
+    from biofleet.cli.main import app
+
+    g = get_gpu("NVIDIA A100 80GB PCIe MIG 3g.40gb")
+    assert (g.name, g.mig, g.compute_capability, g.nvlink) == ("A100-80GB MIG 3g.40gb", "3g.40gb", (8, 0), False)
+    assert 39.2 <= g.visible_gib <= 39.45 and g.gres_type == "a100_3g.40gb"
+    assert get_gpu("a100-80gb-mig-7g.80gb").visible_gib == get_gpu("A100-80GB").visible_gib
+    assert get_gpu("NVIDIA H100 80GB HBM3 MIG 1g.10gb").visible_gib == pytest.approx(9.85, abs=0.05)
+    assert get_gpu("A100-40GB MIG 1g.5gb+me").visible_gib == pytest.approx(4.9, abs=0.05)
+    for bad, said in (("Tesla T4 MIG 1g.2gb", "T4 has no MIG instances"), ("A100-40GB MIG 3g.99gb", "no MIG profile")):
+        with pytest.raises(UnknownGpuError, match=said):
+            get_gpu(bad)
+    small = ServerInput(name="s", model=get_model("Qwen/Qwen2.5-7B-Instruct"), max_model_len=4096)
+    assert check_server_on_gpu(small, g).ok  # 15 GiB of bf16 weights fit half an A100
+    assert not check_server_on_gpu(small, get_gpu("A100-80GB MIG 1g.10gb")).ok  # not a tenth of it
+    tp = check_server_on_gpu(small.model_copy(update={"tensor_parallel_size": 2}), g, gpus_on_node=7)
+    assert "mig-no-tensor-parallel" in {f.code for s in tp.servers for f in s.findings} and not tp.ok
+    # the one-server form and a profile name it the same way; the job asks SLURM for the instance's GRES type
+    r = CliRunner().invoke(app, ["fit-check", "--model", "Qwen/Qwen2.5-7B-Instruct", "--max-model-len", "4096",
+                                 "--gpu", "NVIDIA A100 80GB PCIe MIG 3g.40gb", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["servers"][0]["inputs"]["gpu"] == "A100-80GB MIG 3g.40gb"
+    p = tmp_path / "mig.yaml"
+    p.write_text("name: mig\ncluster: {workdir: " + str(tmp_path) + "/w}\nservers:\n"
+                 "  s: {model: Qwen/Qwen2.5-7B-Instruct, max_model_len: 4096}\n"
+                 "jobs:\n  - {name: j, gpu: a100-80gb-mig-3g.40gb, nodes: [s]}\n")
+    r = CliRunner().invoke(app, ["render", "--profile", str(p), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "--gres=gpu:a100_3g.40gb:1" in "".join(f.read_text() for f in (tmp_path / "r").iterdir() if f.is_file())
+
+
 def test_custom_gpu():
     g = custom_gpu(48, "8.6", name="A6000")
     assert g.compute_capability == (8, 6) and g.visible_gib == pytest.approx(44.64) and g.supports_bf16

@@ -1028,3 +1028,40 @@ def test_one_server_numbers_are_bounded(argv: list[str], named: str):
     said = r.output + str(r.exception)
     assert code == 2 and said.count("\n") < 8 and "errors.pydantic.dev" not in said, (code, said)
     assert named in said
+
+
+def test_lora_buffers_are_counted_with_the_weights(tmp_path: Path):
+    """--enable-lora: vLLM allocates, while the model loads, max_loras A (rank x input) and B (output x rank) matrices
+    per slice of every linear layer (BaseLinearLayerWithLoRA.create_lora_weights). Qwen2.5-3B at rank 64: 36 layers x
+    (q 2048+2048, k 2048+256, v 2048+256, o 2048+2048, gate / up / down 2048+11008 each) = 36 x 51,968 x 64 x 2 B =
+    0.223 GiB: exactly the step between two Unsloth runs of its 4-bit copy whose ranks the logs do not state
+    (held-out 11: 2.216 and 2.439 GiB loaded), i.e. 64 ranks apart."""
+    from biofleet.fitcheck import lora_gib, lora_override
+
+    s = srv("Qwen/Qwen2.5-3B-Instruct", enable_lora=True, max_lora_rank=64)
+    assert lora_gib(s, "bfloat16") == pytest.approx(36 * 51_968 * 64 * 2 / 2**30, rel=1e-9)
+    assert lora_gib(s.model_copy(update={"max_lora_rank": 128}), "bfloat16") == pytest.approx(0.4461, abs=1e-4)
+    assert lora_gib(s.model_copy(update={"max_loras": 4}), "bfloat16") == pytest.approx(4 * 0.2230, abs=1e-3)
+    assert lora_gib(s.model_copy(update={"enable_lora": False}), "bfloat16") == 0
+    # TP 2: a column-parallel layer's output and a row-parallel layer's input are split, the rest is not
+    tp2 = lora_gib(s.model_copy(update={"tensor_parallel_size": 2}), "bfloat16")
+    assert tp2 == pytest.approx(36 * (51_968 - (2048 + 256 + 256 + 2048 + 11008 * 3) / 2) * 64 * 2 / 2**30, rel=1e-9)
+    # the one-server form and a profile's extra_args say the same, and the weights grow by exactly that much
+    _, base = cli("--model", "Qwen/Qwen3-4B", "--gpu", "RTX-3090", "--vllm-version", "0.11.0", "--json")
+    _, lora = cli("--model", "Qwen/Qwen3-4B", "--gpu", "RTX-3090", "--vllm-version", "0.11.0", "--enable-lora",
+                  "--max-lora-rank", "32", "--json")
+    b, w = base["servers"][0], lora["servers"][0]
+    assert w["inputs"]["lora"] == {"max_loras": 1, "max_lora_rank": 32, "gib_per_gpu": 0.123}
+    assert w["weights_gib"] == pytest.approx(b["weights_gib"] + 0.123, abs=0.011)  # 19114 logged 7.73 GiB
+    assert w["kv_cache_gib"] < b["kv_cache_gib"] and "lora-buffers" in {f["code"] for f in w["findings"]}
+    body = ("name: l\nvllm_version: '0.11.0'\nservers:\n  s: {{model: Qwen/Qwen3-4B{extra}}}\n"
+            "jobs:\n  - {{name: j, gpu: RTX-3090, nodes: [s]}}\n")
+    (_, p0), (_, p1) = _profile_without_and_with(tmp_path, body,
+                                                 ", extra_args: ['--enable-lora', '--max-lora-rank=32']")
+    assert p1["servers"][0]["weights_gib"] - p0["servers"][0]["weights_gib"] == pytest.approx(0.123, abs=0.011)
+    assert lora_override(["--enable-lora", "--max-loras", "4", "--max-lora-rank", "9999"]) == {
+        "enable_lora": True, "max_loras": 4}  # a rank past 1024 is no setting: vLLM's default stands
+    assert lora_override(["--max-lora-rank", "8"]) == {"enable_lora": False, "max_lora_rank": 8}
+    # a mixture of experts: the attention layers' buffers only, and a warning says so
+    moe = fit("Qwen/Qwen3-30B-A3B", enable_lora=True).servers[0]
+    assert "lora-experts-not-counted" in {f.code for f in moe.findings}

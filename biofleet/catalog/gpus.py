@@ -50,6 +50,7 @@ class GpuSpec(BaseModel):
     # GPU-to-GPU link between the cards of one node: True NVLink (SXM / HGX boards), False PCIe only,
     # None unknown. Tensor parallelism's communication memory depends on it (fitcheck.non_torch_gib).
     nvlink: bool | None = None
+    mig: str | None = None  # a MIG instance of this card: its profile ("3g.40gb"); see mig_slice
 
     @field_validator("compute_capability", mode="before")
     @classmethod
@@ -308,9 +309,47 @@ def _lookup_keys(name: str) -> list[str]:
     return list(dict.fromkeys(k for k in (key, bare, plain) if k))
 
 
+# A MIG instance as nvidia-smi and CUDA name it ("NVIDIA A100 80GB PCIe MIG 3g.40gb") or as a profile may write it
+# ("a100-80gb-mig-3g.40gb"): the parent card, compute slices (of 7) and memory in GB; "+me" profiles too.
+_MIG = re.compile(r"^(?P<parent>.+?)[\s_-]+mig[\s_-]+(?P<g>[1-7])g\.(?P<gb>\d{1,3})gb(?:\+me)?$", re.I)
+# Cards that can be split into MIG instances (NVIDIA MIG user guide: A100, A30, H100, H200, H20, B200, GH200 and
+# the RTX PRO 6000 Blackwell; A800 / H800 are A100 / H100 variants)
+_MIG_CARDS = {"A100-40GB", "A100-80GB", "A30", "H100-80GB", "H100-PCIe", "H100-NVL", "H200", "H800", "A800-40GB",
+              "A800-80GB", "H20", "H20-141GB", "GH200", "B200", "RTX-PRO-6000"}
+# A partial instance's memory is a whole number of eighths of the card's, less ~0.45 %: `nvidia-smi mig -lgip` on an
+# 80 GB card lists 19.62 GiB for 2/8 and 39.38 GiB for 4/8 of its 79.12 GiB; 7g.80gb is the whole card
+_MIG_PARTIAL = 0.9955
+
+
+def mig_slice(parent: GpuSpec, slices: int, gb: int) -> GpuSpec:
+    """A MIG instance of ``parent`` with ``slices`` compute slices (of 7) and ``gb`` GB of memory: its visible memory
+    estimated from the parent's (whole eighths of it), the parent's compute capability, no NVLink (an instance
+    talks to no other GPU). A process sees one MIG instance, so a server on it runs without tensor parallelism."""
+    if parent.name not in _MIG_CARDS:
+        raise UnknownGpuError(f"{parent.name} has no MIG instances (MIG cards: {', '.join(sorted(_MIG_CARDS))})")
+    eighths = round(gb / parent.memory_gib * 8)
+    if not 1 <= eighths <= 8 or slices > 7:
+        raise UnknownGpuError(f"no MIG profile {slices}g.{gb}gb on a {parent.name} ({parent.memory_gib:g} GB); "
+                              "`nvidia-smi mig -lgip` lists the card's profiles")
+    visible = parent.visible_gib if eighths == 8 else round(parent.visible_gib * eighths / 8 * _MIG_PARTIAL, 2)
+    profile = f"{slices}g.{gb}gb"
+    return parent.model_copy(update={
+        "name": f"{parent.name} MIG {profile}", "aliases": (), "memory_gib": float(gb), "visible_gib": visible,
+        "price_per_hour": round(parent.price_per_hour * slices / 7, 3), "nvlink": False, "mig": profile,
+        "sm_count": max(1, parent.sm_count * slices // 7) if parent.sm_count else None,
+        "gres_type": f"{parent.gres_type}_{profile}",
+        "note": f"MIG {profile} of a {parent.name}: visible estimated as {eighths}/8 of {parent.visible_gib} GiB "
+                "(give the log's total when you have it); SLURM sites name MIG GRES types their own way: set the "
+                "job's gres_type to the site's"})
+
+
 def get_gpu(name: str) -> GpuSpec:
     """Catalogue lookup, case-insensitive, by canonical name or alias (``h100``, ``a100``, ``t4``),
-    or by the device name CUDA reports (``NVIDIA A100 80GB PCIe``, ``Tesla V100-SXM2-32GB``)."""
+    or by the device name CUDA reports (``NVIDIA A100 80GB PCIe``, ``Tesla V100-SXM2-32GB``); a MIG instance
+    as nvidia-smi names it (``NVIDIA A100 80GB PCIe MIG 3g.40gb``) is that share of its card (:func:`mig_slice`)."""
+    mig = _MIG.match(name.strip())
+    if mig:
+        return mig_slice(get_gpu(mig["parent"]), int(mig["g"]), int(mig["gb"]))
     keys = _lookup_keys(name)
     for k in keys:
         if k in _INDEX:

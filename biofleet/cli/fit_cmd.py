@@ -112,6 +112,12 @@ def fit_check(
             "vLLM --cpu-offload-gb: GiB of weights per GPU kept in CPU memory (the decoder layers'; embeddings "
             "and lm_head stay on the GPU). In a profile: extra_args."
         ))] = 0.0,
+    enable_lora: Annotated[bool, typer.Option(
+        help="vLLM --enable-lora: LoRA buffers on every linear layer, allocated with the weights.")] = False,
+    max_loras: Annotated[int, typer.Option(
+        min=1, max=256, help="vLLM --max-loras: adapters served at once (with --enable-lora).")] = 1,
+    max_lora_rank: Annotated[int, typer.Option(
+        min=1, max=1024, help="vLLM --max-lora-rank: the largest adapter rank (with --enable-lora).")] = 16,
     env: Annotated[list[str] | None, typer.Option(
         "--env", help=(
             "An environment variable the server runs with, NAME=VALUE (repeatable; a profile's servers have "
@@ -165,6 +171,7 @@ def fit_check(
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
             "env": _env_pairs(env or []), "cpu_offload_gb": cpu_offload_gb,
+            "enable_lora": enable_lora, "max_loras": max_loras, "max_lora_rank": max_lora_rank,
         }
         gpu_args = _GpuArgs(gpu_visible_gib, gpu_memory_gib, compute_capability, gpu_name)
         report = _single(model, gpu, gpu_args, gpus_on_node, settings, online)
