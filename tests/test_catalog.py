@@ -56,6 +56,8 @@ def test_added_cards_carry_their_facts():
     assert get_gpu("Quadro RTX 8000").compute_capability == (7, 5) and not get_gpu("Quadro RTX 8000").supports_bf16
     assert get_gpu("NVIDIA H100 PCIe").sm_count == 114 and get_gpu("NVIDIA H100 PCIe").nvlink is False
     assert get_gpu("NVIDIA A800-SXM4-80GB").nvlink and get_gpu("NVIDIA A800 80GB PCIe").nvlink is False
+    assert get_gpu("NVIDIA GeForce RTX 3090 Ti").name == "RTX-3090Ti" and get_gpu("NVIDIA H200 NVL").nvlink
+    assert get_gpu("NVIDIA GeForce RTX 5070 Ti").compute_capability == (12, 0)
     for g in GPUS.values():
         assert g.visible_gib < g.memory_gib * 1.0 or g.name == "GB10", g.name
 

@@ -124,7 +124,7 @@ _SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, 
         "RTX-3060": 28, "RTX-3080": 68, "RTX-3080Ti": 80, "RTX-4060Ti-16GB": 34, "RTX-4070TiS": 66, "RTX-4080": 76,
         "RTX-4080S": 80, "RTX-5080": 84, "RTX-5090": 170, "RTX-PRO-6000": 188, "H100-PCIe": 114, "H100-NVL": 132,
         "H800": 132, "A800-40GB": 108, "A800-80GB": 108, "H20": 78, "H20-141GB": 78, "GH200": 132, "TITAN-RTX": 72,
-        "TITAN-V": 80, "RTX-8000": 72, "Quadro-RTX-6000": 72}
+        "TITAN-V": 80, "RTX-8000": 72, "Quadro-RTX-6000": 72, "RTX-3090Ti": 84, "RTX-5070Ti": 70, "H200-NVL": 132}
 
 
 # Cards sold on SXM / HGX boards whose GPUs are NVLink-connected (NVIDIA data sheets). The others in
@@ -132,7 +132,7 @@ _SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, 
 # GeForce drivers disable PCIe peer-to-peer). A "pcie" alias (a100-pcie-40gb, h100-pcie) names the
 # PCIe variant of an SXM card: get_gpu returns it with nvlink False.
 _NVLINK = {"V100", "V100-32GB", "A100-40GB", "A100-80GB", "H100-80GB", "H200", "B200", "H800", "A800-40GB",
-           "A800-80GB", "H20", "H20-141GB", "H100-NVL"}  # H100 NVL: PCIe cards bridged in NVLink pairs
+           "A800-80GB", "H20", "H20-141GB", "H100-NVL", "H200-NVL"}  # NVL: PCIe cards bridged in NVLink pairs / quads
 
 
 def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: tuple[int, int], price: float,
@@ -230,6 +230,13 @@ _CATALOG = (
        "visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB; price: estimate"),
     _g("RTX-5080", ("5080", "rtx5080"), 16, 15.50, (12, 0), 0.35, "rtx5080",
        "visible: estimate, nvidia-smi 16303 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5070Ti", ("5070ti", "rtx5070ti", "rtx-5070-ti"), 16, 15.50, (12, 0), 0.25, "rtx5070ti",
+       "visible: estimate, as the RTX 5080 (16 GB GDDR7, nvidia-smi 16303 MiB) minus ~0.42 GiB; price: estimate"),
+    _g("RTX-3090Ti", ("3090ti", "rtx3090ti", "rtx-3090-ti"), 24, 23.57, (8, 6), 0.25, "rtx3090ti",
+       "visible: estimate, nvidia-smi 24564 MiB minus ~0.42 GiB (the RTX 3090's memory); price: estimate"),
+    _g("H200-NVL", ("h200-nvl-141gb",), 141, 139.8, (9, 0), 5.50, "h200nvl",
+       "PCIe cards bridged in NVLink pairs or quads; visible: estimate, the H200's 139.80 GiB (same 141 GB of "
+       "HBM3e); price: estimate"),
     _g("RTX-5090", ("5090", "rtx5090", "rtx-5090-d"), 32, 31.42, (12, 0), 0.70, "rtx5090",
        "visible: estimate, nvidia-smi 32607 MiB minus ~0.42 GiB; price: estimate"),
     _g("RTX-PRO-4500", ("rtx-pro-4500-blackwell", "rtx-pro-4500-blackwell-server-edition"), 32, 31.38, (12, 0),
@@ -315,7 +322,7 @@ _MIG = re.compile(r"^(?P<parent>.+?)[\s_-]+mig[\s_-]+(?P<g>[1-7])g\.(?P<gb>\d{1,
 # Cards that can be split into MIG instances (NVIDIA MIG user guide: A100, A30, H100, H200, H20, B200, GH200 and
 # the RTX PRO 6000 Blackwell; A800 / H800 are A100 / H100 variants)
 _MIG_CARDS = {"A100-40GB", "A100-80GB", "A30", "H100-80GB", "H100-PCIe", "H100-NVL", "H200", "H800", "A800-40GB",
-              "A800-80GB", "H20", "H20-141GB", "GH200", "B200", "RTX-PRO-6000"}
+              "A800-80GB", "H20", "H20-141GB", "GH200", "B200", "RTX-PRO-6000", "H200-NVL"}
 # A partial instance's memory is a whole number of eighths of the card's, less ~0.45 %: `nvidia-smi mig -lgip` on an
 # 80 GB card lists 19.62 GiB for 2/8 and 39.38 GiB for 4/8 of its 79.12 GiB; 7g.80gb is the whole card
 _MIG_PARTIAL = 0.9955
