@@ -279,6 +279,9 @@ def _build_v2() -> list[ModelSpec]:
                source=_CFG)
     q3_32 = _m("Qwen/Qwen3-32B", 32.76, 64, 5120, 64, 8, 25600, 151936, 40960, **_QWEN3, aliases=("qwen3-32b",),
                source=_CFG)
+    # DeepSeek-R1-0528-Qwen3-8B: "identical to Qwen3-8B" (its model card), its context stretched to 131,072 tokens
+    add(_m("deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", 8.19, 36, 4096, 32, 8, 12288, 151936, 131072, **_QWEN3,
+           aliases=("deepseek-r1-0528-qwen3-8b",), source=_CFG + " (the Qwen3-8B shape)"))
     for spec in (q3_4, q3_8, q3_14, q3_32):
         add(spec)
         add(_quant(spec, spec.id + "-AWQ", "awq", 4, aliases=(spec.name.lower() + "-awq",)))
@@ -545,7 +548,11 @@ def _build() -> tuple[ModelSpec, ...]:
     add(_m("deepseek-ai/deepseek-coder-33b-instruct", 33.34, 62, 7168, 56, 8, 19200, 32256, 16384, **_LLAMA,
            aliases=("deepseek-coder-33b", "models/deepseek-coder-33b"), source=_CFG))
     add(_m("deepseek-ai/deepseek-math-7b-instruct", 6.91, 30, 4096, 32, 32, 11008, 102400, 4096, **_LLAMA,
-           aliases=("deepseek-math-7b",), source=_CFG))
+           aliases=("deepseek-math-7b", "deepseek-ai/deepseek-math-7b-rl", "deepseek-ai/deepseek-math-7b-base"),
+           source=_CFG + " (the -rl and -base checkpoints share the shape)"))
+    # DeepSeek LLM 7B: the Llama layout, multi-head attention, a 102,400-token vocabulary, 4,096 positions
+    add(_m("deepseek-ai/deepseek-llm-7b-chat", 6.91, 30, 4096, 32, 32, 11008, 102400, 4096, **_LLAMA,
+           aliases=("deepseek-llm-7b", "deepseek-ai/deepseek-llm-7b-base"), source=_CFG))
     # MLA caches one latent of kv_lora_rank 512 + rope dim 64 per token per layer (vLLM MLA backend).
     add(_m("deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct", 15.71, 27, 2048, 16, 16, 11264, 102400, 163840,
            architecture="DeepseekV2ForCausalLM", model_type="deepseek_v2", head_dim=192, kv_latent_dim=576,
