@@ -389,6 +389,8 @@ def _build_v2() -> list[ModelSpec]:
            vision=_QWEN2_VL_VISION, **qvl, aliases=("qwen2-vl-2b",), source=_CFG))
     add(_m("Qwen/Qwen2-VL-7B-Instruct", 8.29, 28, 3584, 28, 4, 18944, 152064, 32768, vision=_QWEN2_VL_VISION,
            **qvl, aliases=("qwen2-vl-7b",), source=_CFG))
+    add(_m("Qwen/Qwen2-VL-72B-Instruct", 73.41, 80, 8192, 64, 8, 29568, 152064, 32768, vision=_QWEN2_VL_VISION,
+           **qvl, aliases=("qwen2-vl-72b",), source=_CFG + " (the Qwen2.5-VL-72B language model, 32,768 positions)"))
     add(_m("Qwen/Qwen2.5-VL-3B-Instruct", 3.75, 36, 2048, 16, 2, 11008, 151936, 128000, tie_word_embeddings=True,
            vision=_QWEN25_VL_VISION, **q25vl, aliases=("qwen2.5-vl-3b",), source=_CFG))
     add(_m("Qwen/Qwen2.5-VL-7B-Instruct", 8.29, 28, 3584, 28, 4, 18944, 152064, 128000, vision=_QWEN25_VL_VISION,
