@@ -30,7 +30,7 @@ def fit_check(
         ))] = None,
     gpu: Annotated[str | None, typer.Option(
         help="GPU from the catalogue (T4, L4, A100-80GB, H100, ...), or its name as nvidia-smi prints it "
-             "('NVIDIA A100 80GB PCIe').")] = None,
+             "('NVIDIA A100 80GB PCIe'; a MIG instance: 'NVIDIA A100 80GB PCIe MIG 3g.40gb').")] = None,
     gpu_visible_gib: Annotated[float | None, typer.Option(
         help=(
             "GPU memory as CUDA reports it (torch.cuda.mem_get_info()[1], vLLM's 'total_gpu_memory'): "
