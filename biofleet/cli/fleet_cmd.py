@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -307,31 +308,61 @@ def status(
                 raise typer.Exit(1)
             _status_table(out, st)
             return
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: exit 0
-            _watch_status(fleet, interval, json_out)
+        with contextlib.suppress(KeyboardInterrupt), _ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
+            _watch_status(fleet, interval, json_out, stop)
 
 
-def _watch_status(fleet: Fleet, interval: float, json_out: bool) -> None:
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets, for a loop to end at its next step; a second Ctrl-C interrupts at once.
+
+    A KeyboardInterrupt lands wherever the loop is: inside asyncio.run (each status probe), which turns it into
+    the cancellation of its task, or in the setting up or closing of its event loop, which prints "Exception
+    ignored" tracebacks; once, under load in CI, a watch ran on for 20 s after SIGINT. An event ends it between
+    refreshes, every time."""
+    import signal
+
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl-C stays a KeyboardInterrupt
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _watch_status(fleet: Fleet, interval: float, json_out: bool, stop: threading.Event) -> None:
     from biofleet.fleet import collect_status
 
     if json_out:  # JSON lines: one whole status per refresh, for a script to read as it comes
-        while True:
+        while not stop.is_set():
             sys.stdout.write(json.dumps(collect_status(fleet).to_json_dict(), default=str) + "\n")
             sys.stdout.flush()
-            time.sleep(interval)
+            stop.wait(interval)
+        return
     out = console()
     if not out.is_terminal:  # a file or a pipe: a redrawn screen would show nothing until the end
-        while True:
+        while not stop.is_set():
             out.rule(time.strftime("%Y-%m-%d %H:%M:%S"), align="left")
             out.print(_status_view(collect_status(fleet)))
             out.file.flush()
-            time.sleep(interval)
+            stop.wait(interval)
+        return
     from rich.live import Live
 
     with Live(console=out, refresh_per_second=2) as live:
-        while True:
+        while not stop.is_set():
             live.update(_status_view(collect_status(fleet)))
-            time.sleep(interval)
+            stop.wait(interval)
 
 
 def down(
