@@ -165,10 +165,13 @@ def test_cli_up_json_status_down(demo_profile, monkeypatch, tmp_path):
 
 
 def _biofleet(*argv: str) -> subprocess.Popen[str]:
-    """The installed command as a user runs it, output into a pipe (not a terminal), no COLUMNS."""
+    """The installed command as a script runs it in the background: output into a pipe (not a terminal), no
+    COLUMNS, SIGINT ignored as a shell leaves it for a background job (Python then raises no KeyboardInterrupt:
+    a watch must still end on `kill -INT`)."""
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     return subprocess.Popen([sys.executable, "-c", "from biofleet.cli.main import main; main()", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 def _lines_until(proc: subprocess.Popen[str], done: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
@@ -203,7 +206,7 @@ def _interrupted(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def _watch_commands(ref: str, fleet_dir: Path, tmp_path: Path) -> None:
-    """The README's `status --watch` and `scrape-config --watch` on a running fleet: each refresh is seen
+    """The README's `status --watch`, `scrape-config --watch` and `logs -f` on a running fleet: each refresh is seen
     (JSON lines; stamped tables in a pipe, cells not cut to 80 columns), the targets file follows the
     registry, and Ctrl-C ends them with exit 0 and no traceback."""
     p = _biofleet("status", "--profile", ref, "--watch", "--json", "--interval", "0.2")
@@ -238,6 +241,10 @@ def _watch_commands(ref: str, fleet_dir: Path, tmp_path: Path) -> None:
         assert "127.0.0.1:9\"" in targets.read_text() and targets.read_text() != json.dumps(first)
     finally:
         (registry / "math-extra.4242.json").unlink()
+    rc, err = _interrupted(p)
+    assert rc == 0 and "Traceback" not in err, err
+    p = _biofleet("logs", "math", "--profile", ref, "--follow")
+    _lines_until(p, lambda ls: any("mock engine" in x for x in ls))
     rc, err = _interrupted(p)
     assert rc == 0 and "Traceback" not in err, err
     r = CliRunner().invoke(app, ["status", "--profile", ref, "--watch", "--interval", "0"])

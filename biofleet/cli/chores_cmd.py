@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from biofleet.cli.fleet_cmd import BackendOpt, ProfileOpt, SshOpt, TrustOpt, _open, _profile_ref
+from biofleet.cli.fleet_cmd import BackendOpt, ProfileOpt, SshOpt, TrustOpt, _open, _profile_ref, ctrl_c_stops
 from biofleet.cli.output import console
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def scrape_config(
     with fleet:
         _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
         c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: exit 0
+        with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
             last = None
             last_token: str | None = None
             while True:
@@ -81,9 +81,8 @@ def scrape_config(
                     groups = len(json.loads(text))
                     c.print(f"wrote {targets_file} ({groups} target groups)")
                     last = text
-                if not watch:
+                if not watch or stop.wait(interval):
                     return
-                time.sleep(interval)
 
 
 class _DownloadProgress:

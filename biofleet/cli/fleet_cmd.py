@@ -308,13 +308,15 @@ def status(
                 raise typer.Exit(1)
             _status_table(out, st)
             return
-        with contextlib.suppress(KeyboardInterrupt), _ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
+        with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
             _watch_status(fleet, interval, json_out, stop)
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops() -> Iterator[threading.Event]:
-    """An event Ctrl-C sets, for a loop to end at its next step; a second Ctrl-C interrupts at once.
+def ctrl_c_stops() -> Iterator[threading.Event]:
+    """An event Ctrl-C (SIGINT) sets, for a loop to end at its next step; a second Ctrl-C interrupts at once.
+    It also ends a watch started where SIGINT is ignored (a background job of a script, nohup): Python then
+    never raises KeyboardInterrupt, and `kill -INT` did nothing.
 
     A KeyboardInterrupt lands wherever the loop is: inside asyncio.run (each status probe), which turns it into
     the cancellation of its task, or in the setting up or closing of its event loop, which prints "Exception
@@ -428,14 +430,11 @@ def logs(
         if not fleet.runner.exists(path):
             raise FleetError(f"no log yet at {path} (the job may still be pending: biofleet status)")
         seen = _last_lines(fleet.runner, path, lines) if lines else 0
-        while True:
-            try:
-                seen = _print_from(fleet.runner, path, seen)
-                if not follow:
-                    break
-                time.sleep(1)
-            except KeyboardInterrupt:
-                break
+        seen = _print_from(fleet.runner, path, seen)
+        if follow:
+            with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends it: exit 0
+                while not stop.wait(1):
+                    seen = _print_from(fleet.runner, path, seen)
 
 
 _LOG_CHUNK = 1 << 20
