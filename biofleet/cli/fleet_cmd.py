@@ -315,13 +315,11 @@ def status(
 @contextlib.contextmanager
 def ctrl_c_stops() -> Iterator[threading.Event]:
     """An event Ctrl-C (SIGINT) sets, for a loop to end at its next step; a second Ctrl-C interrupts at once.
-    It also ends a watch started where SIGINT is ignored (a background job of a script, nohup): Python then
-    never raises KeyboardInterrupt, and `kill -INT` did nothing.
 
-    A KeyboardInterrupt lands wherever the loop is: inside asyncio.run (each status probe), which turns it into
-    the cancellation of its task, or in the setting up or closing of its event loop, which prints "Exception
-    ignored" tracebacks; once, under load in CI, a watch ran on for 20 s after SIGINT. An event ends it between
-    refreshes, every time."""
+    Where SIGINT was ignored when the command started (a script's background job, nohup), Python never raises
+    KeyboardInterrupt, so a watch ran on after `kill -INT` (CI's 20 s hang); and a KeyboardInterrupt that lands
+    in asyncio.run's setting up or closing of its loop (each status probe) prints "Exception ignored"
+    tracebacks. An event ends the loop between steps, in both cases."""
     import signal
 
     stop = threading.Event()
