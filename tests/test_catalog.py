@@ -467,6 +467,15 @@ def test_another_orgs_copy_resolves_by_repository_name():
     w4 = get_model("someone/Qwen3-8B-W4A16")
     assert (w4.quantization, w4.quant_bits, w4.quant_group_size) == ("compressed-tensors", 4, 128)
     assert get_model("RedHatAI/Qwen3-8B-quantized.w8a8").quant_group_size is None
+    # Qwen's official GPTQ-Int8 releases are 8-bit (not the catalogue's Int4 variant); QAT weights in AWQ form;
+    # a pretrained release without the -Instruct / -it / -chat its catalogue entry has is the same shape
+    int8 = get_model("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int8")
+    assert (int8.quantization, int8.quant_bits, int8.base_model) == ("gptq", 8, "Qwen/Qwen2.5-7B-Instruct")
+    assert get_model("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4").quant_bits == 4
+    for qat in ("gaunernst/gemma-3-27b-it-int4-awq", "gaunernst/gemma-3-12b-it-qat-autoawq"):
+        assert get_model(qat).quantization == "awq" and get_model(qat).base_model.startswith("google/gemma-3-")
+    assert get_model("google/gemma-2-2b").id == "google/gemma-2-2b-it"
+    assert get_model("deepseek-ai/deepseek-llm-7b-base").id == "deepseek-ai/deepseek-llm-7b-chat"
 
 
 def test_a_gguf_file_named_after_a_catalogue_model():

@@ -1473,7 +1473,8 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
 # quantization method, bits).
 _COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
     (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", 4.13),
-    (re.compile(r"[-_]awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
+    (re.compile(r"[-_](?:qat[-_])?(?:int4[-_])?(?:auto)?awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
+    (re.compile(r"[-_]gptq[-_](?:int8|8bit)$", re.I), "gptq", 8),  # Qwen's official "-GPTQ-Int8"
     (re.compile(r"[-_]gptq(?:[-_]int4|[-_]4bit)?$", re.I), "gptq", 4),
     (re.compile(r"[-_]fp8(?:[-_](?:dynamic|block))?$", re.I), "fp8", 8),
     (re.compile(r"[-_]nvfp4$", re.I), "modelopt", 4.5),  # NVIDIA's ModelOpt NVFP4: an FP8 scale per 16
@@ -1526,6 +1527,9 @@ def _by_repo_name(ref: str) -> ModelSpec | None:
     hit = names.get(name.lower())
     if hit is None and name.lower().endswith("-base"):  # Qwen3's base releases: the chat model's shape
         hit = names.get(name[:-5].lower())
+    for tuned in ("-instruct", "-it", "-chat"):  # a pretrained release and its tuned one share the shape
+        if hit is None:
+            hit = names.get(name.lower() + tuned)
     if hit is not None:
         return hit.model_copy(update={"matched_by_name": ref})
     for pattern, method, bits in _COPY_SUFFIXES:
@@ -1536,7 +1540,7 @@ def _by_repo_name(ref: str) -> ModelSpec | None:
         if base.quantization == method:  # the suffix names what the catalogue entry already is
             return base.model_copy(update={"matched_by_name": ref})
         known = quantized_variant(base, method)
-        if known is not None:
+        if known is not None and (known.quant_bits == bits or method not in ("awq", "gptq")):  # not Int4 for Int8
             return known.model_copy(update={"matched_by_name": ref})
         if base.quantization is None or base.quantized_params_b is None:  # re-quantised from the release
             # AutoAWQ / AutoGPTQ save float16 whatever the base model was; FP8 re-saves keep bfloat16
