@@ -220,3 +220,18 @@ def test_the_fit_check_path_does_not_import_httpx():
 def test_logs_refuses_a_negative_line_count():
     r = CliRunner().invoke(app, ["logs", "coder-0", "--lines", "-3"])
     assert r.exit_code == 2 and "--lines" in r.output, r.output
+
+
+def test_a_bad_ssh_target_is_a_usage_error_that_names_the_part():
+    """--ssh user@host[:port] is checked as a profile's ssh: settings are (found by fuzzing: a pydantic traceback,
+    which echoed a 'user:password' user part); the user part is never printed."""
+    from biofleet.errors import FleetError, ProfileError
+
+    for target, said in (("me:s3cret@login", "--ssh: user: not a valid user name"),
+                         ("/proc/self/mem", "--ssh: host: '/proc/self/mem' is not a valid host name"),
+                         ("me@login:ssh", "the port must be a number")):
+        r = runner.invoke(app, ["token", "--profile", "cpu-demo", "--ssh", target])
+        assert isinstance(r.exception, (ProfileError, FleetError)), r.exception
+        assert said in str(r.exception) and "s3cret" not in str(r.exception), str(r.exception)
+        if isinstance(r.exception, ProfileError):
+            assert r.exception.exit_code == 2

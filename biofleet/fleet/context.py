@@ -39,7 +39,14 @@ class Fleet:
 
 
 def parse_ssh_target(target: str) -> dict[str, Any]:
-    """``user@host[:port]`` -> SSHSettings fields."""
+    """``user@host[:port]`` -> SSHSettings fields, checked as a profile's are: a bad part is an error that names it
+    (the user part is never echoed: a ``user:password@host`` would otherwise print the password)."""
+    from pydantic import ValidationError
+
+    from biofleet.errors import ProfileError, ProfileIssue
+    from biofleet.names import shown
+    from biofleet.profile import SSHSettings
+
     user, _, hostport = target.rpartition("@")
     host, _, port = hostport.partition(":")
     out: dict[str, Any] = {"host": host}
@@ -47,8 +54,18 @@ def parse_ssh_target(target: str) -> dict[str, Any]:
         out["user"] = user
     if port:
         if not port.isdigit():
-            raise FleetError(f"--ssh {target!r}: the port must be a number (user@host:port)")
+            raise FleetError(f"--ssh {shown(hostport)}: the port must be a number (user@host:port)")
         out["port"] = int(port)
+    try:
+        SSHSettings(**out)
+    except ValidationError as exc:
+        issues = []
+        for e in exc.errors():
+            part = str(e["loc"][0]) if e["loc"] else "target"
+            why = "not a valid user name (letters, digits, '.', '_', '-')" if part == "user" else \
+                e["msg"].removeprefix("Value error, ")
+            issues.append(ProfileIssue(None, None, "--ssh", f"{part}: {why}; give user@host[:port]"))
+        raise ProfileError(issues) from None
     return out
 
 
