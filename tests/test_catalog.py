@@ -76,6 +76,9 @@ def test_unknown_gpu_lists_known():
         get_gpu("MI300X")
     assert isinstance(ei.value, KeyError)
     assert "unknown GPU 'MI300X'" in str(ei.value) and "T4" in str(ei.value) and "H100-80GB" in str(ei.value)
+    assert "Name its memory size" not in str(ei.value)  # no guess at another card
+    with pytest.raises(UnknownGpuError, match="Name its memory size: RTX-4060Ti-16GB"):
+        get_gpu("NVIDIA GeForce RTX 4060 Ti")  # the card comes in 8 and 16 GB
 
 
 def test_mig_instance_is_its_share_of_the_card(tmp_path):

@@ -364,11 +364,23 @@ def get_gpu(name: str) -> GpuSpec:
             pcie = "pcie" in keys[0] or k.startswith("v100s")  # V100S is a PCIe-only card
             return g.model_copy(update={"nvlink": False}) if g.nvlink and pcie else g
     known = ", ".join(GPUS)
+    close = _closest(keys)
+    did = f" Name its memory size: {' or '.join(close)}." if close else ""
     raise UnknownGpuError(
-        f"unknown GPU {name!r}; known: {known}. For another card give its memory and compute "
+        f"unknown GPU {name[:80]!r}.{did} Known: {known}. For another card give its memory and compute "
         f"capability (gpu: {{memory_gib: 48, compute_capability: '8.6'}})"
     )
 
+
+def _closest(keys: list[str]) -> list[str]:
+    """Catalogue cards a name lacks only the memory size of ('rtx-4060-ti' -> RTX-4060Ti-16GB: the card comes in
+    8 and 16 GB), never a guess at another card."""
+    out: list[str] = []
+    for k in keys:
+        for alias, g in _INDEX.items():
+            if alias.startswith(k + "-") and re.fullmatch(r"\d+gb", alias[len(k) + 1:]) and g.name not in out:
+                out.append(g.name)
+    return out
 
 def custom_gpu(memory_gib: float | None, compute_capability: str | tuple[int, int] | float,
                name: str = "custom", *, visible_gib: float | None = None, price_per_hour: float = 0.0,
