@@ -11,7 +11,7 @@ from biofleet.backends.base import Scheduler
 from biofleet.errors import FleetError
 from biofleet.fleet.state import load_state
 from biofleet.paths import FleetPaths
-from biofleet.profile import Profile
+from biofleet.profile import Profile, SSHSettings
 from biofleet.remote.base import Runner
 
 
@@ -38,14 +38,13 @@ class Fleet:
         self.close()
 
 
-def parse_ssh_target(target: str) -> dict[str, Any]:
-    """``user@host[:port]`` -> SSHSettings fields, checked as a profile's are: a bad part is an error that names it
+def parse_ssh_target(target: str) -> SSHSettings:
+    """``user@host[:port]`` -> SSHSettings, checked as a profile's are: a bad part is an error that names it
     (the user part is never echoed: a ``user:password@host`` would otherwise print the password)."""
     from pydantic import ValidationError
 
     from biofleet.errors import ProfileError, ProfileIssue
     from biofleet.names import shown
-    from biofleet.profile import SSHSettings
 
     user, _, hostport = target.rpartition("@")
     host, _, port = hostport.partition(":")
@@ -57,7 +56,7 @@ def parse_ssh_target(target: str) -> dict[str, Any]:
             raise FleetError(f"--ssh {shown(hostport)}: the port must be a number (user@host:port)")
         out["port"] = int(port)
     try:
-        SSHSettings(**out)
+        return SSHSettings(**out)
     except ValidationError as exc:
         issues = []
         for e in exc.errors():
@@ -66,7 +65,6 @@ def parse_ssh_target(target: str) -> dict[str, Any]:
                 e["msg"].removeprefix("Value error, ")
             issues.append(ProfileIssue(None, None, "--ssh", f"{part}: {why}; give user@host[:port]"))
         raise ProfileError(issues) from None
-    return out
 
 
 def open_fleet(
@@ -100,9 +98,7 @@ def open_fleet(
 
 
 def _connect(profile: Profile, ssh: str | None, trust_new_host: bool) -> Runner:
-    from biofleet.profile import SSHSettings
-
-    settings: SSHSettings | None = SSHSettings(**parse_ssh_target(ssh)) if ssh else profile.cluster.ssh
+    settings: SSHSettings | None = parse_ssh_target(ssh) if ssh else profile.cluster.ssh
     if settings is None:
         from biofleet.remote.local import LocalRunner
 
