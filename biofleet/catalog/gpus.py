@@ -382,6 +382,7 @@ def _closest(keys: list[str]) -> list[str]:
                 out.append(g.name)
     return out
 
+
 def custom_gpu(memory_gib: float | None, compute_capability: str | tuple[int, int] | float,
                name: str = "custom", *, visible_gib: float | None = None, price_per_hour: float = 0.0,
                gres_type: str | None = None) -> GpuSpec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -59,7 +58,7 @@ def scrape_config(
     with fleet:
         _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
         c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
-        with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
+        with ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
             last = None
             last_token: str | None = None
             while True:

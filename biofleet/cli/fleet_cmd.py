@@ -308,13 +308,14 @@ def status(
                 raise typer.Exit(1)
             _status_table(out, st)
             return
-        with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
+        with ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
             _watch_status(fleet, interval, json_out, stop)
 
 
 @contextlib.contextmanager
 def ctrl_c_stops() -> Iterator[threading.Event]:
-    """An event Ctrl-C (SIGINT) sets, for a loop to end at its next step; a second Ctrl-C interrupts at once.
+    """An event Ctrl-C (SIGINT) sets, for a loop to end at its next step; a second Ctrl-C ends the block at once.
+    Either way the command goes on after the block and exits 0.
 
     Where SIGINT was ignored when the command started (a script's background job, nohup), Python never raises
     KeyboardInterrupt, so a watch ran on after `kill -INT` (CI's 20 s hang); and a KeyboardInterrupt that lands
@@ -331,13 +332,16 @@ def ctrl_c_stops() -> Iterator[threading.Event]:
 
     try:
         previous = signal.signal(signal.SIGINT, on_sigint)
+        installed = True
     except ValueError:  # not the main thread: Ctrl-C stays a KeyboardInterrupt
-        yield stop
-        return
+        installed = False
     try:
         yield stop
+    except KeyboardInterrupt:
+        pass
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if installed:  # None: a handler not set from Python, which the default stands for
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _watch_status(fleet: Fleet, interval: float, json_out: bool, stop: threading.Event) -> None:
@@ -430,7 +434,7 @@ def logs(
         seen = _last_lines(fleet.runner, path, lines) if lines else 0
         seen = _print_from(fleet.runner, path, seen)
         if follow:
-            with contextlib.suppress(KeyboardInterrupt), ctrl_c_stops() as stop:  # Ctrl-C ends it: exit 0
+            with ctrl_c_stops() as stop:  # Ctrl-C ends it: exit 0
                 while not stop.wait(1):
                     seen = _print_from(fleet.runner, path, seen)
 
