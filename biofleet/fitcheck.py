@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -106,6 +106,9 @@ MAX_CPU_OFFLOAD_GB = 65536.0  # --cpu-offload-gb beyond this is no host's memory
 MAX_LORAS, MAX_LORA_RANK = 256, 1024  # --max-loras / --max-lora-rank beyond these are no real setting
 # Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
 VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
+# Qwen3-VL's dummy video in vLLM 0.11-0.12 (qwen3_vl.py): 24,576 frames of 32 x 32 pixels, 2 x 2 patches of 16 px
+# each, merged in pairs of frames: 49,152 encoder positions, 12,288 tokens, counted as 12.5 x 12,288 = 153,600
+QWEN3_VL_VIDEO_PATCHES, QWEN3_VL_VIDEO_TOKENS, QWEN3_VL_VIDEO_BUDGET = 49152, 12288, 153600
 
 Severity = Literal["error", "warning", "info"]
 
@@ -170,6 +173,8 @@ class ServerInput(_Frozen):
     # vLLM --language-model-only, or --limit-mm-per-prompt with every modality at 0: a multimodal model served
     # text-only (from TEXT_ONLY_FROM its vision tower is neither loaded nor profiled; see vision_dropped_b)
     language_model_only: bool = False
+    # --limit-mm-per-prompt with video at 0: no video item in the encoder's profiling pass (Qwen3-VL, 0.11-0.12)
+    video_off: bool = False
     vision_dropped_b: float = Field(default=0.0, ge=0)  # set by the check: the tower text-only mode left out
     # vLLM --max-model-len auto (-1), from 0.14 (PR #29431): the model's context when one request of it fits the KV
     # cache, else the longest that does; the check fits max_model_len the same way (see _auto_length)
@@ -291,23 +296,35 @@ def lora_override(args: Sequence[str]) -> dict[str, Any]:
     return found
 
 
-def language_model_only_override(args: Sequence[str]) -> bool:
-    """Whether a server's extra vLLM arguments serve a multimodal model text-only: ``--language-model-only``, or
-    ``--limit-mm-per-prompt`` with every modality at 0 (a JSON object such as ``'{"image": 0}'`` of at most
-    ``ROPE_OVERRIDE_MAX_CHARS``, or the dotted ``--limit-mm-per-prompt.image 0`` form)."""
-    if "--language-model-only" in args:
-        return True
+def _mm_limits(args: Sequence[str]) -> dict[str, str] | None:
+    """The per-modality limits a server's extra vLLM arguments set with ``--limit-mm-per-prompt`` (a JSON object
+    such as ``'{"image": 0}'`` of at most ``ROPE_OVERRIDE_MAX_CHARS``, or the dotted ``--limit-mm-per-prompt.image 0``
+    form), each as text; None when a value is not such an object (vLLM would read it otherwise, or refuse it)."""
     whole = ("--limit-mm-per-prompt", "--limit_mm_per_prompt")
-    limits: list[object] = []
+    limits: dict[str, str] = {}
     for flag, text in _flag_values(args, whole, prefixes=tuple(f + "." for f in whole)):
         if flag not in whole:
-            limits.append(text)  # one modality's limit
+            limits[flag.partition(".")[2]] = text.strip()  # one modality's limit
             continue
         data = _json_object(text)
         if not data:
-            return False  # a limit vLLM would read otherwise (or refuse): not text-only as far as we can tell
-        limits += data.values()
-    return bool(limits) and all(str(x).strip() == "0" for x in limits)
+            return None
+        limits.update((str(k), str(x).strip()) for k, x in data.items())
+    return limits
+
+
+def language_model_only_override(args: Sequence[str]) -> bool:
+    """Whether a server's extra vLLM arguments serve a multimodal model text-only: ``--language-model-only``, or
+    ``--limit-mm-per-prompt`` with every modality at 0."""
+    if "--language-model-only" in args:
+        return True
+    limits = _mm_limits(args)
+    return limits is not None and bool(limits) and all(x == "0" for x in limits.values())
+
+
+def video_off_override(args: Sequence[str]) -> bool:
+    """Whether a server's extra vLLM arguments limit videos to 0 per prompt (``--limit-mm-per-prompt``)."""
+    return (_mm_limits(args) or {}).get("video") == "0"
 
 
 def rope_override(args: Sequence[str]) -> Mapping[str, Any] | None:
@@ -771,8 +788,9 @@ def activation_gib(server: ServerInput, gpu: GpuSpec, max_model_len: int | None 
 def _activation(server: ServerInput, res: Resolved) -> float:
     """The larger of: the forward pass over the profiling batch; the sampler warm-up (logits of
     ``min(max_num_seqs, batch)`` rows over the vocabulary, at the era's bytes per logit) plus
-    fused-MoE buffers that stay allocated beside it; the vision encoder on the largest images
-    the encoder budget holds (V1). Fitted on the logged activation peaks (docs/fit-check.md)."""
+    fused-MoE buffers that stay allocated beside it, with (V1) the dummy encoder outputs held through both; the
+    vision encoder on the largest items the encoder budget holds. Fitted on the logged activation peaks
+    (docs/fit-check.md)."""
     m = server.model
     tp = server.tensor_parallel_size
     tokens = res.batched_tokens
@@ -794,7 +812,9 @@ def _activation(server: ServerInput, res: Resolved) -> float:
         if m.num_experts and res.rules.engine == "V1":
             sampler += MOE_WORKSPACE_BYTES * tokens * inter / tp
         peak = max(peak, sampler)
-    return (max(peak, _encoder_bytes(server, res)) if m.vision else peak) / GiB
+    if m.vision is None:
+        return peak / GiB
+    return max(peak + _held_encoder_bytes(server, res), _encoder_bytes(server, res)) / GiB
 
 
 def _sampler_bytes(server: ServerInput, res: Resolved, tokens: int | None = None) -> float:
@@ -816,27 +836,65 @@ def sampler_warmup_gib(server: ServerInput, res: Resolved) -> float:
     return _sampler_bytes(server, res) / GiB
 
 
-def _encoder_items(server: ServerInput, res: Resolved) -> int:
-    """Images in the profiling pass. V1 fills its encoder budget (``max(batched tokens, tokens per
-    image)``); V0's decoder-only runner cuts the dummy sequences to ``batched tokens // tokens per image``
-    (at least one), one image each: the same count. V0's encoder-decoder runner (mllama) gives every one
-    of the ``max_num_seqs`` dummy sequences an image of the most tiles; V1 never ran mllama."""
-    v = server.model.vision
+class _EncoderProfile(NamedTuple):
+    items: int  # dummy items the encoder runs on
+    patches: int  # encoder positions per item
+    held_rows: int  # rows of each item's output the runner keeps through the text pass and the sampler (V1)
+
+
+def _encoder_profile(server: ServerInput, res: Resolved) -> _EncoderProfile:
+    """The vision encoder's profiling pass. V1 fills its encoder budget (``max(batched tokens, tokens per
+    item)``) with the modality of the most tokens per item (an image; for Qwen3-VL on 0.11-0.12 a video, see
+    ``QWEN3_VL_VIDEO_PATCHES``) and keeps the outputs in its encoder cache through the text pass, padded as
+    ``VllmRules.mm_profile_pad`` says; V0's decoder-only runner cuts the dummy sequences to ``batched tokens //
+    tokens per image`` (at least one), one image each: the same count. V0's encoder-decoder runner (mllama)
+    gives every one of the ``max_num_seqs`` dummy sequences an image of the most tiles; V1 never ran mllama."""
+    v, rules = server.model.vision, res.rules
     if v is None or not v.modelled or v.tokens_per_item <= 0:
-        return 0
+        return _EncoderProfile(0, 0, 0)
     if v.family == "mllama":
-        return res.max_num_seqs if res.rules.engine == "V0" else 0
-    budget = max(res.batched_tokens, v.tokens_per_item)
-    return max(1, min(budget // v.tokens_per_item, res.max_num_seqs))
+        return _EncoderProfile(res.max_num_seqs if rules.engine == "V0" else 0, v.patches_per_item, 0)
+    tokens, patches, rows = v.tokens_per_item, v.patches_per_item, v.tokens_per_item
+    if v.family == "qwen3_vl" and rules.qwen3_vl_video_profile and not server.video_off:
+        tokens, patches, rows = QWEN3_VL_VIDEO_BUDGET, QWEN3_VL_VIDEO_PATCHES, QWEN3_VL_VIDEO_TOKENS
+    budget = max(res.batched_tokens, tokens)
+    items = max(1, min(budget // tokens, res.max_num_seqs))
+    if rules.engine != "V1":
+        rows = 0
+    elif rules.mm_profile_pad != "none":
+        rows = budget if rules.mm_profile_pad == "budget" else tokens
+    return _EncoderProfile(items, patches, rows)
+
+
+def _encoder_items(server: ServerInput, res: Resolved) -> int:
+    return _encoder_profile(server, res).items
 
 
 def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
-    v = server.model.vision
-    items = _encoder_items(server, res)
-    if v is None or not items:
+    """The encoder's own peak over the profiling pass: its activations on every dummy item."""
+    v, p = server.model.vision, _encoder_profile(server, res)
+    if v is None or not p.items:
         return 0.0
     per_patch = VISION_BYTES_PER_INTER * v.intermediate_size + VISION_BYTES_PER_HIDDEN * v.hidden_size
-    return items * v.patches_per_item * per_patch * _DTYPE_BYTES[res.dtype] / 2
+    return p.items * p.patches * per_patch * _DTYPE_BYTES[res.dtype] / 2
+
+
+def _vision_inputs(server: ServerInput, res: Resolved) -> dict[str, Any]:
+    p = _encoder_profile(server, res)
+    video = p.patches == QWEN3_VL_VIDEO_PATCHES and server.model.vision is not None and \
+        server.model.vision.family == "qwen3_vl"
+    return {"modality": "video" if video else "image", "items": p.items, "patches_per_item": p.patches,
+            "outputs_held_gib": round(_held_encoder_bytes(server, res) / GiB, 3)}
+
+
+def _held_encoder_bytes(server: ServerInput, res: Resolved) -> float:
+    """The dummy encoder outputs V1 keeps while the text pass and the sampler run: items x rows x the output's
+    width (the text model's hidden size, once more per DeepStack level)."""
+    v, p = server.model.vision, _encoder_profile(server, res)
+    if v is None:
+        return 0.0
+    width = server.model.hidden_size * (1 + v.deepstack_levels)
+    return p.items * p.held_rows * width * _DTYPE_BYTES[res.dtype]
 
 
 def non_torch_gib(server: ServerInput, rules: VllmRules | None = None, gpu: GpuSpec | None = None) -> float:
@@ -1140,6 +1198,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         if m.sliding_window else None,
         "kv_layer_slots": sum(_kv_slots(server, r)) if not m.encoder_only else 0,
         "vision_encoder_items": _encoder_items(server, res) if m.vision else None,
+        "vision_profile": _vision_inputs(server, res) if m.vision else None,
         "gpu_free_gib": server.gpu_free_gib,
         "cpu_offload_gb": server.cpu_offload_gb or None,
         "lora": {"max_loras": server.max_loras, "max_lora_rank": server.max_lora_rank,

@@ -87,6 +87,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         language_model_only_override,
         lora_override,
         rope_override,
+        video_off_override,
     )
 
     s = inst.spec
@@ -103,6 +104,7 @@ def server_input(inst: Instance, model: ModelSpec, vllm_version: str | None = No
         rope_scaling=rope_override(args),
         cpu_offload_gb=cpu_offload_override(args),
         language_model_only=language_model_only_override(args),
+        video_off=video_off_override(args),
         **lora_override(args),
     )
 

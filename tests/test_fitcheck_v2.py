@@ -57,6 +57,10 @@ def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     assert not lmo(["--limit-mm-per-prompt", "{'image': 0}"])  # not JSON: vLLM refuses it, so no text-only
     assert not lmo(["--limit-mm-per-prompt.image", "0", "--limit-mm-per-prompt.video", "2"])
     assert not lmo(["--limit-mm-per-prompt", '{"image": 0}', "--limit-mm-per-prompt.video", "1"])
+    from biofleet.fitcheck import video_off_override as vo
+
+    assert vo(["--limit-mm-per-prompt", '{"image": 1, "video": 0}']) and vo(["--limit-mm-per-prompt.video=0"])
+    assert not vo(["--limit-mm-per-prompt", '{"image": 0}']) and not vo(["--limit-mm-per-prompt", "{video: 0}"])
     vl = "Qwen/Qwen2.5-VL-7B-Instruct"
     full = fit(vl, L4, vllm_version="0.15.0", max_model_len=8192).servers[0]
     text = fit(vl, L4, vllm_version="0.15.0", max_model_len=8192, language_model_only=True).servers[0]
@@ -255,6 +259,14 @@ def test_text_only_mode_in_a_profile_is_read_from_extra_args(tmp_path: Path):
         tmp_path, body, ", extra_args: ['--limit-mm-per-prompt.image', '0', '--limit-mm-per-prompt.video', '0']")
     assert text["servers"][0]["weights_gib"] < full["servers"][0]["weights_gib"] - 1
     assert "language-model-only" in {f["code"] for f in text["servers"][0]["findings"]}
+    # videos off in a Qwen3-VL profile on 0.11: the image is profiled instead of the padded video
+    body = ("name: t\nvllm_version: '0.11.0'\nservers:\n  s: {{model: Qwen/Qwen3-VL-8B-Instruct, max_model_len: 32768"
+            "{extra}}}\njobs:\n  - {{name: j, gpu: H100-80GB, nodes: [s]}}\n")
+    (_, video), (_, image) = _profile_without_and_with(
+        tmp_path, body, ", extra_args: ['--limit-mm-per-prompt', '{\"video\":0}']")
+    assert video["servers"][0]["inputs"]["vision_profile"]["modality"] == "video"
+    assert image["servers"][0]["inputs"]["vision_profile"]["modality"] == "image"
+    assert image["servers"][0]["kv_cache_gib"] > video["servers"][0]["kv_cache_gib"] + 3
 
 
 def test_graph_pool_shrinks_with_max_num_seqs():
@@ -595,6 +607,46 @@ def test_vision_language_model_counts_tower_and_encoder():
     assert s.activation_gib > 2 * text.activation_gib and s.inputs["vision_encoder_items"] == 1
     assert s.kv_cache_tokens < text.kv_cache_tokens
 
+
+
+def test_qwen3_vl_profile_holds_the_padded_video_outputs_on_0_11_and_0_12():
+    # vLLM 0.11-0.12 profile Qwen3-VL on a 12,288-token video counted as 12.5 x 12,288 = 153,600 tokens, and keep
+    # the encoder output padded to that many rows (x 2048 x 4: the merger + 3 DeepStack levels, bf16) through the
+    # text pass and the sampler. Case 13002 (30B-A3B on one H100, 0.11.0rc2, 65,536 tokens, 256 sequences)
+    # logged 8.77 GiB of KV; 21110 (32B at TP 2, 0.11.0, 1,024 sequences) 26.90 GiB per rank
+    m = "Qwen/Qwen3-VL-30B-A3B-Instruct"
+    assert get_model(m).vision.deepstack_levels == 3
+    h100 = get_gpu("H100-80GB")
+    kw: dict[str, Any] = {"gpu": h100, "max_model_len": 65536, "dtype": "bfloat16", "max_num_seqs": 256}
+    s = fit(m, vllm_version="0.11.0", **kw).servers[0]
+    vp = s.inputs["vision_profile"]
+    assert (vp["modality"], vp["items"], vp["patches_per_item"]) == ("video", 1, 49152)
+    assert vp["outputs_held_gib"] == pytest.approx(153600 * 2048 * 4 * 2 / 2**30, abs=0.001)
+    assert s.kv_cache_gib == pytest.approx(8.77, rel=0.08)
+    big = fit("Qwen/Qwen3-VL-32B-Instruct", gpu=h100, vllm_version="0.11.0", max_model_len=32768,
+              tensor_parallel_size=2).servers[0]
+    assert big.kv_cache_gib == pytest.approx(26.90, rel=0.05)
+    # 0.13 dropped the 12.5 factor and the padding: the 16,384-token image is the largest item, kept as it is
+    late = fit(m, vllm_version="0.13.0", **kw).servers[0]
+    assert late.inputs["vision_profile"]["modality"] == "image"
+    assert late.inputs["vision_profile"]["outputs_held_gib"] == pytest.approx(16384 * 8192 * 2 / 2**30, abs=0.001)
+    assert late.kv_cache_gib > s.kv_cache_gib + 1.5
+    # videos limited to 0 per prompt: no video item, so the image (unpadded: the budget is its 16,384 tokens)
+    no_video = fit(m, vllm_version="0.11.0", video_off=True, **kw).servers[0]
+    assert no_video.inputs["vision_profile"]["modality"] == "image"
+    assert no_video.kv_cache_gib == pytest.approx(late.kv_cache_gib, abs=0.05)
+    _, out = cli("--model", m, "--gpu", "H100-80GB", "--vllm-version", "0.11.0", "--max-model-len", "65536",
+                 "--limit-mm-per-prompt", '{"video": 0}', "--json")
+    assert out["servers"][0]["inputs"]["vision_profile"]["modality"] == "image"
+    # 0.11.x pads every item to the encoder budget: Gemma-3's 32 images of 256 tokens at 8,192 batched tokens
+    g = "google/gemma-3-27b-it"
+    g11 = fit(g, gpu=h100, vllm_version="0.11.0", max_model_len=8192).servers[0]
+    g12 = fit(g, gpu=h100, vllm_version="0.12.0", max_model_len=8192).servers[0]
+    hidden = get_model(g).hidden_size
+    assert g11.inputs["vision_profile"]["outputs_held_gib"] == pytest.approx(32 * 8192 * hidden * 2 / 2**30,
+                                                                            abs=0.001)
+    assert g12.inputs["vision_profile"]["outputs_held_gib"] == pytest.approx(32 * 256 * hidden * 2 / 2**30,
+                                                                            abs=0.001)
 
 def test_gemma4_global_layers_and_the_concurrency_token_count():
     # Gemma-4: one full-attention layer in six, with its own K/V shape (26B-A4B: 2 heads x 512 against the

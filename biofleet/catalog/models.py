@@ -68,6 +68,9 @@ class VisionSpec(BaseModel):
     intermediate_size: int = Field(default=0, ge=0)
     patches_per_item: int = Field(default=0, ge=0)  # encoder positions of the largest image
     tokens_per_item: int = Field(default=0, ge=0)  # language-model tokens that image becomes
+    # Qwen3-VL's DeepStack: the encoder hands the language model features of this many intermediate layers
+    # besides its merger's, each as wide as the text model (vLLM's encoder output is (1 + levels) x hidden wide)
+    deepstack_levels: int = Field(default=0, ge=0, le=64)
     modelled: bool = True  # False: encoder profiling is not estimated (a warning says so)
 
 
@@ -401,8 +404,9 @@ def _build_v2() -> list[ModelSpec]:
            **q25vl, aliases=("qwen2.5-vl-72b",), source=_CFG))
     add(_m("Qwen/Qwen3-VL-Embedding-2B", 2.13, 28, 2048, 16, 8, 6144, 151936, 262144, tie_word_embeddings=True,
            architecture="Qwen3VLForConditionalGeneration", model_type="qwen3_vl", head_dim=128,
-           vision=VisionSpec(family="qwen2_vl", params_b=0.41, num_layers=24, hidden_size=1024,
-                             intermediate_size=4096, patches_per_item=65536, tokens_per_item=16384),
+           vision=VisionSpec(family="qwen3_vl", params_b=0.41, num_layers=24, hidden_size=1024,
+                             intermediate_size=4096, patches_per_item=65536, tokens_per_item=16384,
+                             deepstack_levels=3),
            aliases=("Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl-2b"),
            source=_CFG + " (Qwen3-VL-2B shape; parameters estimated from the shapes)"))
     clip336 = VisionSpec(family="llava", params_b=0.32, num_layers=24, hidden_size=1024, intermediate_size=4096,
@@ -973,12 +977,16 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
     params = layers * (4 * h * h + (3 if gated else 2) * h * inter) + 3 * patch * patch * h
     merge = int(vc.get("spatial_merge_size") or 1)
     out_h = int(vc.get("out_hidden_size") or text_hidden)
-    params += (h * merge * merge) ** 2 // max(h, 1) + h * merge * merge * out_h  # merger / projector
+    params += (h * merge * merge) ** 2 + h * merge * merge * out_h  # merger / projector: two layers after the merge
     family = "other"
-    tokens = patches = 0
+    tokens = patches = levels = 0
     if mtype in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         family, tokens = "qwen2_vl", 16384  # max_pixels 12845056 -> 16384 merged tokens per image
         patches = tokens * merge * merge
+        if mtype.startswith("qwen3"):
+            # DeepStack (vLLM qwen3_vl.py): one more merger, shaped like the main one, per listed layer
+            family, levels = "qwen3_vl", len(vc.get("deepstack_visual_indexes") or ())
+            params += levels * ((h * merge * merge) ** 2 + h * merge * merge * out_h)
     elif mtype.startswith("gemma3"):
         family, tokens = "gemma3", int(cfg.get("mm_tokens_per_image") or 256)
         patches = (int(vc.get("image_size") or 896) // patch) ** 2
@@ -1007,7 +1015,7 @@ def _vision_of(cfg: Mapping[str, Any], text_hidden: int) -> VisionSpec | None:
         family, tokens, patches = "mllama", 1, tiles * round_up(per_tile, 8)
     return VisionSpec(family=family, params_b=round(params / 1e9, 4), num_layers=layers, hidden_size=h,
                       intermediate_size=inter, patches_per_item=patches, tokens_per_item=tokens,
-                      modelled=family != "other")
+                      deepstack_levels=levels, modelled=family != "other")
 
 
 _NON_VISION_TOWERS = ("audio_config", "speech_config", "whisper_config")

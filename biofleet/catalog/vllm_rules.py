@@ -119,6 +119,11 @@ class VllmRules:
     awq_split_k_gemm: bool  # before 0.3.0 every AWQ matmul ran awq_gemm with 8 split-k partial outputs
     kv_tokens_from_concurrency: bool  # "GPU KV cache size" printed as max concurrency x max_model_len
     marlin_min_cc: tuple[int, int]  # the least compute capability Marlin (AWQ / GPTQ / WNA16) kernels run on
+    # what V1's profile_run keeps of the dummy encoder outputs through the text pass and the sampler: each item padded
+    # with zeros to the encoder budget ("budget", 0.11.x), to the modality's tokens per item ("item", 0.12.x), or as
+    # the encoder returned it ("none")
+    mm_profile_pad: Literal["none", "budget", "item"]
+    qwen3_vl_video_profile: bool  # 0.11-0.12 profile Qwen3-VL on a video counted as 12.5 tokens per video token
 
     @property
     def label(self) -> str:
@@ -184,6 +189,15 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # (compressed-tensors' Marlin path), merged December 2025, first released in 0.14.0 (release highlights,
         # 2026-01-20); case 21104: awq_marlin on a T4 under 0.17.1
         marlin_min_cc=(7, 5) if v >= (0, 14, 0) else (8, 0),
+        # gpu_model_runner.profile_run of the PyPI sdists: 0.11.0-0.11.2 expand every dummy output shorter than the
+        # encoder budget to (budget, width) before caching it; 0.12.0 to (the modality's max tokens per item, width);
+        # 0.9-0.10 and 0.13+ cache the outputs as they are (0.13.0: `encoder_cache[f"tmp_{i}"] = output`)
+        mm_profile_pad=("none" if engine != "V1" else "budget" if (0, 11, 0) <= v < (0, 12, 0)
+                        else "item" if (0, 12, 0) <= v < (0, 13, 0) else "none"),
+        # qwen3_vl.py of 0.11.0-0.12.0: get_max_video_tokens multiplies the video's tokens by 12.5 (timestamp text
+        # around every frame), so its 12,288-token dummy video (24,576 frames of 32 x 32 pixels) counts 153,600 and
+        # beats the 16,384-token image; 0.13.0 dropped the factor, and the image is the largest item again
+        qwen3_vl_video_profile=engine == "V1" and (0, 11, 0) <= v < (0, 13, 0),
     )
 
 

@@ -97,7 +97,8 @@ def fit_check(
         help="Serve a vision-language model text-only (vLLM >= 0.15 then loads no vision tower).")] = False,
     limit_mm_per_prompt: Annotated[str | None, typer.Option(
         help=(
-            "vLLM's --limit-mm-per-prompt JSON, e.g. '{\"image\": 0}': every modality at 0 is text-only mode."
+            "vLLM's --limit-mm-per-prompt JSON, e.g. '{\"image\": 0}': every modality at 0 is text-only mode; "
+            "'{\"video\": 0}' leaves videos out of the encoder's profiling pass."
         ))] = None,
     max_num_seqs: Annotated[int | None, typer.Option(
         help=(
@@ -167,7 +168,7 @@ def fit_check(
             "tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size,
             "kv_cache_dtype": kv_cache_dtype,
             "mamba_ssm_cache_dtype": mamba_ssm_cache_dtype, "rope_scaling": _rope_json(rope_scaling),
-            "language_model_only": _text_only(language_model_only, limit_mm_per_prompt),
+            **_mm_modes(language_model_only, limit_mm_per_prompt),
             "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "gpu_free_gib": gpu_free_gib, "kind": kind,
             "env": _env_pairs(env or []), "cpu_offload_gb": cpu_offload_gb,
@@ -247,16 +248,18 @@ def _max_model_len(text: str | None) -> dict[str, Any]:
     raise typer.BadParameter(f"{text!r} is not a positive number of tokens or auto", param_hint="--max-model-len")
 
 
-def _text_only(flag: bool, limits: str | None) -> bool:
+def _mm_modes(flag: bool, limits: str | None) -> dict[str, bool]:
+    """``language_model_only`` and ``video_off`` from --language-model-only and --limit-mm-per-prompt."""
     from biofleet.errors import ProfileError, ProfileIssue
-    from biofleet.fitcheck import _json_object, language_model_only_override
+    from biofleet.fitcheck import _json_object, language_model_only_override, video_off_override
 
     if limits is not None and _json_object(limits) is None:
         raise ProfileError([ProfileIssue(None, None, "--limit-mm-per-prompt",
                                          f"not a JSON object of at most 4 KiB: {limits[:80]!r} "
                                          "(write it as vLLM takes it, e.g. '{\"image\": 0, \"video\": 0}')")])
     args = (["--language-model-only"] if flag else []) + (["--limit-mm-per-prompt", limits] if limits else [])
-    return language_model_only_override(args)  # the one reader, as for a profile's extra_args
+    # the readers of a profile's extra_args
+    return {"language_model_only": language_model_only_override(args), "video_off": video_off_override(args)}
 
 
 def _rope_json(text: str | None) -> Mapping[str, Any] | None:
