@@ -12,7 +12,7 @@ rule with its source and version range is in docs/fit-check.md):
                the profiling batch, the sampler warm-up over max_num_seqs x vocab logits,
                and for vision-language models the encoder on the largest images)
              + non-torch memory (cuBLAS workspace; NCCL buffers when TP > 1)
-             + CUDA graphs, from vLLM 0.21 on (earlier builds capture them outside the budget)
+             + CUDA graphs, from vLLM 0.20 on (earlier builds capture them outside the budget)
     KV       = budget - weights - overhead  ->  tokens = KV / per-token bytes of every layer,
                in whole 16-token blocks; sliding-window layers hold only their window (V1 >= 0.10)
 
@@ -1433,7 +1433,7 @@ def check_server_on_gpu(server: ServerInput, gpu: GpuSpec, gpus_on_node: int | N
 def _gpu_findings(label: str, index: int, gpu: GpuSpec, fits: Sequence[tuple[ServerInput, ServerFit]]
                   ) -> tuple[float, list[Finding]]:
     """Everything on one GPU must fit in its visible memory: each vLLM server's budget, one CUDA
-    context per process, the CUDA graphs captured outside the budget (before 0.21), and what
+    context per process, the CUDA graphs captured outside the budget (before 0.20), and what
     other processes already hold. V1 (>= 0.9.1) checks free >= budget at start-up and refuses."""
     real = [(s, f) for s, f in fits if s.engine == "vllm"]
     if not real:

@@ -144,8 +144,9 @@ def test_version_parsing_and_eras():
     assert rules_for("0.6.3").engine == "V0" and rules_for("0.19").engine == "V1"
     assert rules_for("0.9.2", (7, 5)).engine == "V0"  # V1 refused CC < 8.0 until 0.10.2
     assert rules_for("0.10.2", (7, 5)).engine == "V1"
-    assert not rules_for("0.20").graphs_in_budget and rules_for("0.21").graphs_in_budget
-    assert rules_for("0.19").default_utilization == 0.9 and rules_for("0.32").default_utilization == 0.92
+    # both in the 0.20.0 source archive (envs.py, config/cache.py), though its log line says "default since v0.21.0"
+    assert not rules_for("0.19.1").graphs_in_budget and rules_for("0.20.0").graphs_in_budget
+    assert rules_for("0.19").default_utilization == 0.9 and rules_for("0.20").default_utilization == 0.92
     with pytest.raises(ValueError):
         srv(LLAMA8, vllm_version="next")
 
@@ -170,8 +171,8 @@ def test_an_old_build_fails_where_a_new_one_starts():
     assert new.ok and new.servers[0].kv_cache_tokens > old.servers[0].kv_cache_tokens
 
 
-def test_cuda_graphs_move_into_the_budget_at_0_21():
-    a, b = (fit(LLAMA8, vllm_version=v, max_model_len=8192).servers[0] for v in ("0.20", "0.21"))
+def test_cuda_graphs_move_into_the_budget_at_0_20():
+    a, b = (fit(LLAMA8, vllm_version=v, max_model_len=8192).servers[0] for v in ("0.19.1", "0.20.0"))
     assert not a.graphs_in_budget and b.graphs_in_budget and a.cuda_graph_gib == b.cuda_graph_gib > 0
     assert a.inputs["cuda_graphs"].startswith("outside") and b.inputs["cuda_graphs"] == "inside the budget"
     budget_a = a.kv_cache_gib + a.overhead_gib + a.weights_gib
@@ -412,7 +413,7 @@ def test_colocated_servers_add_their_contexts_and_outside_graphs():
     a2 = a.model_copy(update={"gpu_memory_utilization": 0.46})
     r = check([NodeInput(label="n", gpu=T4, servers=((a2, (0,)), (a2.model_copy(update={"name": "b"}), (0,))))])
     assert r.ok, r.all_findings()
-    # before 0.21 each server's CUDA graphs come on top of its budget
+    # before 0.20 each server's CUDA graphs come on top of its budget
     old = [x.model_copy(update={"vllm_version": "0.19"}) for x in (a2, a2.model_copy(update={"name": "b"}))]
     r = check([NodeInput(label="n", gpu=T4, servers=tuple((x, (0,)) for x in old))])
     assert "util-sum-too-high" in r.codes() and "CUDA graphs outside the budgets" in r.gpus[0].findings[0].message

@@ -25,8 +25,9 @@ Eras (``version`` = the vLLM release the server runs):
   the kernel-based path of 0.17 and later ~15 B. Fitted on logged activation peaks:
   V0 cases 1024 / 1041 / #15, V1 0.10-0.13 cases 1050 / 1034 / 1033 / 1051, V1 0.19 llm-d sweep.
 - **CUDA graphs.** Captured *after* the KV cache is allocated, so outside the budget, until
-  0.21.0 ("CUDA graph memory profiling is enabled (default since v0.21.0)", PR #30515 made
-  it opt-in in Dec 2025); from 0.21 an estimate is subtracted inside the budget.
+  0.20.0 (PR #30515 made the estimate opt-in in Dec 2025; the 0.20.0 source archive on PyPI turns
+  ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` on by default, 0.19.0's off, though the log line
+  it prints says "default since v0.21.0"); from 0.20 an estimate is subtracted inside the budget.
 - **Non-torch memory.** Before 0.2.5 the profiler read ``torch.cuda.max_memory_allocated``
   only, so NCCL buffers were not counted (PR #2031, vllm#2136). Later builds count what the
   profiling pass adds outside torch; with TP > 1 that is ~2 GiB per rank (NCCL + custom
@@ -49,8 +50,8 @@ Eras (``version`` = the vLLM release the server runs):
   (bfloat16 below compute capability 8.0) falls back to float16 with a warning
   ("doesn't support torch.bfloat16. Falling back to torch.float16"); before, the worker
   raised "Bfloat16 is only supported on GPUs with compute capability of at least 8.0".
-- **Default utilisation.** 0.9 until 0.20; 0.92 from 0.21 (case 1031's error line shows 0.92
-  at 0.23 with the flag unset; the first release with it is not pinned down).
+- **Default utilisation.** 0.9 until 0.19; 0.92 from 0.20 (``CacheConfig.gpu_memory_utilization``
+  in the PyPI source archives: 0.9 in 0.19.0, 0.92 in 0.20.0; case 1031's error line shows 0.92 at 0.23).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
     sampler = (15.0 if v >= (0, 17, 0) else 40.0) if engine == "V1" else 33.0
     return VllmRules(
         version=v, engine=engine, v1_fallback=fallback, sampler_bytes_per_logit=sampler,
-        graphs_in_budget=engine == "V1" and v >= (0, 21, 0),
+        graphs_in_budget=engine == "V1" and v >= (0, 20, 0),
         non_torch_counted=v >= (0, 2, 5),
         free_memory_check=engine == "V1" and v >= (0, 9, 1),
         # the profiler took (total - free) as the memory in use: 0.2.5-0.3.0 read peak = total - free (PR #2863,
@@ -179,7 +180,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         hybrid_kv=engine == "V1" and v >= (0, 10, 0),
         kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),
-        default_utilization=0.92 if v >= (0, 21, 0) else 0.9,
+        default_utilization=0.92 if v >= (0, 20, 0) else 0.9,
         mla_latent_kv=v >= (0, 7, 1),
         awq_split_k_gemm=v < (0, 3, 0),
         # PRs #38364 / #40694 (2026-03/04): hybrid models' token count from the concurrency estimate instead of
