@@ -734,7 +734,7 @@ def _kv_layers(m: ModelSpec) -> tuple[int, int]:
 
 def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
     """(full-attention slots, sliding-window slots) the KV cache is divided over: the real layers,
-    or with the hybrid KV manager (V1 >= 0.10) the padded group slots (``hybrid_kv_group_slots``)."""
+    or with the hybrid KV manager (V1 >= 0.9.1) the padded group slots (``hybrid_kv_group_slots``)."""
     layers, sliding = _kv_layers(server.model)
     m = server.model
     stateful = m.num_layers - layers  # Mamba / linear-attention layers: no KV, a state
@@ -760,18 +760,21 @@ def kv_bytes_per_token(server: ServerInput, dtype: str | None = None) -> int:
     return (layers - sliding) * full_b + sliding * slide_b
 
 
-def _request_kv_bytes(server: ServerInput, res: Resolved) -> int:
-    """KV bytes one ``max_model_len`` request occupies (what vLLM checks at start-up).
+def _request_kv_bytes(server: ServerInput, res: Resolved, check: bool = True) -> int:
+    """KV bytes one ``max_model_len`` request occupies: as vLLM checks it at start-up (``check``), or as the
+    cache is allocated (the concurrency vLLM prints).
 
-    V1 from 0.10 keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens (plus one
-    block) in a sliding-window layer (``SlidingWindowSpec.max_memory_usage_bytes``); older
-    builds give every layer the full length."""
+    The check (``check_enough_kv_cache_memory``) sums every layer's ``max_memory_usage_bytes``: from V1 0.8.3 a
+    sliding-window layer counts ``min(window - 1 + batched tokens, max_model_len)`` tokens plus one block
+    (``SlidingWindowSpec``). The allocation gives sliding layers their window only with the hybrid KV manager
+    (0.9.1), in its padded group slots (``_kv_slots``); before, every layer the full length."""
     full_b, slide_b = _slot_bytes(server, res.dtype, res.rules)
     layers, sliding = _kv_layers(server.model)
     full_blocks = math.ceil(res.max_model_len / BLOCK_SIZE)
-    if not (res.rules.hybrid_kv and sliding and server.model.sliding_window):
+    windowed = res.rules.sliding_window_check if check else res.rules.hybrid_kv
+    if not (windowed and sliding and server.model.sliding_window):
         return ((layers - sliding) * full_b + sliding * slide_b) * full_blocks * BLOCK_SIZE
-    full_slots, slide_slots = _kv_slots(server, res.rules)  # padding slots cost as much as real layers
+    full_slots, slide_slots = (layers - sliding, sliding) if check else _kv_slots(server, res.rules)
     kept = min(server.model.sliding_window - 1 + res.batched_tokens, res.max_model_len)
     slide_blocks = math.ceil(kept / BLOCK_SIZE) + 1
     return (full_slots * full_blocks * full_b + slide_slots * min(slide_blocks, full_blocks + 1) * slide_b) * BLOCK_SIZE
@@ -1321,12 +1324,14 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
         slot_tok = full_slots * full_b + slide_slots * slide_b
         tokens = max(0, int(kv / engines * GiB // slot_tok) // BLOCK_SIZE * BLOCK_SIZE)
         # V1 keeps each request's Mamba state in the KV-cache pool beside its attention blocks
-        one_seq = _request_kv_bytes(server, res) / GiB + (state if res.rules.engine == "V1" else 0.0)
-        conc: float | None = max(kv / engines, 0.0) / one_seq if one_seq else None
-        if res.rules.kv_tokens_from_concurrency and one_seq > 0:
+        held = state if res.rules.engine == "V1" else 0.0
+        one_seq = _request_kv_bytes(server, res) / GiB + held
+        alloc_seq = _request_kv_bytes(server, res, check=False) / GiB + held
+        conc: float | None = max(kv / engines, 0.0) / alloc_seq if alloc_seq else None
+        if res.rules.kv_tokens_from_concurrency and alloc_seq > 0:
             # what 0.20.1+ prints: (blocks / blocks one request needs) x max_model_len, sliding layers capped by
             # their window; the same figure as before for models without sliding layers
-            tokens = int(tokens * slot_tok / (one_seq * GiB) * res.max_model_len)
+            tokens = int(tokens * slot_tok / (alloc_seq * GiB) * res.max_model_len)
     else:
         tokens, conc, one_seq = 0, None, 0.0
     findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)

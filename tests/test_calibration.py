@@ -220,10 +220,10 @@ def test_heldout7_cases():
     # ("0.80 effectively 0.758"), MoE graphs again far above the per-layer estimate
     # 7203: Unsloth's standby mode (UNSLOTH_VLLM_STANDBY=1) sized the KV cache 2.3 GiB over the budget and ran out
     # of memory in the sampler warm-up; it runs since Qwen3-4B-Thinking-2507 is in the catalogue (session 18)
-    # 7005 (gemma-3-12b QAT in AWQ form, TP 2, V1 0.8.4; resolved by name since session 22): 69,920 tokens against
-    # a 131,072-token max_model_len and vLLM started (0.53x): that build's one-request check counted the sliding-
-    # window layers at their window while it allocated every layer in full; the fit-check refuses (one case only)
-    assert s.verdicts >= 31 and wrong <= {7005, 7101, 7110, 7201, 7203, 7205}, (s, wrong)
+    # 7005 (gemma-3-12b QAT in AWQ form, TP 2, V1 0.8.4) is right since session 23: vLLM 0.8.3-0.9.0 checked one
+    # request with the sliding-window layers at their window, then allocated every layer in full (the source
+    # archives on PyPI); it started at 0.53x concurrency
+    assert s.verdicts >= 31 and wrong <= {7101, 7110, 7201, 7203, 7205}, (s, wrong)
     assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
     by = {r["id"]: r for r in rows}
     assert abs(by[7105]["kv_err"]) < 0.05

@@ -758,18 +758,26 @@ def test_unmodelled_towers_say_what_is_not_counted():
 
 
 def test_sliding_window_layers_keep_only_their_window():
-    # Gemma-3-12B: 40 of 48 layers slide over 1024 tokens. At 131072 tokens a request needs far less
-    # than 48 full-length layers in V1 >= 0.10; V0 gives every layer the full length.
-    new = fit("google/gemma-3-12b-it", vllm_version="0.10.0", max_model_len=131072).servers[0]
-    old = fit("google/gemma-3-12b-it", vllm_version="0.9.2", max_model_len=131072).servers[0]
+    # Gemma-3-12B: 40 of 48 layers slide over 1024 tokens. From 0.9.1 (the hybrid KV manager) a request holds only
+    # its window in them; 0.8.3-0.9.0 check one request that way but then allocate every layer in full; older builds
+    # do neither (kv_cache_utils.get_kv_cache_config in vLLM's source archives on PyPI)
+    new, mid, old = (fit("google/gemma-3-12b-it", vllm_version=v, max_model_len=131072).servers[0]
+                     for v in ("0.9.1", "0.9.0", "0.8.2"))
     assert new.kv_cache_tokens == pytest.approx(old.kv_cache_tokens, rel=0.05)  # tokens = bytes / full per-token
-    assert new.max_concurrency is not None and old.max_concurrency is not None
-    assert new.max_concurrency > 3 * old.max_concurrency
-    assert "hybrid" in new.inputs["sliding_window_kv"]
+    assert new.max_concurrency is not None and mid.max_concurrency is not None
+    assert new.max_concurrency > 3 * mid.max_concurrency and mid.max_concurrency == old.max_concurrency
+    assert "hybrid" in new.inputs["sliding_window_kv"] and "full" in mid.inputs["sliding_window_kv"]
+    # case 7005: Gemma-3-12B QAT (AWQ) at TP 2 on RTX 4090s, 131,072 tokens, 0.8.4: started at 0.53x concurrency
+    kw: dict[str, Any] = {"gpu": get_gpu("RTX-4090"), "max_model_len": 131072, "tensor_parallel_size": 2,
+                          "dtype": "bfloat16", "quantization": "awq_marlin"}
+    started = fit("gaunernst/gemma-3-12b-it-qat-autoawq", vllm_version="0.8.4", **kw)
+    assert started.ok and started.servers[0].max_concurrency < 1, started.all_findings()
+    refused = fit("gaunernst/gemma-3-12b-it-qat-autoawq", vllm_version="0.8.2", **kw)
+    assert "kv-cache-too-small" in refused.codes()
 
 
 def test_hybrid_kv_groups_are_padded_to_equal_size():
-    """vLLM's hybrid KV manager (V1 >= 0.10) puts each attention type into groups of equal size and pads
+    """vLLM's hybrid KV manager (V1 >= 0.9.1) puts each attention type into groups of equal size and pads
     ("Add N padding layers"): Gemma-3-27B's 10 full + 52 sliding layers take 10 + 60 slots."""
     assert hybrid_kv_group_slots((10, 52)) == (10, 60)
     assert hybrid_kv_group_slots((8, 40)) == (8, 40)  # Gemma-3-12B: 5:1, no padding
@@ -781,7 +789,7 @@ def test_hybrid_kv_groups_are_padded_to_equal_size():
     assert not rules_for("0.11.2").kv_group_size_near_equal_max and rules_for("0.12").kv_group_size_near_equal_max
     # Applied where the hybrid manager runs: the token count divides the KV cache by 70 slots, not 62 layers.
     new = fit("google/gemma-3-27b-it", vllm_version="0.19", max_model_len=8192).servers[0]
-    old = fit("google/gemma-3-27b-it", vllm_version="0.9.2", max_model_len=8192).servers[0]
+    old = fit("google/gemma-3-27b-it", vllm_version="0.9.0", max_model_len=8192).servers[0]
     assert new.inputs["kv_layer_slots"] == 70 and old.inputs["kv_layer_slots"] == 62
     per_token = new.kv_bytes_per_token // 62
     assert new.kv_cache_tokens == int(new.kv_cache_gib * 1024 ** 3 // (70 * per_token)) // 16 * 16
@@ -827,8 +835,8 @@ def test_the_printed_token_count_of_a_hybrid_model_divides_over_every_layer_slot
     assert f.kv_cache_tokens == pytest.approx(114_464, rel=0.03)  # logged
     # the concurrency is the attention layers' (each request: its blocks in the attention group, a page of state)
     assert f.max_concurrency == pytest.approx(attention_only / 32768, rel=0.01)
-    # before the hybrid allocator (V1 < 0.10) each layer had its own cache: not divided
-    old = check_server_on_gpu(s.model_copy(update={"vllm_version": "0.9.2"}), RTX3090, 4).servers[0]
+    # before the hybrid allocator (V1 < 0.9.1) each layer had its own cache: not divided
+    old = check_server_on_gpu(s.model_copy(update={"vllm_version": "0.9.0"}), RTX3090, 4).servers[0]
     assert old.kv_cache_tokens == pytest.approx(old.kv_cache_gib * 2**30 / old.kv_bytes_per_token, rel=0.01)
 
 

@@ -35,10 +35,11 @@ Eras (``version`` = the vLLM release the server runs):
 - **Start-up refusal.** V1 from 0.9.1 raises "Free memory on device (F/T GiB) on startup is
   less than desired GPU memory utilization (u, u x T GiB)" (PR #18974 era; logs of 0.11,
   0.19, 0.23). Earlier builds start and fail later, or give the instance less KV.
-- **Hybrid KV.** V1 from 0.10.0 sizes sliding-window layers separately (hybrid KV-cache
+- **Hybrid KV.** V1 from 0.9.1 sizes sliding-window layers separately (hybrid KV-cache
   manager): a sliding layer keeps ``min(window - 1 + batched tokens, max_model_len)`` tokens
-  per request. V0 and earlier V1 give every layer full-length KV.
-- **Hybrid KV groups.** The hybrid manager (V1 from 0.10.0) puts layers of one attention type
+  per request. 0.8.3-0.9.0 check one request that way but allocate every layer in full; V0 and
+  earlier V1 give every layer full-length KV (``get_kv_cache_config`` in the PyPI source archives).
+- **Hybrid KV groups.** The hybrid manager (V1 from 0.9.1) puts layers of one attention type
   into KV-cache groups of *equal* size, so one page size serves all; a type whose layer count
   is not a multiple of the group size is padded ("Add N padding layers, may waste at most X%
   KV cache memory", ``_get_kv_cache_groups_uniform_page_size`` in ``v1/core/kv_cache_utils.py``).
@@ -113,6 +114,9 @@ class VllmRules:
     free_memory_check: bool
     others_count_as_own: bool  # memory other processes hold on the GPU is read as this server's non-torch memory
     hybrid_kv: bool
+    # the one-request check reads sliding-window layers at their window while (before hybrid_kv) every layer is
+    # allocated in full: V1 0.8.3-0.9.0 check the per-layer specs, then turn sliding layers into full ones
+    sliding_window_check: bool
     kv_group_size_near_equal_max: bool  # PR #29303: the largest type's count when < 1.5 x the smallest
     auto_dtype_fallback: bool
     default_utilization: float
@@ -177,7 +181,12 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # (issue #18854 on 0.9.0, fixed by PR #19312 beside the 0.9.1 free-memory check)
         others_count_as_own=((0, 2, 5) <= v < (0, 3, 1)) or ((0, 6, 4) <= v < (0, 6, 5))
         or (engine == "V1" and v < (0, 9, 1)),
-        hybrid_kv=engine == "V1" and v >= (0, 10, 0),
+        # kv_cache_utils.get_kv_cache_config in the PyPI source archives: 0.8.3 added SlidingWindowSpec and ran
+        # check_enough_kv_cache_memory before unify_hybrid_kv_cache_specs; 0.9.1 keeps the specs apart unless
+        # --disable-hybrid-kv-cache-manager (off by default on CUDA) and groups them (case 7005: 0.8.4 started a
+        # Gemma-3 at 0.53x concurrency)
+        hybrid_kv=engine == "V1" and v >= (0, 9, 1),
+        sliding_window_check=engine == "V1" and v >= (0, 8, 3),
         kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
         auto_dtype_fallback=v >= (0, 9, 0),
         default_utilization=0.92 if v >= (0, 20, 0) else 0.9,
