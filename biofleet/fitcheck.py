@@ -743,11 +743,11 @@ def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
         # attention layer's (vLLM raises the attention block size to match), so the printed token count divides
         # the cache over every layer slot: Qwen3.5-27B (16 attention + 48 linear layers) prints a quarter of what
         # its attention layers hold (case 14009, 0.19: 114,464 tokens logged)
-        full, state = hybrid_kv_group_slots((layers, stateful), rules.kv_group_size_near_equal_max)
+        full, state = hybrid_kv_group_slots((layers, stateful), rules.kv_group_near_equal_ratio)
         return full + state, 0
     if not (rules.hybrid_kv and sliding and m.sliding_window):
         return layers - sliding, sliding
-    full, slide = hybrid_kv_group_slots((layers - sliding, sliding), rules.kv_group_size_near_equal_max)
+    full, slide = hybrid_kv_group_slots((layers - sliding, sliding), rules.kv_group_near_equal_ratio)
     return full, slide
 
 

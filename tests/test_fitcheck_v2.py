@@ -784,9 +784,11 @@ def test_hybrid_kv_groups_are_padded_to_equal_size():
     assert hybrid_kv_group_slots((12, 12)) == (12, 12)  # gpt-oss, Gemma-2: 1:1
     assert hybrid_kv_group_slots((32, 0)) == (32, 0)  # one type: nothing to pad
     # PR #29303 (0.12): near-equal types group at the larger count (gpt-oss + eagle: 19 full + 18 sliding)
-    assert hybrid_kv_group_slots((19, 18), near_equal_max=True) == (19, 19)
-    assert hybrid_kv_group_slots((19, 18), near_equal_max=False) == (36, 18)
-    assert not rules_for("0.11.2").kv_group_size_near_equal_max and rules_for("0.12").kv_group_size_near_equal_max
+    assert hybrid_kv_group_slots((19, 18), near_equal_ratio=1.25) == (19, 19)
+    assert hybrid_kv_group_slots((19, 18), near_equal_ratio=0) == (36, 18)
+    # the ratio in the source archives: none before 0.12, 1.25 until 0.17, 1.5 from 0.18 (13 full + 17 sliding)
+    assert [rules_for(v).kv_group_near_equal_ratio for v in ("0.11.2", "0.12", "0.17.1", "0.18")] == [0, 1.25, 1.25, 1.5]
+    assert hybrid_kv_group_slots((13, 17), 1.25) == (13, 26) and hybrid_kv_group_slots((13, 17), 1.5) == (17, 17)
     # Applied where the hybrid manager runs: the token count divides the KV cache by 70 slots, not 62 layers.
     new = fit("google/gemma-3-27b-it", vllm_version="0.19", max_model_len=8192).servers[0]
     old = fit("google/gemma-3-27b-it", vllm_version="0.9.0", max_model_len=8192).servers[0]

@@ -117,7 +117,8 @@ class VllmRules:
     # the one-request check reads sliding-window layers at their window while (before hybrid_kv) every layer is
     # allocated in full: V1 0.8.3-0.9.0 check the per-layer specs, then turn sliding layers into full ones
     sliding_window_check: bool
-    kv_group_size_near_equal_max: bool  # PR #29303: the largest type's count when < 1.5 x the smallest
+    # PR #29303: groups as large as the largest type when it has fewer than this x the smallest's layers (0: never)
+    kv_group_near_equal_ratio: float
     auto_dtype_fallback: bool
     default_utilization: float
     mla_latent_kv: bool  # 0.7.1: MLA models cache one latent per token (before: full K and V of every head)
@@ -187,7 +188,8 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # Gemma-3 at 0.53x concurrency)
         hybrid_kv=engine == "V1" and v >= (0, 9, 1),
         sliding_window_check=engine == "V1" and v >= (0, 8, 3),
-        kv_group_size_near_equal_max=engine == "V1" and v >= (0, 12, 0),
+        # kv_cache_utils in the PyPI source archives: 1.25 in 0.12.0-0.17.x, 1.5 from 0.18.0
+        kv_group_near_equal_ratio=0.0 if engine != "V1" or v < (0, 12, 0) else 1.25 if v < (0, 18, 0) else 1.5,
         auto_dtype_fallback=v >= (0, 9, 0),
         default_utilization=0.92 if v >= (0, 20, 0) else 0.9,
         mla_latent_kv=v >= (0, 7, 1),
@@ -211,20 +213,20 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
     )
 
 
-def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_max: bool = True) -> tuple[int, ...]:
+def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_ratio: float = 1.5) -> tuple[int, ...]:
     """Layer slots the hybrid KV manager gives each attention type, padding included.
 
     Every KV-cache group holds the same number of layers (``group_size``): the smallest type's
-    layer count, or (from 0.12, ``near_equal_max``) the largest when that is below 1.5 x the
-    smallest. A type of ``n`` layers gets ``ceil(n / group_size)`` groups, i.e.
-    ``ceil(n / group_size) x group_size`` slots; each slot is backed by as much memory as a
-    real layer. Gemma-3-27B (52 sliding + 10 full): (60, 10), 8 padding layers."""
+    layer count, or (from 0.12) the largest when that is below ``near_equal_ratio`` x the
+    smallest (1.25 until 0.17, 1.5 from 0.18; 0: never). A type of ``n`` layers gets
+    ``ceil(n / group_size)`` groups, i.e. ``ceil(n / group_size) x group_size`` slots; each slot
+    is backed by as much memory as a real layer. Gemma-3-27B (52 sliding + 10 full): (60, 10), 8 padding layers."""
     counts = [int(n) for n in layers_per_type]
     present = [n for n in counts if n > 0]
     if len(present) < 2:
         return tuple(counts)
     lo, hi = min(present), max(present)
-    size = hi if near_equal_max and hi < lo * 1.5 else lo
+    size = hi if hi < lo * near_equal_ratio else lo
     return tuple(math.ceil(n / size) * size if n else 0 for n in counts)
 
 
