@@ -39,6 +39,7 @@ from biofleet.catalog.vllm_rules import (
     VllmRules,
     ceil_div,
     check_vllm_version,
+    hybrid_kv_group_size,
     hybrid_kv_group_slots,
     mamba2_state_bytes,
     mamba_ssm_dtype,
@@ -496,7 +497,7 @@ def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
 def _ssm_dtype(server: ServerInput, dtype: str) -> str:
     m = server.model
     return mamba_ssm_dtype(server.mamba_ssm_cache_dtype, dtype, server.vllm_version, m.model_type,
-                           m.mamba.config_ssm_dtype if m.mamba else None)
+                           m.mamba.config_ssm_dtype if m.mamba else m.linear_ssm_dtype)
 
 
 def _state_layer_bytes(server: ServerInput, dtype: str) -> int:
@@ -732,12 +733,20 @@ def _kv_layers(m: ModelSpec) -> tuple[int, int]:
     return layers, min(layers, m.sliding_layers if m.sliding_layers is not None else layers)
 
 
+def _state_layers(m: ModelSpec) -> int:
+    """Layers that keep a per-sequence state instead of a KV cache: Mamba2 mixers (not Nemotron-H's MLP / MoE
+    layers, which keep neither), or the layers beside the attention ones of a Gated DeltaNet model."""
+    if m.mamba is not None:
+        return m.mamba.layers
+    return m.num_layers - _kv_layers(m)[0] if m.linear_state is not None else 0
+
+
 def _kv_slots(server: ServerInput, rules: VllmRules) -> tuple[int, int]:
     """(full-attention slots, sliding-window slots) the KV cache is divided over: the real layers,
     or with the hybrid KV manager (V1 >= 0.9.1) the padded group slots (``hybrid_kv_group_slots``)."""
     layers, sliding = _kv_layers(server.model)
     m = server.model
-    stateful = m.num_layers - layers  # Mamba / linear-attention layers: no KV, a state
+    stateful = _state_layers(m)
     if rules.hybrid_kv and stateful and not sliding:
         # Mamba / Gated DeltaNet layers are KV-cache groups of their own, their state in pages as large as an
         # attention layer's (vLLM raises the attention block size to match), so the printed token count divides
@@ -920,17 +929,21 @@ def held_by_others_gib(server: ServerInput, gpu: GpuSpec) -> float:
 
 
 def state_blocks(server: ServerInput, res: Resolved, kv_gib: float) -> int | None:
-    """State blocks a hybrid model's V1 KV cache holds: one per decode sequence in every Mamba / Gated DeltaNet
-    group, the cache divided over every layer slot in pages of :func:`state_page_bytes`. vLLM >= 0.20 refuses to
-    capture CUDA graphs for more sequences than that (``compilation.py``; NeMo-RL's A/B of 0.17.1 against 0.20.0;
-    case 18202: Qwen3.6-35B-A3B, 95 blocks logged, 92 predicted). None where the check does not apply."""
+    """The blocks a hybrid model's V1 KV cache holds (``KVCacheConfig.num_blocks``): the cache is split into as many
+    pools as a KV-cache group has layers, each of ``num_blocks`` pages of :func:`state_page_bytes`
+    (``kv_cache_utils.get_num_blocks``: KV // page // group size). Each decode sequence needs one for its state, and
+    vLLM >= 0.20 refuses to capture CUDA graphs for more sequences than there are (``compilation.py``; NeMo-RL's
+    A/B of 0.17.1 against 0.20.0). Case 18202 (Qwen3.6-35B-A3B FP8, 0.25.2) logged 95 blocks at 1.44x concurrency
+    for 131,072 tokens: 95 / 1.44 = 66 blocks a request = 63 attention blocks of 2,096 tokens + 3 state groups,
+    which is the float32 state's page (see ``mamba_ssm_dtype``). None where the check does not apply."""
     if res.rules.engine != "V1" or res.rules.version < (0, 20, 0) or kv_gib <= 0:
         return None
     page = state_page_bytes(server, res.dtype, res.rules)
     if not page:
         return None
-    slots = sum(_kv_slots(server, res.rules))
-    return int(kv_gib * GiB // (slots * page))
+    layers, _ = _kv_layers(server.model)
+    size = hybrid_kv_group_size((layers, _state_layers(server.model)), res.rules.kv_group_near_equal_ratio) or layers
+    return int(kv_gib * GiB // (size * page))
 
 
 def cuda_graph_gib(server: ServerInput, max_num_seqs: int = 256) -> float:

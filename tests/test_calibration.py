@@ -447,11 +447,13 @@ def test_heldout21_cases():
     # after the first scoring: Marlin kernels run on Turing from 0.14 (21104: awq_marlin on a T4 under 0.17.1), and
     # the harness reads a `vllm serve --config` YAML file's settings (21106: max-num-seqs 1)
     assert by[21104]["predicted"] == "started" and by[21106]["predicted"] == "started"
+    # 21021 (Qwen3.6-27B at TP 2, 0.27.1, 1,024 sequences) is right since session 23: vLLM counts state blocks as
+    # KV // page // group size (16 layers here, not all 64) in pages of the float32 state the config names
+    assert by[21021]["predicted"] == "started"
     # left: 21004 (a TP-2 start on a GPU another job held 44.73 GiB of; the log cannot say which listed process is
-    # vLLM's), 21021 (an unnamed 79.25 GiB card: an A100's defaults, 256 sequences, start; the H100-class ones fail),
-    # 21109 (Qwen2-VL-72B, in the catalogue since session 22: a TP-2 start at 0.95 of two H100s that ran out of memory
-    # warming the sampler up after the KV cache was sized, 1012's class)
-    assert s.verdicts >= 24 and wrong <= {21004, 21021, 21109}, (s, wrong)
+    # vLLM's), 21109 (Qwen2-VL-72B, in the catalogue since session 22: a TP-2 start at 0.95 of two H100s that ran out
+    # of memory warming the sampler up after the KV cache was sized, 1012's class)
+    assert s.verdicts >= 24 and wrong <= {21004, 21109}, (s, wrong)
     assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
 
 

@@ -287,27 +287,35 @@ def test_graph_pool_shrinks_with_max_num_seqs():
 
 
 def test_hybrid_state_blocks_cap_max_num_seqs():
-    """V1 >= 0.20 keeps one recurrent-state block per decode sequence in every Mamba / Gated DeltaNet group and
-    refuses CUDA-graph capture for more sequences than the KV cache holds blocks ("max_num_seqs (256) exceeds
-    available Mamba cache blocks (95)", case 18202: Qwen3.6-35B-A3B FP8, 92 predicted)."""
+    """V1 >= 0.20 keeps one recurrent-state block per decode sequence and refuses CUDA-graph capture for more
+    sequences than the KV cache has blocks ("max_num_seqs (256) exceeds available Mamba cache blocks (95)", case
+    18202: Qwen3.6-35B-A3B FP8, 0.25.2, at 1.44x concurrency for 131,072 tokens)."""
     from biofleet.fitcheck import resolve, state_blocks, state_page_bytes
 
     def run(**kw: Any):
-        base = dict(gpu=L4, vllm_version="0.25", max_model_len=32768, kv_cache_dtype="fp8", max_num_seqs=256)
+        base = dict(gpu=H100, vllm_version="0.25", max_model_len=32768, kv_cache_dtype="fp8",
+                    gpu_memory_utilization=0.6)
         return fit("Qwen/Qwen3.6-35B-A3B-FP8", **{**base, **kw})
     s = srv("Qwen/Qwen3.6-35B-A3B-FP8", kv_cache_dtype="fp8", vllm_version="0.25")
-    # a GDN layer's state: conv 3 x (2 x 16 x 128 + 32 x 128) + recurrent 32 x 128 x 128, 2 bytes each, already a
-    # whole number of 16-token fp8 attention blocks (2 x 2 heads x 256 B per token)
-    assert state_page_bytes(s, "bfloat16") == (3 * (2 * 16 * 128 + 32 * 128) + 32 * 128 * 128) * 2
-    server = s.model_copy(update={"max_model_len": 32768})
-    blocks = state_blocks(server, resolve(server, H100), run(gpu=H100).servers[0].kv_cache_gib)
-    assert blocks is not None and 0 < blocks < 1024  # H100 defaults: 1,024 sequences
-    (e,) = [f for f in run(gpu=H100, max_num_seqs=None).all_findings() if f.code == "state-blocks-below-max-num-seqs"]
+    # a GDN layer's state: conv 3 x (2 x 16 x 128 + 32 x 128) in 16 bits + recurrent 32 x 128 x 128 in the config's
+    # mamba_ssm_dtype, float32 from 0.17 (Qwen3_5ForConditionalGenerationConfig); a whole number of 16-token fp8
+    # attention blocks (2 x 2 heads x 256 B per token): 131 blocks, the attention block size vLLM sets is 2,096
+    conv, recurrent = 3 * (2 * 16 * 128 + 32 * 128), 32 * 128 * 128
+    assert state_page_bytes(s, "bfloat16") == conv * 2 + recurrent * 4 == 131 * 16 * 1024
+    assert state_page_bytes(s.model_copy(update={"vllm_version": "0.16"}), "bfloat16") == (conv + recurrent) * 2
+    # 18202's log: 95 blocks; a request needs 131,072 / 2,096 -> 63 attention blocks + one per state group (3), and
+    # 95 / 66 = 1.44 is the concurrency it printed. The cache is 10 pools (the group size) of num_blocks pages
+    server = s.model_copy(update={"max_model_len": 131072})
+    kv_gib = 95 * 10 * state_page_bytes(s, "bfloat16") / 2**30
+    assert state_blocks(server, resolve(server, H100), kv_gib) == 95
+    blocks = state_blocks(server, resolve(server, H100), run().servers[0].kv_cache_gib)
+    assert blocks is not None and 0 < blocks < 1024  # at 0.6 of an H100; its defaults: 1,024 sequences
+    (e,) = [f for f in run().all_findings() if f.code == "state-blocks-below-max-num-seqs"]
     assert "exceeds available Mamba cache blocks" in e.message and "max_num_seqs to at most" in e.fix
-    assert run(gpu=H100, max_num_seqs=max(1, blocks // 2)).ok
+    assert run(max_num_seqs=max(1, blocks // 2)).ok
     # no check before 0.20, nor without CUDA graphs, nor for models without a recurrent state
-    assert "state-blocks-below-max-num-seqs" not in run(gpu=H100, max_num_seqs=None, vllm_version="0.19").codes()
-    assert "state-blocks-below-max-num-seqs" not in run(gpu=H100, max_num_seqs=None, enforce_eager=True).codes()
+    assert "state-blocks-below-max-num-seqs" not in run(vllm_version="0.19").codes()
+    assert "state-blocks-below-max-num-seqs" not in run(enforce_eager=True).codes()
     assert state_page_bytes(srv("Qwen/Qwen3-8B"), "bfloat16") == 0
 
 
@@ -1000,6 +1008,12 @@ def test_mamba_ssm_dtype_defaults_by_version():
     assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "nemotron_h") == "float32"
     assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "nemotron_h", "float16") == "float16"
     assert mamba_ssm_dtype("auto", "bfloat16", "0.20", "granitemoehybrid") == "bfloat16"
+    # between the two (0.13-0.19, PR #29978): the config's value, float16 without one (source archives on PyPI)
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.13", "nemotron_h", "float32") == "float32"
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.19", "nemotron_h") == "float16"
+    # Qwen3.5 / 3.6 read their text config's mamba_ssm_dtype from 0.17 (Qwen3_5ForConditionalGenerationConfig)
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.17", "qwen3_5_moe", "float32") == "float32"
+    assert mamba_ssm_dtype("auto", "bfloat16", "0.16", "qwen3_5", "float32") == "bfloat16"
 
 
 def test_nemotron_h_state_decides_start_on_l40s(tmp_path: Path):

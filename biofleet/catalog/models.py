@@ -166,6 +166,7 @@ class ModelSpec(BaseModel):
     # at TP 1 -- (conv_kernel - 1) x (2 x key heads x key dim + value heads x value dim), value heads x key dim x
     # value dim (vLLM ``MambaStateShapeCalculator.gated_delta_net_state_shape``)
     linear_state: tuple[int, int] | None = None
+    linear_ssm_dtype: str | None = None  # Qwen3.5's text config ``mamba_ssm_dtype``: its recurrent state's dtype
     base_model: str | None = None  # the unquantised model this checkpoint derives from
     matched_by_name: str | None = None  # another org's copy, resolved to this catalogue id by its repo name
     source: str = ""
@@ -1139,6 +1140,8 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         global_head_dim=int(cfg["global_head_dim"]) if cfg.get("global_head_dim") and sliding else None,
         mamba=_mamba_of(cfg, mix),
         linear_state=_linear_state(cfg, layers),
+        linear_ssm_dtype=str(cfg["mamba_ssm_dtype"]) if cfg.get("mamba_ssm_dtype") and _linear_state(cfg, layers)
+        else None,
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
 

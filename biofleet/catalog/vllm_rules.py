@@ -222,12 +222,21 @@ def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_ratio: floa
     ``ceil(n / group_size)`` groups, i.e. ``ceil(n / group_size) x group_size`` slots; each slot
     is backed by as much memory as a real layer. Gemma-3-27B (52 sliding + 10 full): (60, 10), 8 padding layers."""
     counts = [int(n) for n in layers_per_type]
-    present = [n for n in counts if n > 0]
-    if len(present) < 2:
+    size = hybrid_kv_group_size(counts, near_equal_ratio)
+    if not size:
         return tuple(counts)
-    lo, hi = min(present), max(present)
-    size = hi if hi < lo * near_equal_ratio else lo
     return tuple(math.ceil(n / size) * size if n else 0 for n in counts)
+
+
+def hybrid_kv_group_size(layers_per_type: Sequence[int], near_equal_ratio: float = 1.5) -> int:
+    """Layers per KV-cache group of the hybrid KV manager (see :func:`hybrid_kv_group_slots`): also the number of
+    memory pools the cache is split into, so ``num_blocks = KV // page // group size``
+    (``kv_cache_utils.get_num_blocks``); 0 with fewer than two layer types."""
+    present = [int(n) for n in layers_per_type if int(n) > 0]
+    if len(present) < 2:
+        return 0
+    lo, hi = min(present), max(present)
+    return hi if hi < lo * near_equal_ratio else lo
 
 
 Mxfp4Backend = Literal["marlin", "triton", "flashinfer"]
@@ -285,16 +294,20 @@ _STATE_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 def mamba_ssm_dtype(requested: str, model_dtype: str, version: str | Version, model_type: str = "",
                     config_dtype: str | None = None) -> str:
-    """The dtype of the Mamba SSM state. ``--mamba-ssm-cache-dtype auto`` (the default) is the model dtype
-    (``CacheConfig.mamba_ssm_cache_dtype``, since the flag came with PR #20840); for Nemotron-H, PR #39032
-    (merged 2026-04-05, first in 0.20) resolves ``auto`` to the config's ``mamba_ssm_cache_dtype`` else float32.
-    PR #29978 (2025-12) had read the config with a float16 fallback; its release is not pinned, so builds
-    between the two are counted with the model dtype (float16 and bfloat16 are the same size)."""
+    """The dtype of the Mamba / Gated DeltaNet SSM state. ``--mamba-ssm-cache-dtype auto`` (the default) is the
+    model dtype (``CacheConfig.mamba_ssm_cache_dtype``, since the flag came with PR #20840), except where vLLM's
+    ``models/config.py`` resolves ``auto`` from the model's config (the PyPI source archives): Nemotron-H the
+    config's ``mamba_ssm_cache_dtype`` else float16 from 0.13.0 (PR #29978), else float32 from 0.20.0 (PR #39032);
+    Qwen3.5 / 3.6 (``Qwen3_5ForConditionalGenerationConfig``) the text config's ``mamba_ssm_dtype`` (float32 in
+    the published files) from 0.17.0 (case 18202: 95 state blocks at 1.44x concurrency is float32's page)."""
     if requested != "auto":
         return requested
     v = parse_vllm_version(version) if isinstance(version, str) else version
-    if model_type == "nemotron_h" and v >= (0, 20, 0):
-        return config_dtype if config_dtype in _STATE_DTYPE_BYTES else "float32"
+    known = config_dtype if config_dtype in _STATE_DTYPE_BYTES else None
+    if model_type == "nemotron_h" and v >= (0, 13, 0):
+        return known or ("float32" if v >= (0, 20, 0) else "float16")
+    if model_type in ("qwen3_5", "qwen3_5_moe") and v >= (0, 17, 0) and known:
+        return known
     return model_dtype
 
 
