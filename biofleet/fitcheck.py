@@ -14,7 +14,7 @@ rule with its source and version range is in docs/fit-check.md):
              + non-torch memory (cuBLAS workspace; NCCL buffers when TP > 1)
              + CUDA graphs, from vLLM 0.20 on (earlier builds capture them outside the budget)
     KV       = budget - weights - overhead  ->  tokens = KV / per-token bytes of every layer,
-               in whole 16-token blocks; sliding-window layers hold only their window (V1 >= 0.10)
+               in whole 16-token blocks; sliding-window layers hold only their window (V1 >= 0.9.1)
 
 On top of the per-server budget, every GPU must hold the budgets of all its servers, one CUDA
 context per process and the CUDA graphs captured outside the budgets; vLLM V1 (>= 0.9.1)
@@ -849,6 +849,7 @@ def sampler_warmup_gib(server: ServerInput, res: Resolved) -> float:
 
 
 class _EncoderProfile(NamedTuple):
+    modality: str  # what the dummy items are: "image" (the largest), or Qwen3-VL's "video"
     items: int  # dummy items the encoder runs on
     patches: int  # encoder positions per item
     held_rows: int  # rows of each item's output the runner keeps through the text pass and the sampler (V1)
@@ -863,19 +864,19 @@ def _encoder_profile(server: ServerInput, res: Resolved) -> _EncoderProfile:
     gives every one of the ``max_num_seqs`` dummy sequences an image of the most tiles; V1 never ran mllama."""
     v, rules = server.model.vision, res.rules
     if v is None or not v.modelled or v.tokens_per_item <= 0:
-        return _EncoderProfile(0, 0, 0)
+        return _EncoderProfile("image", 0, 0, 0)
     if v.family == "mllama":
-        return _EncoderProfile(res.max_num_seqs if rules.engine == "V0" else 0, v.patches_per_item, 0)
-    tokens, patches, rows = v.tokens_per_item, v.patches_per_item, v.tokens_per_item
+        return _EncoderProfile("image", res.max_num_seqs if rules.engine == "V0" else 0, v.patches_per_item, 0)
+    modality, tokens, patches, rows = "image", v.tokens_per_item, v.patches_per_item, v.tokens_per_item
     if v.family == "qwen3_vl" and rules.qwen3_vl_video_profile and not server.video_off:
-        tokens, patches, rows = QWEN3_VL_VIDEO_BUDGET, QWEN3_VL_VIDEO_PATCHES, QWEN3_VL_VIDEO_TOKENS
+        modality, tokens, patches, rows = "video", QWEN3_VL_VIDEO_BUDGET, QWEN3_VL_VIDEO_PATCHES, QWEN3_VL_VIDEO_TOKENS
     budget = max(res.batched_tokens, tokens)
     items = max(1, min(budget // tokens, res.max_num_seqs))
     if rules.engine != "V1":
         rows = 0
     elif rules.mm_profile_pad != "none":
         rows = budget if rules.mm_profile_pad == "budget" else tokens
-    return _EncoderProfile(items, patches, rows)
+    return _EncoderProfile(modality, items, patches, rows)
 
 
 def _encoder_items(server: ServerInput, res: Resolved) -> int:
@@ -893,9 +894,7 @@ def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
 
 def _vision_inputs(server: ServerInput, res: Resolved) -> dict[str, Any]:
     p = _encoder_profile(server, res)
-    video = p.patches == QWEN3_VL_VIDEO_PATCHES and server.model.vision is not None and \
-        server.model.vision.family == "qwen3_vl"
-    return {"modality": "video" if video else "image", "items": p.items, "patches_per_item": p.patches,
+    return {"modality": p.modality, "items": p.items, "patches_per_item": p.patches,
             "outputs_held_gib": round(_held_encoder_bytes(server, res) / GiB, 3)}
 
 
