@@ -171,7 +171,7 @@ class ServerInput(_Frozen):
     # vLLM's --rope-scaling / --hf-overrides '{"rope_scaling": ...}': replaces the config's, so it sets the
     # longest max_model_len vLLM accepts (YaRN x4 takes Qwen3 from 40,960 to 131,072 tokens)
     rope_scaling: Mapping[str, Any] | None = None
-    # vLLM --language-model-only, or --limit-mm-per-prompt with every modality at 0: a multimodal model served
+    # vLLM --language-model-only, or --limit-mm-per-prompt with images and every modality named at 0: a model served
     # text-only (from TEXT_ONLY_FROM its vision tower is neither loaded nor profiled; see vision_dropped_b)
     language_model_only: bool = False
     # --limit-mm-per-prompt with video at 0: no video item in the encoder's profiling pass (Qwen3-VL, 0.11-0.12)
@@ -316,11 +316,12 @@ def _mm_limits(args: Sequence[str]) -> dict[str, str] | None:
 
 def language_model_only_override(args: Sequence[str]) -> bool:
     """Whether a server's extra vLLM arguments serve a multimodal model text-only: ``--language-model-only``, or
-    ``--limit-mm-per-prompt`` with every modality at 0."""
+    ``--limit-mm-per-prompt`` with images and every other modality it names at 0 (a modality it leaves out keeps
+    vLLM's default limit, so ``{"video": 0}`` alone still takes images)."""
     if "--language-model-only" in args:
         return True
     limits = _mm_limits(args)
-    return limits is not None and bool(limits) and all(x == "0" for x in limits.values())
+    return limits is not None and "image" in limits and all(x == "0" for x in limits.values())
 
 
 def video_off_override(args: Sequence[str]) -> bool:

@@ -60,6 +60,7 @@ def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     from biofleet.fitcheck import video_off_override as vo
 
     assert vo(["--limit-mm-per-prompt", '{"image": 1, "video": 0}']) and vo(["--limit-mm-per-prompt.video=0"])
+    assert not lmo(["--limit-mm-per-prompt", '{"video": 0}'])  # images keep vLLM's default limit
     assert not vo(["--limit-mm-per-prompt", '{"image": 0}']) and not vo(["--limit-mm-per-prompt", "{video: 0}"])
     vl = "Qwen/Qwen2.5-VL-7B-Instruct"
     full = fit(vl, L4, vllm_version="0.15.0", max_model_len=8192).servers[0]

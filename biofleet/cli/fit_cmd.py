@@ -97,8 +97,8 @@ def fit_check(
         help="Serve a vision-language model text-only (vLLM >= 0.15 then loads no vision tower).")] = False,
     limit_mm_per_prompt: Annotated[str | None, typer.Option(
         help=(
-            "vLLM's --limit-mm-per-prompt JSON, e.g. '{\"image\": 0}': every modality at 0 is text-only mode; "
-            "'{\"video\": 0}' leaves videos out of the encoder's profiling pass."
+            "vLLM's --limit-mm-per-prompt JSON: images and every modality named at 0 ('{\"image\": 0}') is "
+            "text-only mode; '{\"video\": 0}' leaves videos out of the encoder's profiling pass."
         ))] = None,
     max_num_seqs: Annotated[int | None, typer.Option(
         help=(
