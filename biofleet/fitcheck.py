@@ -43,6 +43,7 @@ from biofleet.catalog.vllm_rules import (
     hybrid_kv_group_slots,
     mamba2_state_bytes,
     mamba_ssm_dtype,
+    model_runner_v2,
     mxfp4_expert_bytes,
     mxfp4_moe_backend,
     parse_vllm_version,
@@ -475,11 +476,16 @@ def _big_gpu(gpu: GpuSpec) -> bool:
 
 
 def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
+    m = server.model
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
-                     v0_model=server.model.mamba is not None or
-                     (server.model.vision is not None and server.model.vision.family == "mllama"),
+                     v0_model=m.mamba is not None or (m.vision is not None and m.vision.family == "mllama"),
                      pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_use_v1_env(server) == "0",
-                     v1_requested=_use_v1_env(server) == "1")
+                     v1_requested=_use_v1_env(server) == "1",
+                     mrv2=model_runner_v2(server.vllm_version, m.architecture, bool(m.num_experts),
+                                          _weight_method(server) is not None,
+                                          m.mamba is not None or m.linear_state is not None,
+                                          generate=server.kind == "generate" and not m.encoder_only,
+                                          env=str(server.env.get("VLLM_USE_V2_MODEL_RUNNER", "")).strip()))
 
 
 def _use_v1_env(server: ServerInput) -> str:
@@ -830,14 +836,15 @@ def _activation(server: ServerInput, res: Resolved) -> float:
     return max(peak + _held_encoder_bytes(server, res), _encoder_bytes(server, res)) / GiB
 
 
-def _sampler_bytes(server: ServerInput, res: Resolved, tokens: int | None = None) -> float:
+def _sampler_bytes(server: ServerInput, res: Resolved, tokens: int | None = None, warmup: bool = False) -> float:
     """The sampler's logits pass: ``min(max_num_seqs, tokens)`` rows of the vocabulary at the era's bytes per
-    logit (0 for embedding servers)."""
+    logit, in the profile or (``warmup``) in the warm-up after the graphs (0 for embedding servers)."""
     m = server.model
     if m.encoder_only or server.kind != "generate":
         return 0.0
     rows = min(res.max_num_seqs, res.batched_tokens if tokens is None else tokens)
-    return rows * m.vocab_size * res.rules.sampler_bytes_per_logit
+    r = res.rules
+    return rows * m.vocab_size * (r.sampler_bytes_per_logit if warmup else r.profile_sampler_bytes_per_logit)
 
 
 def sampler_warmup_gib(server: ServerInput, res: Resolved) -> float:
@@ -846,7 +853,7 @@ def sampler_warmup_gib(server: ServerInput, res: Resolved) -> float:
     no such step. The profile's freed peak holds it unless the graphs took that memory."""
     if res.rules.engine != "V1":
         return 0.0
-    return _sampler_bytes(server, res) / GiB
+    return _sampler_bytes(server, res, warmup=True) / GiB
 
 
 class _EncoderProfile(NamedTuple):
@@ -864,7 +871,7 @@ def _encoder_profile(server: ServerInput, res: Resolved) -> _EncoderProfile:
     tokens per image`` (at least one), one image each: the same count. V0's encoder-decoder runner (mllama)
     gives every one of the ``max_num_seqs`` dummy sequences an image of the most tiles; V1 never ran mllama."""
     v, rules = server.model.vision, res.rules
-    if v is None or not v.modelled or v.tokens_per_item <= 0:
+    if v is None or not v.modelled or v.tokens_per_item <= 0 or not rules.encoder_profiled:
         return _EncoderProfile("image", 0, 0, 0)
     if v.family == "mllama":
         return _EncoderProfile("image", res.max_num_seqs if rules.engine == "V0" else 0, v.patches_per_item, 0)
@@ -1197,6 +1204,7 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
     m, r = server.model, res.rules
     return {
         "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0)" if r.v1_fallback else ""),
+        "model_runner": ("V2" if r.model_runner_v2 else "V1") if r.engine == "V1" else None,
         "gpu": gpu.name, "gpu_visible_gib": _r2(gpu.visible_gib), "gpu_visible_source": gpu.note,
         "gpu_interconnect": {True: "NVLink", False: "PCIe only", None: "unknown (NVLink assumed)"}[gpu.nvlink],
         "compute_capability": gpu.cc_str, "gpu_memory_utilization": res.utilization,

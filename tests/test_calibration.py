@@ -415,10 +415,12 @@ def test_heldout19_cases():
     # the ECC card's visible total the source states transcribed (19207 / 19208, see their notes)
     assert by[19001]["predicted"] == "started" and by[19207]["predicted"] == "failed"
     assert "kv-cache-too-small" in by[19207]["codes"]
-    # 19004 (utilisation and max_model_len not in the source: vLLM's defaults assumed, 40,960 tokens asked for where
-    # 37,328 are predicted and 43,888 were logged), 19211 (not a memory failure: an exception in the attention
-    # forward after the KV cache was sized, with an explicit bfloat16 KV dtype, on a 4090 of uncertain size)
-    assert s.verdicts >= 31 and wrong <= {19004, 19211}, (s, wrong)
+    # 19004 (Qwen3-8B on a 4090, 0.24.0, vLLM's defaults: 40,960 tokens asked for, 43,888 logged) is right since
+    # session 23: 0.24 runs Qwen3 on its model runner V2, whose profile leaves the CUDA graphs out (43,936 predicted)
+    assert by[19004]["predicted"] == "started"
+    # 19211 (not a memory failure: an exception in the attention forward after the KV cache was sized, with an
+    # explicit bfloat16 KV dtype, on a 4090 of uncertain size)
+    assert s.verdicts >= 31 and wrong <= {19211}, (s, wrong)
     assert s.weights_median <= WEIGHTS_MEDIAN and s.kv_median <= KV_MEDIAN, s
 
 

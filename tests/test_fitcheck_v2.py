@@ -287,6 +287,32 @@ def test_graph_pool_shrinks_with_max_num_seqs():
     assert r.ok, r.all_findings()
 
 
+
+def test_model_runner_v2_profiles_without_graphs_and_top_k_on_0_22_to_0_24():
+    """vLLM's model runner V2 is the default for these architectures from 0.22 (``VllmConfig.use_v2_model_runner`` in
+    the PyPI source archives). Its profile estimates no CUDA graphs inside the budget before 0.29 and samples without
+    top-k / top-p / logprobs. Cases 20005 / 19004: Qwen3-8B on an RTX 4090, 0.24.0 at the default 0.92 and 32,768
+    tokens, 43,888 tokens logged (V1's accounting gave 37,328)."""
+    from biofleet.catalog.vllm_rules import model_runner_v2 as mrv2
+
+    assert mrv2("0.22", "Qwen3ForCausalLM", False, False, False)
+    assert not mrv2("0.22", "LlamaForCausalLM", False, False, False) and mrv2("0.23", "LlamaForCausalLM", False, False, False)
+    assert not mrv2("0.23", "LlamaForCausalLM", False, True, False)  # 0.22 / 0.23: unquantised only
+    assert mrv2("0.24", "LlamaForCausalLM", False, True, False) and not mrv2("0.24", "Qwen2ForCausalLM", False, False, False)
+    assert mrv2("0.25", "Qwen2ForCausalLM", False, False, False) and not mrv2("0.25", "Qwen3MoeForCausalLM", True, False, False)
+    assert not mrv2("0.24", "Qwen3ForCausalLM", False, False, True)  # hybrids stay on V1
+    assert not mrv2("0.21", "Qwen3ForCausalLM", False, False, False)
+    assert mrv2("0.21", "Qwen3ForCausalLM", False, False, False, env="1")
+    assert not mrv2("0.24", "Qwen3ForCausalLM", False, False, False, env="0")
+    kw: dict[str, Any] = {"gpu": get_gpu("RTX-4090"), "vllm_version": "0.24.0", "max_model_len": 32768}
+    v2 = fit("Qwen/Qwen3-8B", **kw).servers[0]
+    assert v2.inputs["model_runner"] == "V2" and not v2.graphs_in_budget
+    assert v2.kv_cache_tokens == pytest.approx(43_888, rel=0.02)
+    v1 = fit("Qwen/Qwen3-8B", env={"VLLM_USE_V2_MODEL_RUNNER": "0"}, **kw).servers[0]
+    assert v1.inputs["model_runner"] == "V1" and v1.graphs_in_budget and v1.kv_cache_tokens < v2.kv_cache_tokens
+    # the warm-up after the graphs runs every sampling feature: it is V1's sampler pass, not the profile's
+    assert v2.sampler_warmup_gib == pytest.approx(v1.sampler_warmup_gib) and v2.sampler_warmup_gib > v2.activation_gib / 2
+
 def test_hybrid_state_blocks_cap_max_num_seqs():
     """V1 >= 0.20 keeps one recurrent-state block per decode sequence and refuses CUDA-graph capture for more
     sequences than the KV cache has blocks ("max_num_seqs (256) exceeds available Mamba cache blocks (95)", case

@@ -130,6 +130,10 @@ class VllmRules:
     # the encoder returned it ("none")
     mm_profile_pad: Literal["none", "budget", "item"]
     qwen3_vl_video_profile: bool  # 0.11-0.12 profile Qwen3-VL on a video counted as 12.5 tokens per video token
+    # vLLM's model runner V2 (vllm/v1/worker/gpu/) runs this server: see model_runner_v2
+    model_runner_v2: bool = False
+    profile_sampler_bytes_per_logit: float = 0.0  # the profile's sampler pass, where it differs from the warm-up's
+    encoder_profiled: bool = True  # the profile runs the vision encoder (MRV2 only from 0.27)
 
     @property
     def label(self) -> str:
@@ -153,7 +157,7 @@ class VllmRules:
 
 def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 0),
               v0_model: bool = False, pipeline_parallel: bool = False, v0_requested: bool = False,
-              v1_requested: bool = False) -> VllmRules:
+              v1_requested: bool = False, mrv2: bool = False) -> VllmRules:
     """The rules of ``version`` on a GPU of ``compute_capability``. ``v0_model``: a model V1-era builds
     before 0.10.2 still ran on V0: Mamba hybrids (case 3012: 0.10.1, V0 ``model_runner.py`` building its
     ``MambaCacheManager``) and encoder-decoder models (mllama: V0's ``enc_dec_model_runner.py``).
@@ -161,7 +165,8 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
     ``worker.py`` refusing the KV cache); V1 took them with its multiprocessing executor in 0.9.
     ``v0_requested``: the server runs with ``VLLM_USE_V1=0``, which kept V0 from 0.8 until it was removed
     in 0.11 (cases 2001 / 2002 / 15004: 0.8.3 with V0's log lines). ``v1_requested``: ``VLLM_USE_V1=1``, which
-    ran the V1 engine before it became the default, from its alpha in 0.7.0 (release notes; case 16131)."""
+    ran the V1 engine before it became the default, from its alpha in 0.7.0 (release notes; case 16131).
+    ``mrv2``: the server runs on the model runner V2 (:func:`model_runner_v2`); modelled before 0.25."""
     v = parse_vllm_version(version) if isinstance(version, str) else version
     v1 = v >= (0, 8, 0) or (v1_requested and v >= (0, 7, 0) and compute_capability >= (8, 0))
     fallback = v1 and ((v < (0, 10, 2) and (compute_capability < (8, 0) or v0_model)) or
@@ -170,9 +175,10 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
     # bytes per logit of the sampler warm-up: V0's sort-based top-k/top-p path ~33 (gemma-2b-it's 256k
     # vocabulary on a T4, case 6103: 2.0 GiB for 256 rows), V1 before FlashInfer's sampler ~40, then 15
     sampler = (15.0 if v >= (0, 17, 0) else 40.0) if engine == "V1" else 33.0
+    mrv2 = mrv2 and engine == "V1" and v < MRV2_MODELLED_BEFORE
     return VllmRules(
         version=v, engine=engine, v1_fallback=fallback, sampler_bytes_per_logit=sampler,
-        graphs_in_budget=engine == "V1" and v >= (0, 20, 0),
+        graphs_in_budget=engine == "V1" and v >= (0, 20, 0) and not mrv2,
         non_torch_counted=v >= (0, 2, 5),
         free_memory_check=engine == "V1" and v >= (0, 9, 1),
         # the profiler took (total - free) as the memory in use: 0.2.5-0.3.0 read peak = total - free (PR #2863,
@@ -210,7 +216,44 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # around every frame), so its 12,288-token dummy video (24,576 frames of 32 x 32 pixels) counts 153,600 and
         # beats the 16,384-token image; 0.13.0 dropped the factor, and the image is the largest item again
         qwen3_vl_video_profile=engine == "V1" and (0, 11, 0) <= v < (0, 13, 0),
+        model_runner_v2=mrv2,
+        # MRV2's profile samples without top-k / top-p / logprobs: fp32 logits (case 9003, 0.30, eager: a 0.15 GiB
+        # peak for 256 x 151,936 logits); the warm-up after the graphs runs every sampling feature
+        profile_sampler_bytes_per_logit=4.0 if mrv2 else sampler,
+        encoder_profiled=not mrv2 or v >= (0, 27, 0),
     )
+
+
+# Model runner V2 (``VllmConfig.use_v2_model_runner`` in the PyPI source archives): without VLLM_USE_V2_MODEL_RUNNER
+# it runs generate models of these architectures, dense and unquantised, from 0.22; 0.24 takes the listed ones
+# whatever their weights; 0.25 every dense model that is not a hybrid, and these MoE architectures
+_MRV2_ARCHS = {
+    (0, 22, 0): frozenset({"Qwen3ForCausalLM"}),
+    (0, 23, 0): frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM"}),
+    (0, 24, 0): frozenset({"Qwen3ForCausalLM", "DeepseekV2ForCausalLM", "Qwen2MoeForCausalLM", "GraniteMoeForCausalLM",
+                           "LlamaForCausalLM", "MistralForCausalLM"}),
+}
+_MRV2_MOE_ARCHS = frozenset({"DeepseekV2ForCausalLM", "GraniteMoeForCausalLM", "Qwen2MoeForCausalLM"})
+MRV2_MODELLED_BEFORE: Version = (0, 25, 0)  # later MRV2 profiles hold memory the source does not account for (docs)
+
+
+def model_runner_v2(version: str | Version, architecture: str, moe: bool, quantized: bool, hybrid: bool,
+                    generate: bool = True, env: str = "") -> bool:
+    """Whether vLLM ``version`` runs a model on its model runner V2 (``VLLM_USE_V2_MODEL_RUNNER`` = ``env``, "" when
+    unset). Its profile differs from V1's: no CUDA-graph estimate inside the budget until 0.29 (its
+    ``profile_cudagraph_memory`` returns 0), a sampler pass that skips top-k / top-p / logprobs ("the sampler may skip
+    top_k, top_p, and logprobs, using less GPU memory than what is possible during actual execution"), and no
+    vision-encoder pass before 0.27."""
+    v = parse_vllm_version(version) if isinstance(version, str) else version
+    if env in ("0", "1"):
+        return env == "1" and v >= (0, 13, 0)
+    if v < (0, 22, 0) or not generate:
+        return False
+    if v < (0, 25, 0):
+        archs = _MRV2_ARCHS[max(k for k in _MRV2_ARCHS if k <= v)]
+        strict = v < (0, 24, 0)  # 0.22 / 0.23: dense and unquantised only
+        return architecture in archs and not hybrid and not (strict and (moe or quantized))
+    return not hybrid and (architecture in _MRV2_MOE_ARCHS or not moe)
 
 
 def hybrid_kv_group_slots(layers_per_type: Sequence[int], near_equal_ratio: float = 1.5) -> tuple[int, ...]:
