@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -55,33 +57,33 @@ def scrape_config(
     # (the fleet's secrets/ may be on another machine, and stays private to its owner).
     token_file = (out / f"biofleet-{name}-proxy.token").resolve()
     c = console()
-    with fleet:
+    # Ctrl-C ends a watch (exit 0), from before its first line (a Ctrl-C sent once it shows must not be lost)
+    with fleet, ctrl_c_stops() if watch else contextlib.nullcontext(threading.Event()) as stop:
         _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
         c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
-        with ctrl_c_stops() as stop:  # Ctrl-C ends a watch: exit 0
-            last = None
-            last_token: str | None = None
-            while True:
-                token = read_secret(fleet, fleet.paths.token)
-                if token != last_token:
-                    if token:
-                        _write_atomic(token_file, token + "\n", mode=0o600)
-                        c.print(f"wrote {token_file} (mode 0600: the token Prometheus sends to the proxy)")
-                    else:
-                        c.print(f"[yellow]no proxy token in {fleet.paths.token} yet: the proxy's /metrics will "
-                                "answer 401 until `biofleet up` made one[/]")
-                    last_token = token
-                state = load_state(fleet.runner, fleet.paths)
-                proxy_url = state.proxy.url if state and state.proxy else None
-                text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],
-                                            proxy_url))
-                if text != last:
-                    _write_atomic(targets_file, text)
-                    groups = len(json.loads(text))
-                    c.print(f"wrote {targets_file} ({groups} target groups)")
-                    last = text
-                if not watch or stop.wait(interval):
-                    return
+        last = None
+        last_token: str | None = None
+        while True:
+            token = read_secret(fleet, fleet.paths.token)
+            if token != last_token:
+                if token:
+                    _write_atomic(token_file, token + "\n", mode=0o600)
+                    c.print(f"wrote {token_file} (mode 0600: the token Prometheus sends to the proxy)")
+                else:
+                    c.print(f"[yellow]no proxy token in {fleet.paths.token} yet: the proxy's /metrics will "
+                            "answer 401 until `biofleet up` made one[/]")
+                last_token = token
+            state = load_state(fleet.runner, fleet.paths)
+            proxy_url = state.proxy.url if state and state.proxy else None
+            text = targets_json(targets(name, [e for e in read_registry(fleet.runner, fleet.paths) if not e.manual],
+                                        proxy_url))
+            if text != last:
+                _write_atomic(targets_file, text)
+                groups = len(json.loads(text))
+                c.print(f"wrote {targets_file} ({groups} target groups)")
+                last = text
+            if not watch or stop.wait(interval):
+                return
 
 
 class _DownloadProgress:

@@ -431,12 +431,13 @@ def logs(
         path = slurm_log if slurm_output else server_log
         if not fleet.runner.exists(path):
             raise FleetError(f"no log yet at {path} (the job may still be pending: biofleet status)")
-        seen = _last_lines(fleet.runner, path, lines) if lines else 0
-        seen = _print_from(fleet.runner, path, seen)
-        if follow:
-            with ctrl_c_stops() as stop:  # Ctrl-C ends it: exit 0
-                while not stop.wait(1):
-                    seen = _print_from(fleet.runner, path, seen)
+        # following, Ctrl-C ends it (exit 0) from before the first line: a Ctrl-C sent once the first lines show
+        # must not land before the handler is in (it was lost where SIGINT started ignored)
+        with ctrl_c_stops() if follow else contextlib.nullcontext(threading.Event()) as stop:
+            seen = _last_lines(fleet.runner, path, lines) if lines else 0
+            seen = _print_from(fleet.runner, path, seen)
+            while follow and not stop.wait(1):
+                seen = _print_from(fleet.runner, path, seen)
 
 
 _LOG_CHUNK = 1 << 20
