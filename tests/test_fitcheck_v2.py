@@ -148,6 +148,14 @@ def test_version_parsing_and_eras():
     # both in the 0.20.0 source archive (envs.py, config/cache.py), though its log line says "default since v0.21.0"
     assert not rules_for("0.19.1").graphs_in_budget and rules_for("0.20.0").graphs_in_budget
     assert rules_for("0.19").default_utilization == 0.9 and rules_for("0.20").default_utilization == 0.92
+    # kv_cache_utils.get_kv_cache_config: the window-aware check from 0.8.3, the hybrid KV manager from 0.9.1
+    assert [rules_for(v).sliding_window_check for v in ("0.8.2", "0.8.3")] == [False, True]
+    assert [rules_for(v).hybrid_kv for v in ("0.9.0", "0.9.1")] == [False, True]
+    # profile_run's padded encoder outputs: to the budget in 0.11.x, to the item in 0.12.0, not at all before or after
+    assert [rules_for(v).mm_profile_pad for v in ("0.10.2", "0.11.2", "0.12.0", "0.13.0")] == \
+        ["none", "budget", "item", "none"]
+    assert [rules_for(v).qwen3_vl_video_profile for v in ("0.10.2", "0.11.0", "0.12.0", "0.13.0")] == \
+        [False, True, True, False]
     with pytest.raises(ValueError):
         srv(LLAMA8, vllm_version="next")
 
