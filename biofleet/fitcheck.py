@@ -479,18 +479,19 @@ def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
     m = server.model
     return rules_for(server.vllm_version, gpu.compute_capability if gpu else (9, 0),
                      v0_model=m.mamba is not None or (m.vision is not None and m.vision.family == "mllama"),
-                     pipeline_parallel=server.pipeline_parallel_size > 1, v0_requested=_use_v1_env(server) == "0",
-                     v1_requested=_use_v1_env(server) == "1",
+                     pipeline_parallel=server.pipeline_parallel_size > 1,
+                     v0_requested=_env_flag(server, "VLLM_USE_V1") == "0",
+                     v1_requested=_env_flag(server, "VLLM_USE_V1") == "1",
                      mrv2=model_runner_v2(server.vllm_version, m.architecture, bool(m.num_experts),
                                           _weight_method(server) is not None,
                                           m.mamba is not None or m.linear_state is not None,
                                           generate=server.kind == "generate" and not m.encoder_only,
-                                          env=str(server.env.get("VLLM_USE_V2_MODEL_RUNNER", "")).strip()))
+                                          env=_env_flag(server, "VLLM_USE_V2_MODEL_RUNNER")))
 
 
-def _use_v1_env(server: ServerInput) -> str:
-    """The server's VLLM_USE_V1 setting ("0", "1", or "" when unset)."""
-    return str(server.env.get("VLLM_USE_V1", "")).strip()
+def _env_flag(server: ServerInput, name: str) -> str:
+    """The server's setting of vLLM environment variable ``name``: "0", "1", or "" when unset."""
+    return str(server.env.get(name, "")).strip()
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -1287,7 +1288,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _model_coverage(server, res)
     if res.rules.v1_fallback:
         new_gpu = gpu.compute_capability >= (8, 0)
-        if _use_v1_env(server) == "0":
+        if _env_flag(server, "VLLM_USE_V1") == "0":
             why = "because the server sets VLLM_USE_V1=0"
         elif m.mamba and new_gpu:
             why = f"for {m.id}'s Mamba layers (V1 took hybrid models from 0.10.2)"

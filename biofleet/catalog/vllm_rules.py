@@ -131,9 +131,9 @@ class VllmRules:
     mm_profile_pad: Literal["none", "budget", "item"]
     qwen3_vl_video_profile: bool  # 0.11-0.12 profile Qwen3-VL on a video counted as 12.5 tokens per video token
     # vLLM's model runner V2 (vllm/v1/worker/gpu/) runs this server: see model_runner_v2
-    model_runner_v2: bool = False
-    profile_sampler_bytes_per_logit: float = 0.0  # the profile's sampler pass, where it differs from the warm-up's
-    encoder_profiled: bool = True  # the profile runs the vision encoder (MRV2 only from 0.27)
+    model_runner_v2: bool
+    profile_sampler_bytes_per_logit: float  # the profile's sampler pass, where it differs from the warm-up's
+    encoder_profiled: bool  # the profile runs the vision encoder (MRV2 only from 0.27)
 
     @property
     def label(self) -> str:

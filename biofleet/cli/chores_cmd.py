@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -58,7 +56,7 @@ def scrape_config(
     token_file = (out / f"biofleet-{name}-proxy.token").resolve()
     c = console()
     # Ctrl-C ends a watch (exit 0), from before its first line (a Ctrl-C sent once it shows must not be lost)
-    with fleet, ctrl_c_stops() if watch else contextlib.nullcontext(threading.Event()) as stop:
+    with fleet, ctrl_c_stops(active=watch) as stop:
         _write_atomic(config_file, make_config(name, str(targets_file), token_file=str(token_file)))
         c.print(f"wrote {config_file} (add its jobs to prometheus.yml)")
         last = None

@@ -313,9 +313,10 @@ def status(
 
 
 @contextlib.contextmanager
-def ctrl_c_stops() -> Iterator[threading.Event]:
+def ctrl_c_stops(active: bool = True) -> Iterator[threading.Event]:
     """An event Ctrl-C (SIGINT) sets, for a loop to end at its next step; a second Ctrl-C ends the block at once.
-    Either way the command goes on after the block and exits 0.
+    Either way the command goes on after the block and exits 0. Not ``active`` (a one-shot command that shares
+    the loop), an event nothing sets and Ctrl-C left as it was.
 
     Where SIGINT was ignored when the command started (a script's background job, nohup), Python never raises
     KeyboardInterrupt, so a watch ran on after `kill -INT` (CI's 20 s hang); and a KeyboardInterrupt that lands
@@ -324,6 +325,9 @@ def ctrl_c_stops() -> Iterator[threading.Event]:
     import signal
 
     stop = threading.Event()
+    if not active:
+        yield stop
+        return
 
     def on_sigint(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -433,7 +437,7 @@ def logs(
             raise FleetError(f"no log yet at {path} (the job may still be pending: biofleet status)")
         # following, Ctrl-C ends it (exit 0) from before the first line: a Ctrl-C sent once the first lines show
         # must not land before the handler is in (it was lost where SIGINT started ignored)
-        with ctrl_c_stops() if follow else contextlib.nullcontext(threading.Event()) as stop:
+        with ctrl_c_stops(active=follow) as stop:
             seen = _last_lines(fleet.runner, path, lines) if lines else 0
             seen = _print_from(fleet.runner, path, seen)
             while follow and not stop.wait(1):
