@@ -1151,7 +1151,7 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
         out.append(_f("warning", "modality-not-counted",
                       f"{m.id} has a {m.multimodal_unmodelled} tower that is neither counted in the weights nor "
                       "in the activation peak", "keep headroom for it"))
-    if m.kv_layers and m.kv_layers < m.num_layers and m.mamba is None:
+    if m.kv_layers and m.kv_layers < m.num_layers and m.mamba is None and m.linear_state is None:
         out.append(_f("warning", "linear-attention-state",
                       f"{m.id}: {m.num_layers - m.kv_layers} of {m.num_layers} layers use linear attention; "
                       "their per-sequence recurrent state is not counted", "keep headroom for it"))

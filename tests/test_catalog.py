@@ -540,3 +540,7 @@ def test_linear_attention_layers_are_counted_as_gated_deltanet():
     assert get_model("Qwen/Qwen3.5-35B-A3B").params_b == pytest.approx(35.0, rel=0.02)
     assert get_model("Qwen/Qwen3.5-27B").params_b == pytest.approx(27.0, rel=0.02)
     assert get_model("Qwen/Qwen3.5-27B").kv_layers == 16
+    # Qwen3-Next's config names no layer_types: vLLM's Qwen3NextConfig makes every full_attention_interval-th
+    # layer full attention, so 12 of its 48 layers hold KV (all 48 did, a 4x KV per token)
+    nxt = get_model("Qwen/Qwen3-Next-80B-A3B-Instruct")
+    assert (nxt.kv_layers, nxt.num_layers) == (12, 48) and nxt.linear_state is not None

@@ -1078,6 +1078,9 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     if cfg.get("use_sliding_window") is False:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
+    linear = _linear_attention_layers(cfg, layers)
+    if linear and kv_layers is None:  # Qwen3-Next: no layer_types, every full_attention_interval-th layer attends
+        kv_layers = layers - linear
     nas = _nas_blocks(cfg)
     if nas is not None:
         kv_layers = nas[0] if nas[0] < layers else None
