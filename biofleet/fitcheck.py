@@ -489,9 +489,22 @@ def _rules(server: ServerInput, gpu: GpuSpec | None) -> VllmRules:
                                           env=_env_flag(server, "VLLM_USE_V2_MODEL_RUNNER")))
 
 
+# vLLM environment switches the fit-check reads, with the releases whose envs.py reads them, each with int()
+# (PyPI source archives): "2" is on, "yes" stops vLLM at start-up with a ValueError
+_INT_FLAGS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {
+    "VLLM_USE_V1": ((0, 7, 0), (0, 11, 1)),  # gone from 0.11.1 (V1 only)
+    "VLLM_USE_V2_MODEL_RUNNER": ((0, 12, 0), None),
+}
+
+
 def _env_flag(server: ServerInput, name: str) -> str:
-    """The server's setting of vLLM environment variable ``name``: "0", "1", or "" when unset."""
-    return str(server.env.get(name, "")).strip()
+    """The server's setting of vLLM environment switch ``name`` as vLLM reads it (``bool(int(value))``): "0",
+    "1", or "" when unset or not an integer (``_plan_findings`` refuses the latter)."""
+    raw = str(server.env.get(name, "")).strip()
+    try:
+        return "1" if int(raw) else "0"
+    except ValueError:
+        return ""
 
 
 def mamba_state_gib(server: ServerInput, dtype: str) -> tuple[float, str]:
@@ -1160,6 +1173,14 @@ def _model_coverage(server: ServerInput, res: Resolved) -> list[Finding]:
 
 def _plan_findings(server: ServerInput, gpus_on_node: int) -> list[Finding]:
     m, tp, out = server.model, server.tensor_parallel_size, []
+    version = parse_vllm_version(server.vllm_version)
+    for name, (first, gone) in _INT_FLAGS.items():
+        raw = str(server.env.get(name, "")).strip()
+        read = first <= version and (gone is None or version < gone)
+        if read and name in server.env and not _env_flag(server, name):
+            out.append(_f("error", "env-flag-invalid",
+                          f"{name}={raw!r}: vLLM reads it as an integer (int()) and stops at start-up with a "
+                          "ValueError", f"set {name} to 0 or 1, or leave it out"))
     if m.num_attention_heads % tp:
         out.append(_f("error", "tp-not-divisible",
                       f"tensor_parallel_size {tp} does not divide {m.id}'s {m.num_attention_heads} attention heads",

@@ -322,6 +322,26 @@ def test_model_runner_v2_profiles_without_graphs_and_top_k_on_0_22_to_0_24():
     # the warm-up after the graphs runs every sampling feature: it is V1's sampler pass, not the profile's
     assert v2.sampler_warmup_gib == pytest.approx(v1.sampler_warmup_gib) and v2.sampler_warmup_gib > v2.activation_gib / 2
 
+
+def test_environment_switches_are_read_as_vllm_reads_them():
+    # envs.py parses VLLM_USE_V1 (0.7 - 0.11.0) and VLLM_USE_V2_MODEL_RUNNER (0.12 on) with int(): any non-zero
+    # integer is on, a word stops vLLM at start-up; in a release that does not read the variable it is ignored
+    kw: dict[str, Any] = {"gpu": get_gpu("RTX-4090"), "vllm_version": "0.24.0", "max_model_len": 32768}
+    assert fit("Qwen/Qwen3-8B", env={"VLLM_USE_V2_MODEL_RUNNER": "00"}, **kw).servers[0].inputs["model_runner"] == "V1"
+    on = fit("Qwen/Qwen3-8B", env={"VLLM_USE_V2_MODEL_RUNNER": "2"}, **{**kw, "vllm_version": "0.21.0"})
+    assert on.servers[0].inputs["model_runner"] == "V2" and on.ok
+    bad = fit("Qwen/Qwen3-8B", env={"VLLM_USE_V2_MODEL_RUNNER": "yes"}, **kw)
+    assert not bad.ok and "env-flag-invalid" in bad.codes()
+    assert "VLLM_USE_V2_MODEL_RUNNER='yes'" in next(f.message for f in bad.all_findings() if f.code == "env-flag-invalid")
+    v0 = {"gpu": get_gpu("L4"), "max_model_len": 4096}
+    assert "env-flag-invalid" in fit("Qwen/Qwen2.5-7B-Instruct", env={"VLLM_USE_V1": "maybe"}, vllm_version="0.8.5",
+                                     **v0).codes()
+    assert fit("Qwen/Qwen2.5-7B-Instruct", env={"VLLM_USE_V1": "0"}, vllm_version="0.8.5",
+               **v0).servers[0].inputs["engine"].startswith("V0")
+    for version in ("0.6.3", "0.11.2"):  # not read before V1 existed, nor once it was removed
+        assert "env-flag-invalid" not in fit("Qwen/Qwen2.5-7B-Instruct", env={"VLLM_USE_V1": "maybe"},
+                                             vllm_version=version, **v0).codes()
+
 def test_hybrid_state_blocks_cap_max_num_seqs():
     """V1 >= 0.20 keeps one recurrent-state block per decode sequence and refuses CUDA-graph capture for more
     sequences than the KV cache has blocks ("max_num_seqs (256) exceeds available Mamba cache blocks (95)", case
