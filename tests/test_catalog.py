@@ -544,3 +544,17 @@ def test_linear_attention_layers_are_counted_as_gated_deltanet():
     # layer full attention, so 12 of its 48 layers hold KV (all 48 did, a 4x KV per token)
     nxt = get_model("Qwen/Qwen3-Next-80B-A3B-Instruct")
     assert (nxt.kv_layers, nxt.num_layers) == (12, 48) and nxt.linear_state is not None
+
+
+def test_gemma3_qat_int4_awq_copies_are_counted_in_groups_of_32():
+    # gau-nernst/gemma3-int4's converter packs Google's QAT int4 weights as AWQ in groups of 32 (bf16 scales, zero
+    # points), embeddings and the SigLIP tower 16-bit. Cases 2001 / 2002 (V0 0.8.3, fp16): 17.61 GiB loaded for
+    # the 27B; read as group 128 it was 15.79
+    m = get_model("gaunernst/gemma-3-27b-it-int4-awq")
+    assert (m.quantization, m.quant_bits, m.quant_group_size, m.base_model) == ("awq", 4, 32, "google/gemma-3-27b-it")
+    assert not m.matched_by_name
+    srv = ServerInput(name="s", model=m, vllm_version="0.8.3", dtype="float16", max_model_len=4096)
+    w = check_server_on_gpu(srv, get_gpu("A10")).servers[0].weights_gib
+    assert w == pytest.approx(17.61, rel=0.03)
+    assert {f"gaunernst/gemma-3-{s}-it-int4-awq" for s in ("1b", "4b", "12b")} <= {
+        get_model(f"gaunernst/gemma-3-{s}-it-int4-awq").id for s in ("1b", "4b", "12b")}

@@ -385,6 +385,15 @@ def _build_v2() -> list[ModelSpec]:
            vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-12b",), source=_CFG + " (SigLIP tower included)"))
     add(_m("google/gemma-3-27b-it", 27.43, 62, 5376, 32, 16, 21504, 262208, 131072, head_dim=128, sliding_layers=52,
            vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-27b",), source=_CFG + " (SigLIP tower included)"))
+    # Google's QAT int4 weights repacked as AWQ by gau-nernst/gemma3-int4 (convert_flax.py, format awq): every
+    # language linear in groups of 32 weights (the QAT blocks) with bf16 scales and packed zero points, the
+    # embeddings and the SigLIP tower left 16-bit; a group-128 reading was 1.8 GiB light on the 27B (cases 2001,
+    # 2002: 17.61 GiB loaded)
+    for g3 in [spec for spec in out if spec.id.startswith("google/gemma-3-")]:
+        size = g3.id.removeprefix("google/gemma-3-").removesuffix("-it")
+        add(_quant(g3, f"gaunernst/gemma-3-{size}-it-int4-awq", "awq", 4, group=32,
+                   source=f"gau-nernst/gemma3-int4 convert_flax.py (AWQ, groups of 32, embeddings and tower "
+                   f"16-bit); shape of {g3.id}"))
 
     # ---- Vision-language models (tower parameters included in params_b)
     qvl = {"architecture": "Qwen2VLForConditionalGeneration", "model_type": "qwen2_vl", "head_dim": 128}
