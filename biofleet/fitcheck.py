@@ -1225,7 +1225,9 @@ def _floor2(x: float) -> float:
 def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> dict[str, Any]:
     m, r = server.model, res.rules
     return {
-        "vllm_version": r.label, "engine": r.engine + (" (V1 falls back to V0)" if r.v1_fallback else ""),
+        "vllm_version": r.label,
+        "engine": r.engine + ("" if not r.v1_fallback else " (VLLM_USE_V1=0)" if _env_flag(server, "VLLM_USE_V1") == "0"
+                              else " (V1 falls back to V0)"),
         "model_runner": ("V2" if r.model_runner_v2 else "V1") if r.engine == "V1" else None,
         "gpu": gpu.name, "gpu_visible_gib": _r2(gpu.visible_gib), "gpu_visible_source": gpu.note,
         "gpu_interconnect": {True: "NVLink", False: "PCIe only", None: "unknown (NVLink assumed)"}[gpu.nvlink],
