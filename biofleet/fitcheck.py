@@ -996,6 +996,17 @@ def _capability(server: ServerInput, gpu: GpuSpec, res: Resolved) -> list[Findin
                       f"{gpu.name} has compute capability {cc}; vLLM needs >= 7.0 (Pascal and older are refused)",
                       "use a GPU with compute capability >= 7.0 (V100, T4 or newer), or serve this model with "
                       "an engine that supports Pascal (e.g. llama.cpp)"))
+    if gpu.unified_memory:
+        # vLLM's MemorySnapshot on integrated GPUs (utils/mem_utils.py, PyPI source archives): from 0.12 the free
+        # memory is the OS's MemAvailable, before it cudaMemGetInfo's free system memory (page cache not counted)
+        reads = "the OS's available memory (psutil)" if res.rules.version >= (0, 12, 0) else \
+            "cudaMemGetInfo, which leaves out the page cache"
+        out.append(_f("warning", "unified-memory",
+                      f"{gpu.name} shares its memory with the CPU: vLLM {res.rules.label} reads the free memory from "
+                      f"{reads}, so what other programs hold, load or release while it starts moves its KV cache "
+                      "(one DGX Spark server logged seven times the KV cache these figures, which assume nothing "
+                      "else, give); the KV figures here are a guide only",
+                      "give what is free with --gpu-free-gib, and stop other GPU programs while vLLM starts"))
     if dtype == "bfloat16" and not gpu.supports_bf16:
         why = f"dtype auto picks {m.native_dtype} from config.json (vLLM {res.rules.label} does not fall back)" \
             if server.dtype == "auto" else "dtype bfloat16"

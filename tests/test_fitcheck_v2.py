@@ -1222,3 +1222,15 @@ def test_lora_buffers_are_counted_with_the_weights(tmp_path: Path):
     # a mixture of experts: the attention layers' buffers only, and a warning says so
     moe = fit("Qwen/Qwen3-30B-A3B", enable_lora=True).servers[0]
     assert "lora-experts-not-counted" in {f.code for f in moe.findings}
+
+
+def test_unified_memory_gpus_are_warned_that_the_os_decides_the_kv_cache():
+    # vLLM's MemorySnapshot on integrated GPUs reads the OS's available memory from 0.12 (cudaMemGetInfo before):
+    # case 18201, a DGX Spark at 0.36, logged 27.65 GiB of KV where the fit-check gives 3.7
+    spark = get_gpu("GB10")
+    assert spark.unified_memory and not spark.nvlink and not H100.unified_memory
+    new = fit("Qwen/Qwen3-8B", gpu=spark, vllm_version="0.25.2")
+    old = fit("Qwen/Qwen3-8B", gpu=spark, vllm_version="0.11.0")
+    msgs = [next(f.message for f in r.all_findings() if f.code == "unified-memory") for r in (new, old)]
+    assert "psutil" in msgs[0] and "page cache" in msgs[1]
+    assert "unified-memory" not in fit("Qwen/Qwen3-8B", vllm_version="0.25.2").codes()

@@ -51,6 +51,9 @@ class GpuSpec(BaseModel):
     # None unknown. Tensor parallelism's communication memory depends on it (fitcheck.non_torch_gib).
     nvlink: bool | None = None
     mig: str | None = None  # a MIG instance of this card: its profile ("3g.40gb"); see mig_slice
+    # memory shared with the CPU (an integrated GPU: CUDA's is_integrated): vLLM reads its free memory from the
+    # OS's available RAM (fitcheck: unified-memory)
+    unified_memory: bool = False
 
     @field_validator("compute_capability", mode="before")
     @classmethod
@@ -139,7 +142,10 @@ def _g(name: str, aliases: tuple[str, ...], memory: float, visible: float, cc: t
        gres: str, note: str) -> GpuSpec:
     return GpuSpec(name=name, aliases=aliases, memory_gib=memory, visible_gib=visible, sm_count=_SMS.get(name),
                    compute_capability=cc, price_per_hour=price, gres_type=gres, note=note,
-                   nvlink=name in _NVLINK and name != "GB10")
+                   nvlink=name in _NVLINK and name not in _UNIFIED, unified_memory=name in _UNIFIED)
+
+
+_UNIFIED = {"GB10"}  # integrated GPUs the catalogue has: DGX Spark
 
 
 _CATALOG = (
