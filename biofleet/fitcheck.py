@@ -850,6 +850,34 @@ def _activation(server: ServerInput, res: Resolved) -> float:
     return max(peak + _held_encoder_bytes(server, res), _encoder_bytes(server, res)) / GiB
 
 
+# A compiled start whose compile cache is empty (the first start of a model and configuration where vLLM's cache
+# directory, ~/.cache/vllm/torch_compile_cache, lacks it) peaks, while vLLM compiles inside its profiling pass, at
+# about one 16-bit vocabulary x hidden matrix on each rank plus 4 bytes x tokens x hidden. Measured with vLLM 0.23.0
+# on an H200 (scripts/device/vllm_startup.py, tests/data/device/vllm023_h200.jsonl: Qwen3-8B at 8,192 tokens
+# peaked 1.29 GiB on both model runners, where the forward pass and the sampler account for 0.88 and the matrix is
+# 1.16) and in logs of 0.24-0.29: 19210 1.28 GiB against 0.44 for the same command after an "AOT compile cache hit"
+# (19212); 20014 1.23 GiB at 512 tokens; 20010; 6016-6018 1.04 GiB for Qwen2.5-7B's 1.02 GiB matrix; twins 19002 /
+# 19003 (0.24) 89,040 and 95,936 KV tokens for one command. Eager starts (20011 / 20012) and 0.10 (1039) do not
+# show it. Which state a log had is rarely stated, and as many logs are warm as cold (19003, 19004, 20005,
+# 1065): the KV figures are the warm start's, and a plan that only the warm start fits is warned (first-start-
+# kv-short), since its first start fails once and saves the compiled artifacts, so the next start fits.
+COLD_COMPILE_BYTES_PER_TOKEN_HIDDEN = 4
+
+
+def cold_compile_bytes(server: ServerInput, tokens: int) -> float:
+    """The profiled peak of a compiled V1 start (>= 0.17) with an empty compile cache, in bytes on one rank."""
+    m = server.model
+    return (m.vocab_size / server.tensor_parallel_size * m.hidden_size * 2
+            + COLD_COMPILE_BYTES_PER_TOKEN_HIDDEN * tokens * m.hidden_size)
+
+
+def first_start_extra_gib(server: ServerInput, res: Resolved, activation_gib: float) -> float:
+    """How much more a first (cold compile cache) start profiles than ``activation_gib``: 0 where it does not."""
+    if not res.rules.cold_compile_copy or server.enforce_eager:
+        return 0.0
+    return max(0.0, cold_compile_bytes(server, res.batched_tokens) / GiB - activation_gib)
+
+
 def _sampler_bytes(server: ServerInput, res: Resolved, tokens: int | None = None, warmup: bool = False) -> float:
     """The sampler's logits pass: ``min(max_num_seqs, tokens)`` rows of the vocabulary at the era's bytes per
     logit, in the profile or (``warmup``) in the warm-up after the graphs (0 for embedding servers)."""
@@ -1391,6 +1419,16 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     else:
         tokens, conc, one_seq = 0, None, 0.0
     findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)
+    cold = first_start_extra_gib(server, res, act)
+    if per_tok and cold and kv / engines >= one_seq > 0 and kv / engines - cold < one_seq:
+        findings.append(_f(
+            "warning", "first-start-kv-short",
+            f"the first start with an empty compile cache profiles {cold:.2f} GiB more while vLLM {res.rules.label} "
+            f"compiles the model, which leaves {max(kv / engines - cold, 0.0):.2f} GiB of KV cache, less than one "
+            f"{max_len}-token request needs ({one_seq:.2f} GiB): that start fails, after saving the compiled model "
+            "to ~/.cache/vllm, and the next one fits",
+            "start it once beforehand on the same cache directory, lower max_model_len, or raise "
+            f"gpu_memory_utilization by {math.ceil(cold / gpu.visible_gib * 100) / 100:.2f}"))
     blocks = state_blocks(server, res, kv)
     if blocks is not None and 0 < blocks < res.max_num_seqs and not server.enforce_eager and kv > one_seq > 0:
         findings.append(_f(

@@ -134,6 +134,10 @@ class VllmRules:
     model_runner_v2: bool
     profile_sampler_bytes_per_logit: float  # the profile's sampler pass, where it differs from the warm-up's
     encoder_profiled: bool  # the profile runs the vision encoder (MRV2 only from 0.27)
+    # a compiled (not --enforce-eager) start with an empty compile cache holds about one 16-bit vocabulary x hidden
+    # matrix more at its profiled peak: V1 from 0.17, where torch >= 2.10 turns AOT compilation on by default
+    # (envs.use_aot_compile); see fitcheck.COLD_COMPILE_BYTES_PER_TOKEN_HIDDEN
+    cold_compile_copy: bool
 
     @property
     def label(self) -> str:
@@ -221,6 +225,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         # peak for 256 x 151,936 logits); the warm-up after the graphs runs every sampling feature
         profile_sampler_bytes_per_logit=4.0 if mrv2 else sampler,
         encoder_profiled=not mrv2 or v >= (0, 27, 0),
+        cold_compile_copy=engine == "V1" and v >= (0, 17, 0),
     )
 
 
