@@ -1421,6 +1421,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
     findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)
     cold = first_start_extra_gib(server, res, act)
     if per_tok and cold and kv / engines >= one_seq > 0 and kv / engines - cold < one_seq:
+        short = one_seq - (kv / engines - cold)
         findings.append(_f(
             "warning", "first-start-kv-short",
             f"the first start with an empty compile cache profiles {cold:.2f} GiB more while vLLM {res.rules.label} "
@@ -1428,7 +1429,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
             f"{max_len}-token request needs ({one_seq:.2f} GiB): that start fails, after saving the compiled model "
             "to ~/.cache/vllm, and the next one fits",
             "start it once beforehand on the same cache directory, lower max_model_len, or raise "
-            f"gpu_memory_utilization by {math.ceil(cold / gpu.visible_gib * 100) / 100:.2f}"))
+            f"gpu_memory_utilization by {math.ceil(short / gpu.visible_gib * 100) / 100:.2f}"))
     blocks = state_blocks(server, res, kv)
     if blocks is not None and 0 < blocks < res.max_num_seqs and not server.enforce_eager and kv > one_seq > 0:
         findings.append(_f(
