@@ -1261,7 +1261,7 @@ def _floor2(x: float) -> float:
     return math.floor(x * 100 + 1e-9) / 100
 
 
-def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> dict[str, Any]:
+def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float, cold: float) -> dict[str, Any]:
     m, r = server.model, res.rules
     return {
         "vllm_version": r.label,
@@ -1291,6 +1291,8 @@ def _inputs(server: ServerInput, gpu: GpuSpec, res: Resolved, graphs: float) -> 
         "lora": {"max_loras": server.max_loras, "max_lora_rank": server.max_lora_rank,
                  "gib_per_gpu": round(lora_gib(server, res.dtype), 3)} if server.enable_lora else None,
         "mamba_state": _mamba_inputs(server, res) if m.mamba else None,
+        # a first start's extra profiled peak while vLLM compiles into an empty cache (None: eager or before 0.17)
+        "first_start_extra_gib": _r2(cold) if r.cold_compile_copy and not server.enforce_eager else None,
     }
 
 
@@ -1448,7 +1450,7 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
         budget_gib=budget, utilization=res.utilization,
         kv_cache_gib=kv if per_tok else min(kv, 0.0),  # encoder-only: no KV cache, only a possible deficit
         kv_bytes_per_token=per_tok, kv_cache_tokens=tokens, max_concurrency=conc, max_model_len=max_len,
-        max_num_batched_tokens=res.batched_tokens, inputs=_inputs(server, gpu, res, graphs),
+        max_num_batched_tokens=res.batched_tokens, inputs=_inputs(server, gpu, res, graphs, cold),
         findings=tuple(findings),
     )
 

@@ -1265,11 +1265,13 @@ def test_vllm_0_23_on_an_h200_matches_the_fit_check():
         cold = cold_compile_bytes(s, 8192) / 2**30
         assert cold == pytest.approx(float(log["torch_peak_gib"]), abs=0.05)
         extra = first_start_extra_gib(s, resolve(s, h200), fit.activation_gib)
+        assert fit.inputs["first_start_extra_gib"] == pytest.approx(extra, abs=0.01) and extra > 0.3
         # (0.01 GiB off on V2; 0.16 on V1, whose graph estimate the fit-check puts at 0.32 GiB where vLLM took 0.15)
         assert fit.kv_cache_gib - extra == pytest.approx(float(log["available_kv_gib"]), abs=0.2)
     # eager starts compile nothing
     eager = srv("Qwen/Qwen3-8B", vllm_version="0.23.0", enforce_eager=True)
     assert first_start_extra_gib(eager, resolve(eager, h200), 0.0) == 0.0
+    assert check_server_on_gpu(eager, h200).servers[0].inputs["first_start_extra_gib"] is None
 
 
 def test_a_plan_only_a_warm_compile_cache_fits_is_warned():
