@@ -1214,12 +1214,11 @@ def _plan_findings(server: ServerInput, gpus_on_node: int) -> list[Finding]:
     m, tp, out = server.model, server.tensor_parallel_size, []
     version = parse_vllm_version(server.vllm_version)
     for name, (first, gone) in _INT_FLAGS.items():
-        raw = str(server.env.get(name, "")).strip()
         read = first <= version and (gone is None or version < gone)
         if read and name in server.env and not _env_flag(server, name):
             out.append(_f("error", "env-flag-invalid",
-                          f"{name}={raw!r}: vLLM reads it as an integer (int()) and stops at start-up with a "
-                          "ValueError", f"set {name} to 0 or 1, or leave it out"))
+                          f"{name}={str(server.env[name]).strip()!r}: vLLM reads it as an integer (int()) and stops "
+                          "at start-up with a ValueError", f"set {name} to 0 or 1, or leave it out"))
     if m.num_attention_heads % tp:
         out.append(_f("error", "tp-not-divisible",
                       f"tensor_parallel_size {tp} does not divide {m.id}'s {m.num_attention_heads} attention heads",
@@ -1422,12 +1421,13 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
         tokens, conc, one_seq = 0, None, 0.0
     findings += _memory_findings(server, gpu, res, w, overhead, kv / engines, one_seq, tokens, per_tok, budget)
     cold = first_start_extra_gib(server, res, act)
-    if per_tok and cold and kv / engines >= one_seq > 0 and kv / engines - cold < one_seq:
-        short = one_seq - (kv / engines - cold)
+    cold_kv = kv / engines - cold  # what a first start leaves for the KV cache
+    if per_tok and cold and kv / engines >= one_seq > 0 and cold_kv < one_seq:
+        short = one_seq - cold_kv
         findings.append(_f(
             "warning", "first-start-kv-short",
             f"the first start with an empty compile cache profiles {cold:.2f} GiB more while vLLM {res.rules.label} "
-            f"compiles the model, which leaves {max(kv / engines - cold, 0.0):.2f} GiB of KV cache, less than one "
+            f"compiles the model, which leaves {max(cold_kv, 0.0):.2f} GiB of KV cache, less than one "
             f"{max_len}-token request needs ({one_seq:.2f} GiB): that start fails, after saving the compiled model "
             "to ~/.cache/vllm, and the next one fits",
             "start it once beforehand on the same cache directory, lower max_model_len, or raise "

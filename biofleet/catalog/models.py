@@ -1087,9 +1087,9 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     if cfg.get("use_sliding_window") is False:
         sliding = None
     sliding_layers, kv_layers = _layer_counts(cfg, layers)
-    linear = _linear_attention_layers(cfg, layers)
-    if linear and kv_layers is None:  # Qwen3-Next: no layer_types, every full_attention_interval-th layer attends
-        kv_layers = layers - linear
+    linear_state = _linear_state(cfg, layers)
+    if linear_state and kv_layers is None:  # Qwen3-Next: no layer_types, every full_attention_interval-th attends
+        kv_layers = layers - _linear_attention_layers(cfg, layers)
     nas = _nas_blocks(cfg)
     if nas is not None:
         kv_layers = nas[0] if nas[0] < layers else None
@@ -1151,9 +1151,8 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         sliding else None,
         global_head_dim=int(cfg["global_head_dim"]) if cfg.get("global_head_dim") and sliding else None,
         mamba=_mamba_of(cfg, mix),
-        linear_state=_linear_state(cfg, layers),
-        linear_ssm_dtype=str(cfg["mamba_ssm_dtype"]) if cfg.get("mamba_ssm_dtype") and _linear_state(cfg, layers)
-        else None,
+        linear_state=linear_state,
+        linear_ssm_dtype=str(cfg["mamba_ssm_dtype"]) if cfg.get("mamba_ssm_dtype") and linear_state else None,
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
 
