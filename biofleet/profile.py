@@ -314,6 +314,20 @@ class JobSpec(_Frozen):
     mem: Memory | None = None
     nodes: tuple[NodeSpec, ...] = Field(min_length=1)
 
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: Any) -> Any:
+        # A card name is looked up now, so that an unknown one is a profile error at its line (exit 2), not a
+        # failure of whichever command first plans the job.
+        if isinstance(v, str):
+            from biofleet.catalog.gpus import UnknownGpuError, get_gpu
+
+            try:
+                get_gpu(v)
+            except UnknownGpuError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @property
     def is_array(self) -> bool:
         """More than one node: one array task per node, each on its own node."""

@@ -136,6 +136,23 @@ def test_broken_profile_exact_error(tmp_path, desc, change, expected):
         assert expected.format(f=path) in errs, "\n".join(errs)
 
 
+def test_unknown_gpu_name_is_a_profile_error_at_its_line(tmp_path):
+    # found by fuzzing the shipped profiles: an unknown card name passed loading and failed later, in whichever
+    # command planned the job first, as an unexpected error (exit 1) that named neither the file nor the field
+    from typer.testing import CliRunner
+
+    from biofleet.cli.main import app
+
+    path = write(tmp_path, BASE.replace("    gpu: T4\n", "    gpu: T5\n", 1))
+    (err,) = errors_of(path)
+    assert err.startswith(f"{path}:23  jobs.0.gpu: unknown GPU 'T5'. Known: T4, L4, "), err
+    assert err.endswith("(gpu: {memory_gib: 48, compute_capability: '8.6'})"), err
+    for argv in (["fit-check", "--profile", str(path)], ["render", "--profile", str(path), "--out", str(tmp_path / "o")]):
+        r = CliRunner().invoke(app, argv)
+        assert isinstance(r.exception, ProfileError) and r.exception.exit_code == 2, (argv, r.exception)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_yaml_names_file_and_line(tmp_path):
     path = write(tmp_path, "name: x\nservers:\n  coder: {model: a\njobs: []\n")
     (err,) = errors_of(path)
