@@ -73,6 +73,14 @@ def test_unknown_model_and_context_length(gen):
                    json={"model": "coder", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100})
         assert r.status_code == 400 and "maximum context length is 64" in r.json()["error"]["message"]
         assert c.post("/v1/embeddings", json={"model": "coder", "input": "x"}).status_code == 400
+        # a prompt of the wrong type is the client's error, as vLLM answers it (fuzzing the proxy found a 500)
+        for bad in (-1, True, {}, [{}], [[1.5]]):
+            r = c.post("/v1/completions", json={"model": "coder", "prompt": bad})
+            assert r.status_code == 400 and "prompt" in r.json()["error"]["message"], (bad, r.text)
+        assert c.post("/v1/completions", json={"model": "coder", "prompt": [1, 2], "max_tokens": 2}).status_code == 200
+        r = c.post("/v1/chat/completions", json={"model": "coder", "messages": [{"role": "user", "content": "x"}],
+                                                 "stream": True, "stream_options": "yes"})
+        assert r.status_code == 400 and "stream_options" in r.json()["error"]["message"], r.text
 
 
 def test_embeddings_unit_norm_deterministic_and_auth(emb):
@@ -81,6 +89,10 @@ def test_embeddings_unit_norm_deterministic_and_auth(emb):
         assert c.get("/v1/models").status_code == 401
         assert c.get("/health").status_code == 200  # like vLLM: /health needs no key
         h = {"Authorization": "Bearer sekret"}
+        for bad in (["a", 1], [[1, "x"]], [{}], 3):  # the client's error, not a 500 (found by fuzzing the proxy)
+            bad_r = c.post("/v1/embeddings", json={"model": "embeddings", "input": bad}, headers=h)
+            assert bad_r.status_code == 400 and "input must be" in bad_r.json()["error"]["message"], bad_r.text
+        assert c.post("/v1/embeddings", json={"model": "embeddings", "input": [[1, 2]]}, headers=h).status_code == 200
         r = c.post("/v1/embeddings", json={"model": "embeddings", "input": ["a b", "c"]}, headers=h).json()
     v = r["data"][0]["embedding"]
     assert len(v) == 16 and math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-9)

@@ -107,7 +107,7 @@ def _prompt_of_chat(messages: Any) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):  # multimodal-style parts
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return "\n".join(parts)
 
 
@@ -228,6 +228,8 @@ def build_app(
             return body
         if st.kind != "generate":
             return _error(400, "this model only supports embeddings")
+        if not isinstance(body.get("stream_options") or {}, dict):
+            return _error(400, "stream_options: must be an object")
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -237,6 +239,8 @@ def build_app(
             p = body.get("prompt")
             if p is None:
                 return _error(400, "prompt: field required")
+            if not (isinstance(p, str) or (isinstance(p, list) and all(isinstance(x, (str, int)) for x in p))):
+                return _error(400, "prompt: must be a string or a list of strings or token ids")
             prompt = p if isinstance(p, str) else " ".join(map(str, p))
             last_user = prompt
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
@@ -344,10 +348,11 @@ def build_app(
             texts = [inp]
         elif isinstance(inp, list) and inp and all(isinstance(x, int) for x in inp):
             texts = [" ".join(map(str, inp))]  # one pre-tokenised input
-        elif isinstance(inp, list):
+        elif isinstance(inp, list) and all(
+                isinstance(x, str) or (isinstance(x, list) and all(isinstance(t, int) for t in x)) for x in inp):
             texts = [x if isinstance(x, str) else " ".join(map(str, x)) for x in inp]
         else:
-            return _error(400, "input must be a string or a list")
+            return _error(400, "input must be a string, a list of strings or a list of token-id lists")
         if (r := injected_failure()) is not None:
             return r
         await _sleep_ms(st.latency_ms)
