@@ -72,6 +72,41 @@ def test_every_command_has_an_example_that_parses(cmd):
         assert r.exit_code == 0, f"example {argv} does not parse: {r.output}"
 
 
+def _documented_command_lines() -> list[tuple[str, list[str]]]:
+    """Every `biofleet ...` command line README.md and docs/*.md show (code blocks, `$(...)` inside them and inline
+    code), as (where, argv without "biofleet"); a `[--flag]` is taken with the flag."""
+    import shlex
+
+    root = Path(__file__).resolve().parent.parent
+    out = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+        lines = [ln for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+        lines += re.findall(r"(?<!`)`(biofleet [^`]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+        for line in lines:
+            found = re.findall(r"\$\((biofleet [^)]*)\)", line)  # curl ... "$(biofleet token)"
+            found += [p.strip() for p in re.sub(r"\$\([^)]*\)", "", line).split("&&")
+                      if p.strip().startswith("biofleet ")]
+            for cmd in found:
+                words = shlex.split(cmd.replace("[", "").replace("]", ""), comments=True)
+                if len(words) > 1 and re.fullmatch(r"[a-z-]+", words[1]):
+                    out.append((f"{doc.name}: {cmd}", words[1:]))
+    return out
+
+
+def test_every_command_line_the_docs_show_parses():
+    """A command README.md or docs/ shows exists and takes the options shown (parsed up to `--help`, so nothing
+    runs): a renamed option or command fails here, not in a user's terminal."""
+    seen = _documented_command_lines()
+    assert len(seen) >= 25 and {argv[0] for _, argv in seen} >= {
+        "fit-check", "render", "up", "status", "down", "logs", "token", "register", "proxy", "prefetch",
+        "scrape-config", "cpu-models", "testcluster", "profiles"}, seen
+    for where, argv in seen:
+        r = runner.invoke(app, [*argv, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, f"{where}: {r.output}"
+
+
 def test_profiles_list_and_show():
     r = runner.invoke(app, ["profiles", "list", "--json"])
     rows = {x["name"]: x for x in json.loads(r.stdout)}
