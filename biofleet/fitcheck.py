@@ -32,7 +32,14 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from biofleet.catalog.gpus import MAX_GPU_GIB, GpuSpec
-from biofleet.catalog.models import ModelSpec, language_model_only, quantized_variant, rope_scaled_length
+from biofleet.catalog.models import (
+    BNB_4BIT_BITS,
+    BNB_4BIT_DQ_BITS,
+    ModelSpec,
+    language_model_only,
+    quantized_variant,
+    rope_scaled_length,
+)
 from biofleet.catalog.vllm_rules import (
     DEFAULT_VLLM_VERSION,
     MAX_TOKENS,
@@ -131,7 +138,7 @@ _COMPATIBLE = {
     "modelopt": {"modelopt", "modelopt_fp4", "nvfp4"},
 }
 _WEIGHT_QUANT_GROUPED = {"awq", "gptq", "compressed-tensors"}  # a 16-bit scale (+ packed zero) per group
-_ONLINE_QUANT_BITS = {"fp8": 8.0, "bitsandbytes": 4.13}  # quantised at load time from 16-bit weights
+_ONLINE_QUANT_BITS = {"fp8": 8.0, "bitsandbytes": BNB_4BIT_DQ_BITS}  # quantised at load time from 16-bit weights
 _MARLIN = {"awq_marlin", "gptq_marlin", "marlin", "gptq_marlin_24"}
 _FA_BACKENDS = {"FLASH_ATTN", "FLASH_ATTN_VLLM_V1", "FLASHINFER", "FLASHINFER_VLLM_V1"}
 _NO_VLLM_ARCH = {"BioGptForCausalLM"}  # no vLLM implementation known
@@ -682,9 +689,13 @@ def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuS
     method = _weight_method(server)
     ck = m.checkpoint
     online = m.quantization is None and server.quantization in _ONLINE_QUANT_BITS
+    bnb_fp32 = method == "bitsandbytes" and _rules(server, gpu).bnb_absmax_fp32
     if ck is not None and not online:
         if ck.float_bytes is not None and ck.float_dtype in _DTYPE_BYTES:
-            total = ck.other_bytes * m.quant_storage_factor + ck.float_bytes * dbytes / _DTYPE_BYTES[ck.float_dtype]
+            packed = ck.other_bytes * m.quant_storage_factor
+            if bnb_fp32 and m.quant_bits == BNB_4BIT_DQ_BITS:  # the stored 8-bit absmax, loaded as fp32
+                packed *= BNB_4BIT_BITS / BNB_4BIT_DQ_BITS
+            total = packed + ck.float_bytes * dbytes / _DTYPE_BYTES[ck.float_dtype]
         elif m.quantization:
             total = float(ck.total_bytes)
         else:
@@ -701,6 +712,8 @@ def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuS
                 bits += (16 + zero) / m.quant_group_size
         else:
             bits = _ONLINE_QUANT_BITS[method]
+        if bnb_fp32 and bits == BNB_4BIT_DQ_BITS:
+            bits = BNB_4BIT_BITS
         vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
         experts = _mxfp4_experts(m)
         if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them

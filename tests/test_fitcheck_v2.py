@@ -49,6 +49,23 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------- version rules
 
+def test_bitsandbytes_absmax_is_loaded_as_fp32_from_0_9_2(tmp_path: Path):
+    """vLLM 0.9.2's loader (`dequantize_dq` in bitsandbytes_loader.py; not in 0.9.1's) expands a double-quantised
+    absmax (8 bits a block of 64 weights) back to fp32 as it loads: 4.5 bits a 4-bit weight instead of 4.13. Case
+    19109 (DeepSeek-R1-0528-Qwen3-8B in bitsandbytes on 0.9.2) logged 5.85 GiB: 5.66 counted before, 5.96 now."""
+    qwen8 = get_model("Qwen/Qwen3-8B")
+    linear = (qwen8.params_b - qwen8.embedding_params_b) * 1e9
+    old, new = (fit("Qwen/Qwen3-8B", quantization="bitsandbytes", vllm_version=v).servers[0].weights_gib
+                for v in ("0.9.1", "0.9.2"))
+    assert new - old == pytest.approx(linear * (4.5 - 4.13) / 8 / 2**30, abs=0.01)
+    assert new == pytest.approx(5.96, abs=0.01)
+    # a checkpoint quantised without double quantisation stored fp32 absmax all along: 4.5 bits in every release
+    cfg = json.loads((Path(__file__).parent / "data" / "model_configs" / "QwQ-32B-unsloth-bnb-4bit.json").read_text())
+    for double, want in ((True, 4.13), (False, 4.5)):
+        cfg["quantization_config"]["bnb_4bit_use_double_quant"] = double
+        assert model_from_config(cfg, "q").quant_bits == want
+
+
 def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     from biofleet.fitcheck import language_model_only_override as lmo
 
@@ -524,7 +541,7 @@ def test_a_copy_matched_by_name_is_reported():
     r = check_server_on_gpu(srv("unsloth/phi-4-bnb-4bit", max_model_len=4096), get_gpu("T4"))
     (f,) = [f for f in r.all_findings() if f.code == "model-matched-by-name"]
     assert "microsoft/phi-4" in f.message and "bitsandbytes" in f.message and f.severity == "info"
-    assert r.servers[0].quantization == "bitsandbytes" and r.servers[0].weights_gib < 9
+    assert r.servers[0].quantization == "bitsandbytes" and r.servers[0].weights_gib < 9.1  # 4.5 bits; fp16: 27 GiB
     assert "dynamic-4bit-layers" not in r.codes()  # a plain bnb copy: every linear layer in 4 bits
     # Unsloth's dynamic copies keep layers in 16 bits that their name does not say: a warning, not a guess
     dyn = check_server_on_gpu(srv("unsloth/phi-4-unsloth-bnb-4bit", max_model_len=4096), get_gpu("T4"))

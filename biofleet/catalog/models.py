@@ -46,11 +46,17 @@ HUB_CACHE_DIR = Path("~/.cache/biofleet/hub-configs")
 HUB_TIMEOUT_S = 10.0
 MAX_HUB_JSON_BYTES = 4 << 20  # config.json and hf_quant_config.json (which lists every excluded module) are < 1 MB
 
+# bitsandbytes NF4 / FP4: 4 bits a weight and one absmax per block of 64. With double quantisation (Unsloth's copies,
+# vLLM's own load-time quantisation) the absmax is 8-bit with an fp32 scale per 256 blocks: 4 + 8/64 + 32/16384 bits;
+# without it (transformers' default) the absmax is fp32: 4 + 32/64. vLLM from 0.9.2 expands a double-quantised
+# absmax back to fp32 as it loads (vllm_rules.VllmRules.bnb_absmax_fp32), so there every 4-bit weight costs 4.5 bits.
+BNB_4BIT_DQ_BITS, BNB_4BIT_BITS = 4.13, 4.5
+
 # Quantisation methods biofleet models (``quantization_config.quant_method``) and the
 # weight bits they store when the config does not say. Any other method is *not* guessed:
 # the model carries ``quant_bits=None`` and the fit-check warns and counts 16-bit weights.
 QUANT_BITS: Mapping[str, float] = MappingProxyType({
-    "awq": 4, "awq_marlin": 4, "gptq": 4, "gptq_marlin": 4, "marlin": 4, "bitsandbytes": 4.13, "fp8": 8,
+    "awq": 4, "awq_marlin": 4, "gptq": 4, "gptq_marlin": 4, "marlin": 4, "bitsandbytes": BNB_4BIT_DQ_BITS, "fp8": 8,
     "fbgemm_fp8": 8, "mxfp4": 4.25, "compressed-tensors": 8, "experts_int8": 8, "squeezellm": 4, "aqlm": 2,
 })
 
@@ -933,7 +939,8 @@ def _quant_of(qc: Mapping[str, Any]) -> tuple[str | None, float | None, int | No
     bits = qc.get("bits") or qc.get("w_bit") or qc.get("num_bits") or qc.get("weight_bits")
     group = qc.get("group_size") or qc.get("q_group_size")
     if method == "bitsandbytes":
-        bits = 4.13 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits  # NF4 + double-quant absmax
+        four = BNB_4BIT_DQ_BITS if qc.get("bnb_4bit_use_double_quant") else BNB_4BIT_BITS
+        bits = four if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits
     elif method == "compressed-tensors":
         for g in (qc.get("config_groups") or {}).values():
             w = (g or {}).get("weights") or {}
@@ -1494,7 +1501,7 @@ def get_model(name_or_path: str, extra: Mapping[str, ModelSpec] | None = None, *
 # "-GPTQ-Int4", "-FP8", NVIDIA's "-NVFP4", llm-compressor's "-W4A16" / "-W8A8"): (pattern, vLLM
 # quantization method, bits).
 _COPY_SUFFIXES: tuple[tuple[re.Pattern[str], str, float], ...] = (
-    (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", 4.13),
+    (re.compile(r"[-_](?:unsloth[-_])?bnb[-_]4bit$", re.I), "bitsandbytes", BNB_4BIT_DQ_BITS),
     (re.compile(r"[-_](?:qat[-_])?(?:int4[-_])?(?:auto)?awq(?:[-_]int4|[-_]4bit)?$", re.I), "awq", 4),
     (re.compile(r"[-_]gptq[-_](?:int8|8bit)$", re.I), "gptq", 8),  # Qwen's official "-GPTQ-Int8"
     (re.compile(r"[-_]gptq(?:[-_]int4|[-_]4bit)?$", re.I), "gptq", 4),

@@ -138,6 +138,9 @@ class VllmRules:
     # matrix more at its profiled peak: V1 from 0.17, where torch >= 2.10 turns AOT compilation on by default
     # (envs.use_aot_compile); see fitcheck.COLD_COMPILE_BYTES_PER_TOKEN_HIDDEN
     cold_compile_copy: bool
+    # bitsandbytes: the loader turns a double-quantised absmax back into fp32 as it loads
+    # (`dequantize_dq` in bitsandbytes_loader.py: not in the 0.9.1 sdist, in 0.9.2's), 4.5 bits a 4-bit weight
+    bnb_absmax_fp32: bool
 
     @property
     def label(self) -> str:
@@ -226,6 +229,7 @@ def rules_for(version: str | Version, compute_capability: tuple[int, int] = (9, 
         profile_sampler_bytes_per_logit=4.0 if mrv2 else sampler,
         encoder_profiled=not mrv2 or v >= (0, 27, 0),
         cold_compile_copy=engine == "V1" and v >= (0, 17, 0),
+        bnb_absmax_fp32=v >= (0, 9, 2),
     )
 
 
