@@ -714,7 +714,9 @@ def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuS
             bits = _ONLINE_QUANT_BITS[method]
         if bnb_fp32 and bits == BNB_4BIT_DQ_BITS:
             bits = BNB_4BIT_BITS
-        vision = (m.vision.params_b if m.vision else 0.0) * 1e9  # vision towers stay 16-bit
+        # a checkpoint's vision tower stays 16-bit (its quantiser skipped it); quantising at load time (bitsandbytes,
+        # fp8) takes the tower's linear layers too, which the VL families build with the quant config
+        vision = (m.vision.params_b if m.vision and not online else 0.0) * 1e9
         experts = _mxfp4_experts(m)
         if experts and m.quantized_params_b:  # gpt-oss: MXFP4 experts as the version's kernel stores them
             count, inter = experts

@@ -66,6 +66,20 @@ def test_bitsandbytes_absmax_is_loaded_as_fp32_from_0_9_2(tmp_path: Path):
         assert model_from_config(cfg, "q").quant_bits == want
 
 
+def test_quantising_at_load_time_takes_the_vision_tower_too():
+    """`--quantization bitsandbytes` / `fp8` on a 16-bit checkpoint quantises every linear layer vLLM built with the
+    quant config, and the VL families (Qwen2/2.5-VL, Gemma-3, LLaVA, InternVL, ... in 0.9.2's models/) build their
+    vision tower with it; a pre-quantised checkpoint keeps the tower its quantiser skipped. Case 6002
+    (Qwen2.5-VL-3B, bitsandbytes FP4 at load time, 0.9.2) logged 2.60 GiB: 3.28 counted with a 16-bit tower, 2.38 now."""
+    vl = get_model("Qwen/Qwen2.5-VL-3B-Instruct")
+    assert vl.vision is not None and vl.vision.params_b > 0.5
+    emb, rest = vl.embedding_params_b * 1e9, (vl.params_b - vl.embedding_params_b) * 1e9
+    bnb = fit("Qwen/Qwen2.5-VL-3B-Instruct", quantization="bitsandbytes", vllm_version="0.9.2").servers[0]
+    assert bnb.weights_gib == pytest.approx((rest * 4.5 / 8 + emb * 2) / 2**30, abs=0.006)
+    fp8 = fit("Qwen/Qwen2.5-VL-3B-Instruct", quantization="fp8", vllm_version="0.9.2").servers[0]
+    assert fp8.weights_gib == pytest.approx((rest + emb * 2) / 2**30, abs=0.006)
+
+
 def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     from biofleet.fitcheck import language_model_only_override as lmo
 
