@@ -3,7 +3,8 @@
 Each case (tests/data/*.jsonl) is turned into a command line by ONE mechanical rule set,
 the same for every case (no per-case settings):
 
-- ``--model``: the case's model id without the parenthetical note. If the catalogue does not
+- ``--model``: the case's model id without the parenthetical note, or the ``.gguf`` file vLLM was
+  given (named in the note or in the quoted command / ``LLM(model=...)``). If the catalogue does not
   know it, ``tests/data/model_configs/<org>--<name>.json`` is written into a temporary
   directory as its config.json; a model with neither is not run.
 - the GPU: the catalogue card its name matches (``--gpu``); ``--gpu-visible-gib`` when the
@@ -174,7 +175,9 @@ def _model_name(case: dict[str, Any]) -> str | None:
     raw = case.get("model")
     if not raw:
         return None
-    gguf = re.search(r"\(file ([^()\s]+\.gguf)\)", str(raw))  # vLLM is given the file, not the repository
+    # vLLM is given the file, not the repository: named in the case, or in the quoted command / LLM(...) call
+    gguf = re.search(r"\(file ([^()\s]+\.gguf)\)", str(raw)) or \
+        re.search(r"""(?:--model[= ]|\bmodel\s*=\s*|vllm serve\s+)["']?([^\s"',)]+\.gguf)\b""", str(case.get("quote") or ""))
     return gguf.group(1) if gguf else re.split(r"\(|\s+\+", str(raw))[0].strip()
 
 
