@@ -384,8 +384,12 @@ class ProxyApp:
         chain = R.fallback_chain(served, routing)
         saturated = False
         last = 0  # the status of the last failed attempt (502 broken, 503, 504 timeout...)
-        out_of_budget = False
+        out_of_budget = poisoned = False
         reasons: list[str] = []
+        # Replicas that answered 500 to this request. An answered 500 counts toward a replica's ejection only once
+        # another replica answers the same request: a second 500 makes the request the likely cause (a client on a
+        # shared fleet must not be able to eject replicas by sending what makes every engine fail).
+        answered_500: list[tuple[Backend, str]] = []
         attempts = 0
         for i, model in enumerate(chain):
             if i > 0 and not st.pool.replicas(model):
@@ -419,20 +423,30 @@ class ProxyApp:
                             cfg.idle_timeout_s, may_retry),
                     send, st.metrics, st.gauge(b), st.upstream,
                 )
-                if res.failed:
+                if res.failed and res.status == 500:
+                    answered_500.append((b, res.reason or "answered 500"))
+                elif res.failed:
                     outliers.failure(b, res.reason or f"answered {res.status}")
                 elif res.status and res.status < 500:
                     outliers.success(b)
+                    for other, why in answered_500:
+                        outliers.failure(other, why)
+                    answered_500.clear()
                 if res.outcome is Outcome.DONE:
                     if i > 0:
                         st.metrics.fallbacks.labels(served, model).inc()
                     return
                 last = res.status or last
                 reasons.append(res.reason)
-            if out_of_budget:
+                if len({id(other) for other, _ in answered_500}) >= 2:
+                    poisoned = True
+                    reasons.append("two replicas answered 500 to this request, so it is likely the request: not "
+                                   "retried further, and no replica is charged for it")
+                    break
+            if out_of_budget or poisoned:
                 break
 
-        if not out_of_budget:
+        if not out_of_budget and not poisoned:
             for cloud_model, target in self._cloud_targets(chain):
                 if attempts and not budget.spend():
                     out_of_budget = True
