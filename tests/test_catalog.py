@@ -32,6 +32,10 @@ def test_gpu_aliases(alias, name):
     ("NVIDIA A100-PCIE-40GB", "A100-40GB", False), ("NVIDIA H100 80GB HBM3", "H100-80GB", True),
     ("NVIDIA H100 PCIe", "H100-PCIe", False), ("Tesla P100-PCIE-16GB", "P100", False),
     ("NVIDIA GeForce RTX 3090", "RTX-3090", False), ("NVIDIA RTX A6000", "RTX-A6000", False),
+    # session 25: consumer, laptop and workstation cards users' logs name
+    ("NVIDIA GeForce RTX 4070 Laptop GPU", "RTX-4070-Laptop", False), ("NVIDIA GeForce RTX 3070", "RTX-3070", False),
+    ("NVIDIA GeForce RTX 2080 SUPER", "RTX-2080S", False), ("NVIDIA RTX 5000 Ada Generation", "RTX-5000-Ada", False),
+    ("NVIDIA GeForce RTX 2070 with Max-Q Design", "RTX-2070", False), ("NVIDIA GeForce GTX 1080 Ti", "GTX-1080Ti", False),
 ])
 def test_gpu_by_the_device_name_cuda_prints(device_name, name, nvlink):
     # what torch.cuda.get_device_name(), nvidia-smi and vLLM's logs print, pasted as --gpu
@@ -44,9 +48,15 @@ def test_gpu_variant_words_that_change_the_card_are_kept():
     # comes with 8 or 16 GB under one device name, so the bare name is refused rather than guessed
     assert get_gpu("NVIDIA H100 NVL").name == "H100-NVL" and get_gpu("NVIDIA H100 NVL").memory_gib == 94
     assert get_gpu("NVIDIA H20-3e").visible_gib > get_gpu("NVIDIA H20").visible_gib
-    with pytest.raises(UnknownGpuError):
+    with pytest.raises(UnknownGpuError, match="RTX-4060Ti-16GB or RTX-4060Ti-8GB"):
         get_gpu("NVIDIA GeForce RTX 4060 Ti")
-    assert get_gpu("rtx-4060-ti-16gb").memory_gib == 16
+    assert get_gpu("rtx-4060-ti-16gb").memory_gib == 16 and get_gpu("RTX 4060 Ti 8GB").memory_gib == 8
+    with pytest.raises(UnknownGpuError, match="RTX-5060Ti-16GB or RTX-5060Ti-8GB"):
+        get_gpu("NVIDIA GeForce RTX 5060 Ti")
+    # a laptop chip is not the desktop card of its number (a 4090 Laptop GPU is an AD103 with 16 GB)
+    assert get_gpu("NVIDIA GeForce RTX 4090 Laptop GPU").memory_gib == 16 and get_gpu("RTX 4090").memory_gib == 24
+    with pytest.raises(UnknownGpuError):
+        get_gpu("NVIDIA GeForce RTX 4080 Laptop GPU")
 
 
 def test_added_cards_carry_their_facts():

@@ -127,7 +127,12 @@ _SMS = {"T4": 40, "L4": 58, "A10G": 80, "A10": 72, "V100": 80, "V100-32GB": 80, 
         "RTX-3060": 28, "RTX-3080": 68, "RTX-3080Ti": 80, "RTX-4060Ti-16GB": 34, "RTX-4070TiS": 66, "RTX-4080": 76,
         "RTX-4080S": 80, "RTX-5080": 84, "RTX-5090": 170, "RTX-PRO-6000": 188, "H100-PCIe": 114, "H100-NVL": 132,
         "H800": 132, "A800-40GB": 108, "A800-80GB": 108, "H20": 78, "H20-141GB": 78, "GH200": 132, "TITAN-RTX": 72,
-        "TITAN-V": 80, "RTX-8000": 72, "Quadro-RTX-6000": 72, "RTX-3090Ti": 84, "RTX-5070Ti": 70, "H200-NVL": 132}
+        "TITAN-V": 80, "RTX-8000": 72, "Quadro-RTX-6000": 72, "RTX-3090Ti": 84, "RTX-5070Ti": 70, "H200-NVL": 132,
+        "RTX-4070": 46, "RTX-4070Ti": 60, "RTX-4070S": 56, "RTX-4060": 24, "RTX-4060Ti-8GB": 34, "RTX-3070": 46,
+        "RTX-3070Ti": 48, "RTX-2070": 36, "RTX-2070S": 40, "RTX-2080": 46, "RTX-2080S": 48, "RTX-5070": 48,
+        "RTX-5060Ti-16GB": 36, "RTX-5060Ti-8GB": 36, "RTX-A2000-12GB": 26, "RTX-2000-Ada": 22, "RTX-5000-Ada": 100,
+        "RTX-4090-Laptop": 76, "RTX-3080Ti-Laptop": 58, "GTX-1080Ti": 28, "RTX-4070-Laptop": 36,
+        "RTX-4060-Laptop": 24, "RTX-4050-Laptop": 20, "RTX-3070-Laptop": 40}
 
 
 # Cards sold on SXM / HGX boards whose GPUs are NVLink-connected (NVIDIA data sheets). The others in
@@ -284,6 +289,59 @@ _CATALOG = (
        "(no current public on-demand offer)"),
     _g("P100", ("tesla-p100", "p100-16gb"), 16, 15.89, (6, 0), 1.46, "p100",
        "visible: estimate from nvidia-smi 16280 MiB; price: GCP list (estimate)"),
+    # Consumer and workstation cards users' logs name (session 25): memory, compute capability and SMs from NVIDIA's
+    # specifications; visible memory estimated as nvidia-smi's total minus ~0.42 GiB, as for the cards above
+    _g("RTX-4070", ("rtx-4070", "4070", "rtx4070"), 12, 11.57, (8, 9), 0.15, "rtx4070",
+       "visible: estimate, nvidia-smi 12282 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4070Ti", ("rtx-4070-ti", "4070ti", "rtx4070ti"), 12, 11.57, (8, 9), 0.18, "rtx4070ti",
+       "visible: estimate, nvidia-smi 12282 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4070S", ("rtx-4070-super", "4070super", "rtx4070s"), 12, 11.57, (8, 9), 0.17, "rtx4070s",
+       "visible: estimate, nvidia-smi 12282 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4060", ("rtx-4060", "4060", "rtx4060"), 8, 7.57, (8, 9), 0.10, "rtx4060",
+       "visible: estimate, nvidia-smi 8188 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4060Ti-8GB", ("rtx-4060-ti-8gb", "4060ti-8gb"), 8, 7.57, (8, 9), 0.12, "rtx4060ti",
+       "the 8 GB card; visible: estimate, nvidia-smi 8188 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-3070", ("rtx-3070", "3070", "rtx3070"), 8, 7.58, (8, 6), 0.12, "rtx3070",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-3070Ti", ("rtx-3070-ti", "3070ti", "rtx3070ti"), 8, 7.58, (8, 6), 0.13, "rtx3070ti",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-2070", ("rtx-2070", "2070", "rtx2070", "rtx-2070-with-max-q-design"), 8, 7.58, (7, 5), 0.08, "rtx2070",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-2070S", ("rtx-2070-super", "2070super", "rtx2070s"), 8, 7.58, (7, 5), 0.09, "rtx2070s",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-2080", ("rtx-2080", "2080", "rtx2080"), 8, 7.58, (7, 5), 0.10, "rtx2080",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-2080S", ("rtx-2080-super", "2080super", "rtx2080s"), 8, 7.58, (7, 5), 0.11, "rtx2080s",
+       "visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5070", ("rtx-5070", "5070", "rtx5070"), 12, 11.50, (12, 0), 0.20, "rtx5070",
+       "visible: estimate, as the RTX 5080's GDDR7 reserve (12 GB less 81 MiB) minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5060Ti-16GB", ("rtx-5060-ti-16gb", "5060ti-16gb"), 16, 15.50, (12, 0), 0.15, "rtx5060ti",
+       "the 16 GB card; visible: estimate, as the RTX 5070 Ti (nvidia-smi 16303 MiB) minus ~0.42 GiB; "
+       "price: estimate"),
+    _g("RTX-5060Ti-8GB", ("rtx-5060-ti-8gb", "5060ti-8gb"), 8, 7.50, (12, 0), 0.12, "rtx5060ti",
+       "the 8 GB card; visible: estimate, 8 GB less the GDDR7 reserve and ~0.42 GiB; price: estimate"),
+    _g("RTX-A2000-12GB", ("rtx-a2000-12gb", "a2000-12gb"), 12, 11.57, (8, 6), 0.10, "rtxa2000",
+       "the 12 GB card (a 6 GB one exists); visible: estimate, nvidia-smi 12282 MiB (ECC off) minus ~0.42 GiB; "
+       "price: estimate"),
+    _g("RTX-2000-Ada", ("rtx-2000-ada-generation", "rtx2000ada"), 16, 15.58, (8, 9), 0.15, "rtx2000ada",
+       "visible: estimate, nvidia-smi 16380 MiB (ECC off) minus ~0.42 GiB; price: estimate"),
+    _g("RTX-5000-Ada", ("rtx-5000-ada-generation", "rtx5000ada"), 32, 31.57, (8, 9), 0.60, "rtx5000ada",
+       "visible: estimate, nvidia-smi 32760 MiB (ECC off) minus ~0.42 GiB; price: estimate"),
+    _g("RTX-4090-Laptop", ("rtx-4090-laptop-gpu", "rtx-4090-laptop"), 16, 15.57, (8, 9), 0.0, "rtx4090laptop",
+       "the laptop chip (AD103, 16 GB), not the desktop card; visible: estimate, nvidia-smi 16376 MiB minus ~0.42 GiB"),
+    _g("RTX-3080Ti-Laptop", ("rtx-3080-ti-laptop-gpu", "rtx-3080-ti-laptop"), 16, 15.58, (8, 6), 0.0,
+       "rtx3080tilaptop", "the laptop chip (GA103, 16 GB); visible: estimate, nvidia-smi 16384 MiB minus ~0.42 GiB"),
+    _g("RTX-4070-Laptop", ("rtx-4070-laptop-gpu", "rtx-4070-laptop"), 8, 7.65, (8, 9), 0.0, "rtx4070laptop",
+       "the laptop chip (AD106, 8 GB); visible: vLLM log 7.65 GiB (case 6000); under WSL2 CUDA reports all of "
+       "nvidia-smi's 8188 MiB (8.0 GiB: cases 2007, 19201): give --gpu-visible-gib 8"),
+    _g("RTX-4060-Laptop", ("rtx-4060-laptop-gpu", "rtx-4060-laptop"), 8, 7.57, (8, 9), 0.0, "rtx4060laptop",
+       "the laptop chip (AD107, 8 GB); visible: estimate, nvidia-smi 8188 MiB minus ~0.42 GiB"),
+    _g("RTX-4050-Laptop", ("rtx-4050-laptop-gpu", "rtx-4050-laptop"), 6, 5.58, (8, 9), 0.0, "rtx4050laptop",
+       "the laptop chip (AD107, 6 GB); visible: estimate, nvidia-smi 6141 MiB minus ~0.42 GiB"),
+    _g("RTX-3070-Laptop", ("rtx-3070-laptop-gpu", "rtx-3070-laptop"), 8, 7.58, (8, 6), 0.0, "rtx3070laptop",
+       "the laptop chip (GA104, 8 GB); visible: estimate, nvidia-smi 8192 MiB minus ~0.42 GiB"),
+    _g("GTX-1080Ti", ("gtx-1080-ti", "1080ti", "gtx1080ti"), 11, 10.58, (6, 1), 0.05, "gtx1080ti",
+       "visible: estimate, nvidia-smi 11264 MiB minus ~0.42 GiB; Pascal: not supported by vLLM; price: estimate"),
 )
 
 GPUS: Mapping[str, GpuSpec] = MappingProxyType({g.name: g for g in _CATALOG})
