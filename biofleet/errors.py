@@ -12,11 +12,19 @@ The CLI turns each into a message and an exit code in one place
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class BiofleetError(Exception):
     exit_code = 1
+
+
+def validation_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error's message as a user should read it: without the "Value error, " that pydantic puts
+    before what a validator raised."""
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from biofleet.catalog.gpus import MAX_GPU_GIB
 from biofleet.catalog.models import ModelSpec
 from biofleet.catalog.vllm_rules import DEFAULT_VLLM_VERSION, MAX_TOKENS, check_vllm_version
 from biofleet.elastic.policy import ReplicaRange, ScalingPolicy
-from biofleet.errors import ProfileError, ProfileIssue
+from biofleet.errors import ProfileError, ProfileIssue, validation_message
 from biofleet.names import NAME, SERVED_NAME, shown
 from biofleet.proxy.config import RoutingConfig
 from biofleet.resources import profiles_dir
@@ -760,9 +760,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 def _message(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
-    msg = str(err["msg"])
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = validation_message(err)
     if kind == "extra_forbidden":
         valid = _valid_keys(loc[:-1])
         hint = _suggest(str(loc[-1]), valid)

@@ -255,11 +255,15 @@ def render_fleet(profile: Profile, fleet_dir: str | None = None, dialect: Script
 
 
 def write_scripts(scripts: dict[str, str], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in scripts.items():
-        p = out / name
-        p.write_text(text)
-        p.chmod(0o755)
-        paths.append(p)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in scripts.items():
+            p = out / name
+            p.write_text(text)
+            p.chmod(0o755)
+            paths.append(p)
+    except OSError as exc:
+        raise RenderError(f"cannot write the scripts into {out}: {exc.strerror or exc}; give --out a directory "
+                          "you can write") from None
     return paths

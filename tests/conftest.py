@@ -30,6 +30,19 @@ def _missing(what: str) -> None:
     pytest.fail(msg, pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_state_home(tmp_path_factory):
+    """`biofleet up` records the last profile under $XDG_STATE_HOME, where status, logs and down find it without
+    --profile. The suite's fleets must not become the user's: every test (and every CLI it starts) gets its own."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running TestCluster (10 T4 nodes, 1 H100 node, 2 CPU nodes); SLURM_CONF points at it."""

@@ -209,6 +209,14 @@ def test_render_writes_scripts(tmp_path):
     assert os.access(tmp_path / "t4.sbatch", os.X_OK)
 
 
+def test_render_into_a_place_it_cannot_write_says_so(tmp_path):
+    # found by a sweep of the commands: an --out that is a file (or under /proc) was an unexpected FileNotFoundError
+    (tmp_path / "f").write_text("")
+    r = run("render", "--profile", "t4x10", "--out", str(tmp_path / "f"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "BIOFLEET_DEBUG" not in r.stderr, r.stderr
+    assert f"cannot write the scripts into {tmp_path / 'f'}" in r.stderr and "--out" in r.stderr
+
+
 def test_usage_error_exit_code():
     r = run("fit-check", "--gpu-memory-utilization", "lots")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -34,7 +34,10 @@ TrustOpt = Annotated[bool, typer.Option(
 BackendOpt = Annotated[str, typer.Option("--backend", help="slurm, local (run jobs as local processes) or auto.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output only.")]
 
-_LAST = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "biofleet" / "last-profile"
+def _last_file() -> Path:
+    """Where ``up`` records the profile that commands without --profile then use (read when needed, so that
+    XDG_STATE_HOME set after import counts: the test suite keeps it off the user's own record)."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "biofleet" / "last-profile"
 
 
 def _profile_ref(ref: str | None) -> str:
@@ -43,16 +46,18 @@ def _profile_ref(ref: str | None) -> str:
     ref = ref or os.environ.get("BIOFLEET_PROFILE")
     if ref:
         return ref
-    if _LAST.exists():
-        return _LAST.read_text().strip()
+    last = _last_file()
+    if last.exists():
+        return last.read_text().strip()
     raise FleetError("which fleet? give --profile NAME|FILE (or set BIOFLEET_PROFILE)")
 
 
 def _remember(ref: str) -> None:
     try:
-        _LAST.parent.mkdir(parents=True, exist_ok=True)
+        last = _last_file()
+        last.parent.mkdir(parents=True, exist_ok=True)
         path = Path(ref)
-        _LAST.write_text(str(path.resolve()) if path.is_file() else ref)
+        last.write_text(str(path.resolve()) if path.is_file() else ref)
     except OSError:
         pass
 

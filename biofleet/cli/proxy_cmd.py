@@ -57,6 +57,7 @@ def proxy(
     """
     from pydantic import ValidationError
 
+    from biofleet.errors import validation_message
     from biofleet.proxy.config import ProxyConfig, load_routing_file, parse_backend_args
 
     try:
@@ -83,7 +84,7 @@ def proxy(
     except ValidationError as exc:
         for err in exc.errors():
             path = ".".join(str(p) for p in err["loc"])
-            typer.echo(f"{path + ': ' if path else ''}{err['msg']}", err=True)
+            typer.echo(f"error: {path + ': ' if path else ''}{validation_message(err)}", err=True)
         raise typer.Exit(2) from None
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)

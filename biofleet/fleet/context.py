@@ -43,7 +43,7 @@ def parse_ssh_target(target: str) -> SSHSettings:
     (the user part is never echoed: a ``user:password@host`` would otherwise print the password)."""
     from pydantic import ValidationError
 
-    from biofleet.errors import ProfileError, ProfileIssue
+    from biofleet.errors import ProfileError, ProfileIssue, validation_message
     from biofleet.names import shown
 
     user, _, hostport = target.rpartition("@")
@@ -62,7 +62,7 @@ def parse_ssh_target(target: str) -> SSHSettings:
         for e in exc.errors():
             part = str(e["loc"][0]) if e["loc"] else "target"
             why = "not a valid user name (letters, digits, '.', '_', '-')" if part == "user" else \
-                e["msg"].removeprefix("Value error, ")
+                validation_message(e)
             issues.append(ProfileIssue(None, None, "--ssh", f"{part}: {why}; give user@host[:port]"))
         raise ProfileError(issues) from None
 

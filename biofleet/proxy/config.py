@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from biofleet.errors import validation_message
 from biofleet.names import check_endpoint_url, check_served_name, redact_userinfo, shown
 from biofleet.remote.base import MAX_SECRET_BYTES, read_local_text
 
@@ -229,7 +230,7 @@ def parse_backend_arg(text: str) -> tuple[str, StaticBackend]:
         check_served_name(name)
         return name, StaticBackend(url=url, served_names=(name,))
     except ValidationError as exc:
-        raise ValueError(redact_userinfo(f"--backend {shown(text)}: {exc.errors()[0]['msg']}")) from None
+        raise ValueError(redact_userinfo(f"--backend {shown(text)}: {validation_message(exc.errors()[0])}")) from None
     except ValueError as exc:
         raise ValueError(redact_userinfo(f"--backend {shown(text)}: {exc}")) from None
 
