@@ -362,6 +362,16 @@ def test_row6_repeated_backend_name_means_replicas(stack, tmp_path):
     assert a.app.state.engine.requests_total == 10 and b.app.state.engine.requests_total == 10
 
 
+def test_a_registry_that_does_not_exist_is_refused_at_start(tmp_path):
+    # found by a sweep of the commands: a mistyped --registry was served, discovering nothing, answering 503 forever
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "biofleet.cli.main", "proxy", "--registry", str(tmp_path / "nope"),
+                        "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"--registry {tmp_path / 'nope'}: no such directory" in r.stderr, r.stderr
+
+
 def test_row6_the_same_backend_twice_is_a_clear_error(monkeypatch):
     from typer.testing import CliRunner
 

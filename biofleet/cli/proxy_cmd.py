@@ -60,6 +60,12 @@ def proxy(
     from biofleet.errors import validation_message
     from biofleet.proxy.config import ProxyConfig, load_routing_file, parse_backend_args
 
+    if registry is not None and not registry.is_dir():
+        # biofleet up makes <fleet dir>/registry before it submits the proxy, so a missing one is a wrong path:
+        # served, it would discover nothing and answer 503 to every request without saying why
+        typer.echo(f"error: --registry {registry}: no such directory (biofleet up creates it as "
+                   "<cluster.workdir>/<fleet name>/registry)", err=True)
+        raise typer.Exit(2)
     try:
         backends = parse_backend_args(backend or [])
         fields: dict = {
