@@ -370,10 +370,13 @@ def _build_v2() -> list[ModelSpec]:
            architecture="DeepseekV3ForCausalLM", model_type="deepseek_v3", head_dim=192, kv_latent_dim=576,
            num_experts=256, experts_per_token=8, quantization="fp8", quant_bits=8, native_dtype="bfloat16",
            aliases=("deepseek-v3", "deepseek-ai/DeepSeek-R1", "deepseek-ai/DeepSeek-V3-0324", "deepseek-r1",
-                    "deepseek-ai/DeepSeek-V3.1"),
+                    "deepseek-ai/DeepSeek-V3.1", "deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-V3.1-Terminus",
+                    "deepseek-ai/DeepSeek-V3-Base", "deepseek-ai/DeepSeek-V3.1-Base", "deepseek-ai/DeepSeek-R1-Zero"),
            source=_CFG + " (256 experts of 2048, top-8 + 1 shared; MLA; block-wise FP8 checkpoint; the "
                          "14B multi-token-prediction layer is not loaded for serving; V3.1's shape is V3's: "
-                         "NVIDIA's copy of its config.json differs only in transformers_version)"))
+                         "NVIDIA's copy of its config.json differs only in transformers_version; R1, R1-0528, "
+                         "R1-Zero, the Base checkpoints and V3.1-Terminus are the same architecture retrained: "
+                         "V3.2's sparse-attention indexer is not)"))
 
     # ---- Gemma (7B base, Gemma-2 27B, Gemma-3 with its SigLIP tower; one global layer in six)
     add(_m("google/gemma-7b-it", 8.54, 28, 3072, 16, 16, 24576, 256000, 8192, architecture="GemmaForCausalLM",
