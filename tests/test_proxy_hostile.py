@@ -317,27 +317,39 @@ def test_row5_replica_answering_500_is_retried_and_ejected(stack, tmp_path):
         assert 'biofleet_proxy_retries_total{model="coder"} 5.0' in text
 
 
-def test_row5_a_request_every_engine_answers_500_ejects_no_replica(stack, tmp_path):
-    """A client on a shared fleet sends what makes the engine fail (an input vLLM answers with 500). Charging the
-    replicas for it would let that client eject all but one of them, five requests at a time. A 500 counts toward
-    ejection only once another replica answers the same request; a second 500 makes the request the cause: it is
-    not retried further (at most two replicas see it) and nobody is charged."""
+def test_row5_a_request_every_engine_fails_ejects_no_replica(stack, tmp_path):
+    """A client on a shared fleet sends what makes the engine fail (an input vLLM answers with 500) or what runs past
+    the first-byte timeout. Charging the replicas for it would let that client eject all but one of them, five
+    requests at a time. A 500 or a timeout counts toward ejection only once another replica answers the same
+    request; a second one makes the request the cause: it is not retried further (at most two replicas see it) and
+    nobody is charged."""
     async def picky(path, headers, body, send):
         if b"poison" in body:
             await send_bytes(send, 500, b'{"error":{"message":"internal error on this input"}}')
         else:
             await send_bytes(send, 200, chat_body("coder"))
 
-    ups = [upstream(picky) for _ in range(3)]
+    async def slow(path, headers, body, send):  # a request that runs past the first-byte timeout on any engine
+        if b"poison" in body:
+            await asyncio.sleep(1.5)
+        await send_bytes(send, 200, chat_body("coder"))
+
+    for handler, timeout, codes in ((picky, 10.0, (500, 502)), (slow, 0.4, (502, 504))):
+        _no_replica_charged_for(stack, tmp_path, handler, timeout, codes)
+
+
+def _no_replica_charged_for(stack, tmp_path, handler, first_byte_timeout, codes):
+    ups = [upstream(handler) for _ in range(3)]
     for server, _ in ups:
         keep(stack, server)
-    cfg = proxy_config({f"r{i}": (server.url, "coder") for i, (server, _) in enumerate(ups)}, eject_base_s=30)
+    cfg = proxy_config({f"r{i}": (server.url, "coder") for i, (server, _) in enumerate(ups)}, eject_base_s=30,
+                       first_byte_timeout_s=first_byte_timeout)
     poison = {"model": "coder", "messages": [{"role": "user", "content": "poison"}]}
     with ProxyProcess(tmp_path, config=cfg) as p, httpx.Client(base_url=p.url, timeout=10) as c:
         wait_until(lambda: all(c.get("/health").json()["backends"].values()), what="all admitted")
         for _ in range(12):
             r = c.post("/v1/chat/completions", json=poison)
-            assert r.status_code in (500, 502), r.text
+            assert r.status_code in codes, r.text
         assert sum(len(rec.requests) for _, rec in ups) <= 24  # two replicas a request at most
         assert all(c.get("/health").json()["backends"].values())  # nobody ejected
         for _ in range(6):

@@ -386,10 +386,11 @@ class ProxyApp:
         last = 0  # the status of the last failed attempt (502 broken, 503, 504 timeout...)
         out_of_budget = poisoned = False
         reasons: list[str] = []
-        # Replicas that answered 500 to this request. An answered 500 counts toward a replica's ejection only once
-        # another replica answers the same request: a second 500 makes the request the likely cause (a client on a
-        # shared fleet must not be able to eject replicas by sending what makes every engine fail).
-        answered_500: list[tuple[Backend, str]] = []
+        # Replicas that answered 500 to this request or timed out on it (504). Such a failure counts toward a
+        # replica's ejection only once another replica answers the same request: a second one makes the request the
+        # likely cause (a client on a shared fleet must not be able to eject replicas by sending what makes every
+        # engine fail, or run past the timeout). Broken connections and 502 / 503 answers count at once.
+        request_failures: list[tuple[Backend, str]] = []
         attempts = 0
         for i, model in enumerate(chain):
             if i > 0 and not st.pool.replicas(model):
@@ -423,25 +424,25 @@ class ProxyApp:
                             cfg.idle_timeout_s, may_retry),
                     send, st.metrics, st.gauge(b), st.upstream,
                 )
-                if res.failed and res.status == 500:
-                    answered_500.append((b, res.reason or "answered 500"))
+                if res.failed and res.status in (500, 504):
+                    request_failures.append((b, res.reason or f"answered {res.status}"))
                 elif res.failed:
                     outliers.failure(b, res.reason or f"answered {res.status}")
                 elif res.status and res.status < 500:
                     outliers.success(b)
-                    for other, why in answered_500:
+                    for other, why in request_failures:
                         outliers.failure(other, why)
-                    answered_500.clear()
+                    request_failures.clear()
                 if res.outcome is Outcome.DONE:
                     if i > 0:
                         st.metrics.fallbacks.labels(served, model).inc()
                     return
                 last = res.status or last
                 reasons.append(res.reason)
-                if len({id(other) for other, _ in answered_500}) >= 2:
+                if len({id(other) for other, _ in request_failures}) >= 2:
                     poisoned = True
-                    reasons.append("two replicas answered 500 to this request, so it is likely the request: not "
-                                   "retried further, and no replica is charged for it")
+                    reasons.append("two replicas failed this request (500 or a timeout), so it is likely the "
+                                   "request: not retried further, and no replica is charged for it")
                     break
             if out_of_budget or poisoned:
                 break
