@@ -683,9 +683,26 @@ def _on_gpu(server: ServerInput, loaded: float) -> float:
     return loaded - min(server.cpu_offload_gb, max(loaded - stay, 0.0))
 
 
+def rope_cache_gib(m: ModelSpec, dtype: str) -> float:
+    """The RoPE cos/sin tables vLLM registers as buffers while the model loads (so "Model loading took" counts
+    them), on every rank, in the model's dtype: rows (:attr:`ModelSpec.rope_cache_positions`) x the rotated width.
+    Tens of MiB for most models; Gemma-3's linear x8 table is 1,048,576 rows (0.5 GiB at head_dim 256: case 7005,
+    -12 % -> 0 %), Llama-4's 10,485,760 (2.5 GiB: case 1009, -4.8 % -> 0 %)."""
+    if m.encoder_only or m.rope_cache_positions == 0:
+        return 0.0
+    rows = m.max_position_embeddings if m.rope_cache_positions is None else m.rope_cache_positions
+    width = m.rotary_dim or (64 if m.kv_latent_dim else m.head_dim or m.hidden_size // m.num_attention_heads)
+    return rows * width * _DTYPE_BYTES[dtype] / GiB
+
+
 def _loaded_weights_gib(server: ServerInput, dtype: str | None = None, gpu: GpuSpec | None = None) -> float:
+    dtype = dtype or effective_dtype(server)
+    return _checkpoint_weights_gib(server, dtype, gpu) + rope_cache_gib(server.model, dtype)
+
+
+def _checkpoint_weights_gib(server: ServerInput, dtype: str, gpu: GpuSpec | None) -> float:
     m = server.model
-    dbytes = _DTYPE_BYTES[dtype or effective_dtype(server)]
+    dbytes = _DTYPE_BYTES[dtype]
     method = _weight_method(server)
     ck = m.checkpoint
     online = m.quantization is None and server.quantization in _ONLINE_QUANT_BITS

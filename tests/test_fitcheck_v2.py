@@ -25,7 +25,7 @@ from biofleet.catalog.vllm_rules import (
 )
 from biofleet.cli.main import app
 from biofleet.errors import BiofleetError, ProfileError
-from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu
+from biofleet.fitcheck import FitReport, NodeInput, ServerInput, check, check_server_on_gpu, rope_cache_gib
 from biofleet.profile import load_profile
 from biofleet.render import render_fleet
 
@@ -70,14 +70,43 @@ def test_quantising_at_load_time_takes_the_vision_tower_too():
     """`--quantization bitsandbytes` / `fp8` on a 16-bit checkpoint quantises every linear layer vLLM built with the
     quant config, and the VL families (Qwen2/2.5-VL, Gemma-3, LLaVA, InternVL, ... in 0.9.2's models/) build their
     vision tower with it; a pre-quantised checkpoint keeps the tower its quantiser skipped. Case 6002
-    (Qwen2.5-VL-3B, bitsandbytes FP4 at load time, 0.9.2) logged 2.60 GiB: 3.28 counted with a 16-bit tower, 2.38 now."""
+    (Qwen2.5-VL-3B, bitsandbytes FP4 at load time, 0.9.2) logged 2.60 GiB: 3.28 counted with a 16-bit tower, 2.41 now."""
     vl = get_model("Qwen/Qwen2.5-VL-3B-Instruct")
     assert vl.vision is not None and vl.vision.params_b > 0.5
     emb, rest = vl.embedding_params_b * 1e9, (vl.params_b - vl.embedding_params_b) * 1e9
+    rope = rope_cache_gib(vl, "bfloat16")
     bnb = fit("Qwen/Qwen2.5-VL-3B-Instruct", quantization="bitsandbytes", vllm_version="0.9.2").servers[0]
-    assert bnb.weights_gib == pytest.approx((rest * 4.5 / 8 + emb * 2) / 2**30, abs=0.006)
+    assert bnb.weights_gib == pytest.approx((rest * 4.5 / 8 + emb * 2) / 2**30 + rope, abs=0.006)
     fp8 = fit("Qwen/Qwen2.5-VL-3B-Instruct", quantization="fp8", vllm_version="0.9.2").servers[0]
-    assert fp8.weights_gib == pytest.approx((rest + emb * 2) / 2**30, abs=0.006)
+    assert fp8.weights_gib == pytest.approx((rest + emb * 2) / 2**30 + rope, abs=0.006)
+
+
+def test_rope_tables_are_counted_with_the_weights():
+    """vLLM registers each RoPE cos/sin table as a buffer while the model loads ("Model loading took" counts it), in
+    the model's dtype and whole on every rank: rows x rotated width. The rows follow get_rope (0.8.5 and 0.23.0
+    sources): max_position for default / llama3, x factor for linear, original x factor for yarn, original +
+    max_position for longrope; Gemma-3's sliding layers build a second table."""
+    gib = 2**30
+    # Gemma-3-12B: 131,072 x 8 (global, linear x8) + 131,072 (local) rows of 256: case 7005 logged 4.81 GiB of
+    # weights for the QAT AWQ copy, 4.23 counted without the tables, 4.79 with them
+    assert rope_cache_gib(get_model("google/gemma-3-12b-it"), "bfloat16") == pytest.approx(9 * 131072 * 256 * 2 / gib)
+    # Llama-4-Scout's 10,485,760 positions (llama3 rope): 2.5 GiB, case 1009 -4.8 % -> -0.1 %
+    assert rope_cache_gib(get_model("meta-llama/Llama-4-Scout-17B-16E-Instruct"), "bfloat16") == pytest.approx(2.5)
+    assert rope_cache_gib(get_model("meta-llama/Llama-3.1-8B-Instruct"), "bfloat16") == pytest.approx(1 / 32)
+    assert rope_cache_gib(get_model("facebook/opt-125m"), "float16") == 0  # learned positions
+    base = {"model_type": "qwen2", "hidden_size": 4096, "num_hidden_layers": 2, "num_attention_heads": 32,
+            "max_position_embeddings": 131072}
+    yarn = model_from_config({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                       "original_max_position_embeddings": 32768}}, "y")
+    longrope = model_from_config({**base, "model_type": "phi3", "original_max_position_embeddings": 4096,
+                                  "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0],
+                                                   "original_max_position_embeddings": 4096}}, "l")
+    partial = model_from_config({**base, "partial_rotary_factor": 0.5}, "p")
+    assert (yarn.rope_cache_positions, longrope.rope_cache_positions) == (131072, 4096 + 131072)
+    assert partial.rotary_dim == 64 and model_from_config(base, "d").rotary_dim is None
+    # the weights carry it: the same model at TP 2 holds the whole table on each rank
+    one, two = (fit("google/gemma-3-12b-it", tensor_parallel_size=tp).servers[0].weights_gib for tp in (1, 2))
+    assert one - 2 * (two - 0.5625) == pytest.approx(0.5625, abs=0.01)
 
 
 def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
@@ -261,7 +290,7 @@ def test_cpu_offload_keeps_decoder_weights_in_host_memory():
     assert off.ok and off.servers[0].weights_gib == pytest.approx(61.29, rel=0.01)
     assert off.servers[0].weights_gib == pytest.approx(full.servers[0].weights_gib - 70)
     (info,) = [f for f in off.all_findings() if f.code == "cpu-offload"]
-    assert "70.00 of 131.41 GiB" in info.message and not info.fix
+    assert "70.00 of 131.42 GiB" in info.message and not info.fix  # 131.41 of parameters + the RoPE table
     # more than the layers hold: the embeddings and lm_head (2 x 128,256 x 8,192 x 2 B) stay on the GPU
     most = run(500)
     assert most.servers[0].weights_gib == pytest.approx(2 * 128256 * 8192 * 2 / 2**30, rel=0.01)
@@ -692,7 +721,7 @@ def test_index_total_size_is_used_without_shards(tmp_path):
     spec = get_model(str(tmp_path))
     assert spec.checkpoint is not None and spec.checkpoint.total_bytes == 5_700_000_000
     s = check_server_on_gpu(ServerInput(name="s", model=spec, max_model_len=4096, dtype="float16"), L4).servers[0]
-    assert s.weights_gib == pytest.approx(5.7e9 / 1024 ** 3)
+    assert s.weights_gib == pytest.approx(5.7e9 / 1024 ** 3 + rope_cache_gib(spec, "float16"))  # + the RoPE table
 
 
 def test_online_reads_safetensors_headers_from_the_hub(tmp_path):

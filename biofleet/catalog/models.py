@@ -175,6 +175,11 @@ class ModelSpec(BaseModel):
     linear_ssm_dtype: str | None = None  # Qwen3.5's text config ``mamba_ssm_dtype``: its recurrent state's dtype
     base_model: str | None = None  # the unquantised model this checkpoint derives from
     matched_by_name: str | None = None  # another org's copy, resolved to this catalogue id by its repo name
+    # RoPE: the positions of the cos/sin tables vLLM builds as the model loads, one per distinct rope setting
+    # (rope_cache_positions); None: one table of max_position_embeddings, 0: no rotary embedding. rotary_dim: the
+    # rotated width (None: head_dim; 64 for MLA). See fitcheck.rope_cache_gib.
+    rope_cache_positions: int | None = Field(default=None, ge=0)
+    rotary_dim: int | None = Field(default=None, gt=0)
     source: str = ""
 
     @model_validator(mode="after")
@@ -247,8 +252,9 @@ _PHI3 = {"architecture": "Phi3ForCausalLM", "model_type": "phi3"}
 _CFG = "config.json on the Hugging Face hub"
 _QWEN3 = {"architecture": "Qwen3ForCausalLM", "model_type": "qwen3", "head_dim": 128}
 _QWEN3_MOE = {"architecture": "Qwen3MoeForCausalLM", "model_type": "qwen3_moe", "head_dim": 128, "experts_per_token": 8}
+# rope: the global layers' linear x8 table (131,072 x 8 rows) and the sliding layers' own (rope_local_base_freq)
 _GEMMA3 = {"architecture": "Gemma3ForConditionalGeneration", "model_type": "gemma3", "tie_word_embeddings": True,
-               "sliding_window": 1024}
+               "sliding_window": 1024, "rope_cache_positions": 9 * 131072}
 # Vision towers (vision_config of each family; parameter counts of the encoder + projector):
 # CLIP ViT-L/14-336 (LLaVA-1.5/1.6, Phi-3-vision): 24 layers x 1024, MLP 4096, 577 positions per view.
 # SigLIP-So400m (Gemma-3 896 px, 4096 patches -> 256 tokens; granite-vision 384 px tiles of 729).
@@ -387,6 +393,7 @@ def _build_v2() -> list[ModelSpec]:
            attn_softcapping=True, aliases=("gemma-2-27b",), source=_CFG))
     add(_m("google/gemma-3-1b-it", 1.0, 26, 1152, 4, 1, 6912, 262144, 32768, architecture="Gemma3ForCausalLM",
            model_type="gemma3_text", head_dim=256, tie_word_embeddings=True, sliding_window=512, sliding_layers=22,
+           rope_cache_positions=2 * 32768,
            aliases=("gemma-3-1b",), source=_CFG + " (text only)"))
     add(_m("google/gemma-3-4b-it", 4.30, 34, 2560, 8, 4, 10240, 262208, 131072, head_dim=256, sliding_layers=29,
            vision=_GEMMA3_VISION, **_GEMMA3, aliases=("gemma-3-4b",), source=_CFG + " (SigLIP tower included)"))
@@ -1067,6 +1074,52 @@ def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
     return scaled if scaled != positions else None
 
 
+# Decoders without rotary embeddings (learned absolute positions, or ALiBi): no cos/sin table.
+_NO_ROPE_TYPES = _LEARNED_POSITION_TYPES | {"bloom", "mpt"}
+
+
+def _rope_table_positions(rope: Any, positions: int) -> int:
+    """Rows of the cos/sin table vLLM's get_rope builds for one rope setting (``rotary_embedding/`` in the PyPI
+    source archives): max_position for the default, llama3, ntk and mrope tables; max_position x factor for linear
+    and dynamic scaling; original_max_position x factor for yarn and deepseek_yarn; original + max_position for
+    longrope (its short and long tables)."""
+    if not isinstance(rope, Mapping):
+        return positions
+    kind = str(rope.get("rope_type") or rope.get("type") or "default")
+    factor = rope.get("factor")
+    factor = factor if isinstance(factor, (int, float)) and not isinstance(factor, bool) and \
+        1 <= factor <= MAX_ROPE_FACTOR else 1.0
+    original = rope.get("original_max_position_embeddings")
+    original = original if isinstance(original, int) and not isinstance(original, bool) and original > 0 else None
+    if kind in ("linear", "dynamic"):
+        return int(positions * factor)
+    if kind in ("yarn", "deepseek_yarn"):
+        return int((original or positions) * factor)
+    if kind in ("longrope", "su"):
+        return (original or positions) + positions
+    return positions
+
+
+def _rope_cache(cfg: Mapping[str, Any], mtype: str, positions: int, head_dim: int | None,
+                heads: int, h: int) -> tuple[int, int | None]:
+    """(rope_cache_positions, rotary_dim) of a config: Gemma-3's sliding layers add a second, unscaled table
+    (``rope_local_base_freq``); a per-layer-type ``rope_parameters`` (Gemma-4) one table per type."""
+    if mtype in _NO_ROPE_TYPES:
+        return 0, None
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    if isinstance(rope, Mapping) and rope and all(isinstance(v, Mapping) for v in rope.values()):
+        rows = sum(_rope_table_positions(v, positions) for v in rope.values())
+    else:
+        rows = _rope_table_positions(rope, positions)
+        if cfg.get("rope_local_base_freq"):
+            rows += positions
+    width = int(head_dim or h // heads)
+    factor = cfg.get("partial_rotary_factor") or cfg.get("rotary_pct")
+    rotary = int(cfg["qk_rope_head_dim"]) if cfg.get("qk_rope_head_dim") else \
+        int(width * factor) if isinstance(factor, (int, float)) and 0 < factor < 1 else None
+    return rows, rotary
+
+
 def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
     """A :class:`ModelSpec` from a Hugging Face ``config.json`` mapping (pure; no I/O)."""
     cfg: dict[str, Any] = dict(config)
@@ -1126,6 +1179,7 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         head_dim = int(cfg.get("qk_nope_head_dim", 128)) + int(cfg.get("qk_rope_head_dim", 64))
     dtype = _find_dtype(config, text if isinstance(text, Mapping) else None)
     positions = int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 2048)
+    rope_rows, rotary = _rope_cache(cfg, mtype, positions, int(head_dim) if head_dim else None, heads, h)
     other = next((k.split("_")[0] for k in _NON_VISION_TOWERS if isinstance(config.get(k), Mapping)), None)
     return ModelSpec(
         id=id,
@@ -1163,6 +1217,8 @@ def model_from_config(config: Mapping[str, Any], id: str) -> ModelSpec:
         mamba=_mamba_of(cfg, mix),
         linear_state=linear_state,
         linear_ssm_dtype=str(cfg["mamba_ssm_dtype"]) if cfg.get("mamba_ssm_dtype") and linear_state else None,
+        rope_cache_positions=rope_rows,
+        rotary_dim=rotary,
         source=f"config.json of {id}" + ("" if params else " (parameters estimated from shapes)"),
     )
 
