@@ -970,7 +970,10 @@ def _encoder_bytes(server: ServerInput, res: Resolved) -> float:
     v, p = server.model.vision, _encoder_profile(server, res)
     if v is None or not p.items:
         return 0.0
-    per_patch = VISION_BYTES_PER_INTER * v.intermediate_size + VISION_BYTES_PER_HIDDEN * v.hidden_size
+    # the tower's MLP is column- / row-parallel in vLLM (siglip.py, qwen2_5_vl.py: each rank holds inter / TP of
+    # it); mllama's V0 encoder is left whole (case 17008 peaked above the whole-tower count at TP 4)
+    inter = v.intermediate_size / (server.tensor_parallel_size if v.family != "mllama" else 1)
+    per_patch = VISION_BYTES_PER_INTER * inter + VISION_BYTES_PER_HIDDEN * v.hidden_size
     return p.items * p.patches * per_patch * _DTYPE_BYTES[res.dtype] / 2
 
 

@@ -109,6 +109,26 @@ def test_rope_tables_are_counted_with_the_weights():
     assert one - 2 * (two - 0.5625) == pytest.approx(0.5625, abs=0.01)
 
 
+def test_the_vision_towers_mlp_is_split_over_tensor_parallel_ranks():
+    """vLLM builds SigLIP's and Qwen-VL's vision MLP from column- / row-parallel layers, so each rank holds inter / TP
+    of the encoder's widest activation. Case 16117 (Gemma-3-27B at TP 4, V1 0.8.0, 64 dummy images of 4,096
+    patches): 3.73 GiB of activations logged; 7.58 counted with the whole MLP on every rank, 4.43 with it split
+    (KV -28.5 % -> -11 %). mllama's V0 encoder stays whole (17008 peaked above even that)."""
+    from biofleet.fitcheck import VISION_BYTES_PER_INTER
+
+    kw = {"vllm_version": "0.8.0", "max_model_len": 65536, "max_num_batched_tokens": 16384, "max_num_seqs": 64}
+    a100 = get_gpu("A100-40GB")
+    tp1, tp4 = (check_server_on_gpu(srv("google/gemma-3-27b-it", tensor_parallel_size=tp, **kw), a100, tp)
+                .servers[0] for tp in (1, 4))
+    assert tp4.inputs["vision_profile"]["items"] == 64 and tp4.inputs["vision_profile"]["patches_per_item"] == 4096
+    saved = 64 * 4096 * VISION_BYTES_PER_INTER * 4304 * (1 - 1 / 4) * 2 / 2 / 2**30
+    assert tp1.activation_gib - tp4.activation_gib == pytest.approx(saved, abs=0.02)
+    mllama = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+    m1, m2 = (check_server_on_gpu(srv(mllama, tensor_parallel_size=tp, vllm_version="0.6.3", max_model_len=8192),
+                                  get_gpu("H100"), tp).servers[0] for tp in (1, 2))
+    assert m1.activation_gib == pytest.approx(m2.activation_gib, abs=0.3)
+
+
 def test_text_only_mode_leaves_the_vision_tower_out_from_0_15():
     from biofleet.fitcheck import language_model_only_override as lmo
 
