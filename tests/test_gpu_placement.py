@@ -172,6 +172,24 @@ def test_tensor_parallel_server_gets_its_two_devices(slurm_cluster, tmp_path):
             down(fleet)
 
 
+def test_a_completing_job_is_not_taken_for_how_it_ended(tmp_path):
+    """squeue shows a job COMPLETING (CG) while SLURM tears it down, before it says whether it failed: the short
+    allocation's refusal was once reported STOPPED by an `up` that stopped waiting in that moment (a CI run under
+    load). The row is STOPPED with the log and `completing`, which `up` does not count as settled."""
+    from biofleet.backends.base import JobInfo, JobState
+    from biofleet.fleet.status import _fill_row
+
+    ref = tmp_path / "p.yaml"
+    ref.write_text(TP_PROFILE.format(workdir=tmp_path / "work", bindir=Path(sys.executable).parent, extra=""))
+    with open_fleet(load_profile(ref), backend="local") as fleet:
+        row = collect_status(fleet).servers[0]
+        for state, shown, completing in ((JobState.COMPLETING, ServerState.STOPPED, True),
+                                         (JobState.FAILED, ServerState.FAILED, False),
+                                         (JobState.COMPLETED, ServerState.STOPPED, False)):
+            _fill_row(fleet, row, JobInfo("7", state), None, 0.0, None, False)
+            assert (row.state, row.completing) == (shown, completing), state
+
+
 def test_short_allocation_fails_at_once_with_the_reason(slurm_cluster, tmp_path):
     """A site default or an sbatch option that grants fewer GPUs than the plan: the job starts nothing,
     fails at once, and status says why (in the reason and in the log tail)."""

@@ -71,6 +71,8 @@ class ServerStatus:
     last_exit: int | None = None  # exit code of its last exit
     devices: str | None = None  # CUDA_VISIBLE_DEVICES it was given
     task_running: bool = False  # its job task runs (a FAILED server is then restarted in place)
+    # its job is COMPLETING: ended, but the scheduler has not said how yet (shown STOPPED; up waits for the outcome)
+    completing: bool = False
     log_tail: list[str] = field(default_factory=list)
     elastic: bool = False  # a replica of an elastic server, started by the proxy's controller
 
@@ -282,10 +284,13 @@ def _fill_row(fleet: Fleet, st: ServerStatus, info: JobInfo | None, endpoint: En
     elif info.state in (JobState.PENDING, JobState.REQUEUED, JobState.SUSPENDED):
         st.state, st.reason = ServerState.PENDING, info.reason
     elif info.state.is_done:
+        # COMPLETING: SLURM is tearing the job down and squeue does not say yet whether it failed (a job that
+        # refused a short GPU grant is COMPLETING for a moment, then FAILED): STOPPED, with the log, until it says
+        st.completing = info.state is JobState.COMPLETING
         ok_end = info.state in (JobState.COMPLETED, JobState.CANCELLED, JobState.COMPLETING)
         st.state = ServerState.STOPPED if ok_end else ServerState.FAILED
         st.reason = info.state.value + (f" exit {info.exit_code}" if info.exit_code else "")
-        if not ok_end:
+        if not ok_end or st.completing:
             st.log_tail = _tail(fleet.runner, fleet.paths.server_log(st.name, job_id))
     else:
         st.state = ServerState.RUNNING if endpoint is None else ServerState.STARTING

@@ -262,7 +262,7 @@ def _wait(fleet: Fleet, state: FleetState, *, timeout: float, poll: float, on_ev
         if unrouted and unrouted != last.get("#proxy"):
             last["#proxy"] = unrouted
             on_event(f"proxy: not routing to {unrouted} yet")
-        if (all(s.state in SETTLED for s in status.fixed) and not draining and not unrouted
+        if (all(s.state in SETTLED and not s.completing for s in status.fixed) and not draining and not unrouted
                 and status.proxy.state in _PROXY_DONE and _elastic_settled(status)):
             return status, False
         if time.monotonic() >= deadline:
