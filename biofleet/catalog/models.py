@@ -1051,6 +1051,19 @@ _NON_VISION_TOWERS = ("audio_config", "speech_config", "whisper_config")
 MAX_ROPE_FACTOR = 1024.0  # published stretches are 2-64 (DeepSeek's yarn 40, gpt-oss 32); beyond this is not one
 
 
+def _rope_terms(rope: Mapping[str, Any]) -> tuple[str, float | None, int | None]:
+    """(kind, factor, original_max_position_embeddings) of one rope setting as a config writes it: factor None
+    unless a number in (0, MAX_ROPE_FACTOR] (NaN and infinity, which Python's json reads, are none), original None
+    unless a positive integer."""
+    kind = str(rope.get("rope_type") or rope.get("type") or "")
+    factor = rope.get("factor")
+    stretch = float(factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) and \
+        0 < factor <= MAX_ROPE_FACTOR else None
+    original = rope.get("original_max_position_embeddings")
+    start = original if isinstance(original, int) and not isinstance(original, bool) and original > 0 else None
+    return kind, stretch, start
+
+
 def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
     """The default max_model_len vLLM derives from a config whose ``rope_scaling`` stretches the
     positions, or None when it does not: every rope type but su/longrope/llama3 multiplies by its
@@ -1058,16 +1071,12 @@ def rope_scaled_length(positions: int, rope_scaling: Any) -> int | None:
     (vLLM's ``_get_and_verify_max_len``; docs/fit-check.md, "Default max_model_len")."""
     if not isinstance(rope_scaling, Mapping):
         return None
-    kind = str(rope_scaling.get("rope_type") or rope_scaling.get("type") or "")
-    if kind in ("su", "longrope", "llama3"):
-        return None
-    factor = rope_scaling.get("factor")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1 < factor <= MAX_ROPE_FACTOR:
-        return None  # also NaN and infinity (Python's json reads them): not a stretch to act on
+    kind, factor, original = _rope_terms(rope_scaling)
+    if kind in ("su", "longrope", "llama3") or factor is None or factor <= 1:
+        return None  # not a stretch to act on
     base = positions
     if kind == "yarn":  # vLLM requires original_max_position_embeddings for yarn
-        original = rope_scaling.get("original_max_position_embeddings")
-        if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+        if original is None:
             return None
         base = original
     scaled = int(base * factor)
@@ -1085,12 +1094,8 @@ def _rope_table_positions(rope: Any, positions: int) -> int:
     longrope (its short and long tables)."""
     if not isinstance(rope, Mapping):
         return positions
-    kind = str(rope.get("rope_type") or rope.get("type") or "default")
-    factor = rope.get("factor")
-    factor = factor if isinstance(factor, (int, float)) and not isinstance(factor, bool) and \
-        1 <= factor <= MAX_ROPE_FACTOR else 1.0
-    original = rope.get("original_max_position_embeddings")
-    original = original if isinstance(original, int) and not isinstance(original, bool) and original > 0 else None
+    kind, stretch, original = _rope_terms(rope)
+    factor = stretch if stretch is not None and stretch >= 1 else 1.0
     if kind in ("linear", "dynamic"):
         return int(positions * factor)
     if kind in ("yarn", "deepseek_yarn"):
