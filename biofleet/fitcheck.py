@@ -113,6 +113,7 @@ MOE_WORKSPACE_BYTES = 8  # per token x routed MLP width / TP: fused-MoE buffers 
 AWQ_SPLIT_K_OUTPUTS = 9  # vLLM < 0.3 awq_gemm: 8 split-k partial outputs + their sum (case 2011)
 MAX_CPU_OFFLOAD_GB = 65536.0  # --cpu-offload-gb beyond this is no host's memory
 MAX_LORAS, MAX_LORA_RANK = 256, 1024  # --max-loras / --max-lora-rank beyond these are no real setting
+ROPE_TABLE_NOTED_GIB = 1.0  # RoPE tables this large get an info finding (Llama-4's 2.5 GiB; most models: MiB)
 # Vision encoder per patch: MLP output and activation (4 B x width), attention and residuals (12 B x hidden).
 VISION_BYTES_PER_INTER, VISION_BYTES_PER_HIDDEN = 4, 12
 # Qwen3-VL's dummy video in vLLM 0.11-0.12 (qwen3_vl.py): 24,576 frames of 32 x 32 pixels, 2 x 2 patches of 16 px
@@ -1384,6 +1385,14 @@ def _fit_server(server: ServerInput, gpu: GpuSpec, node: str, gpus: tuple[int, .
                          max_num_batched_tokens=0, findings=tuple(findings))
     findings += _capability(server, gpu, res)
     findings += _model_coverage(server, res)
+    rope = rope_cache_gib(m, dtype)
+    if rope >= ROPE_TABLE_NOTED_GIB:
+        rows = m.max_position_embeddings if m.rope_cache_positions is None else m.rope_cache_positions
+        findings.append(_f("info", "rope-table",
+                           f"{rope:.2f} GiB of the weights are the RoPE cos/sin tables vLLM builds as {m.id} loads "
+                           f"({rows:,} positions from max_position_embeddings and rope scaling in config.json), on "
+                           "every GPU whatever the tensor parallelism; a max_position_embeddings beyond what the "
+                           "model was trained for costs this memory for nothing"))
     if res.rules.v1_fallback:
         new_gpu = gpu.compute_capability >= (8, 0)
         if _env_flag(server, "VLLM_USE_V1") == "0":

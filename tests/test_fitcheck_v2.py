@@ -93,6 +93,11 @@ def test_rope_tables_are_counted_with_the_weights():
     # Llama-4-Scout's 10,485,760 positions (llama3 rope): 2.5 GiB, case 1009 -4.8 % -> -0.1 %
     assert rope_cache_gib(get_model("meta-llama/Llama-4-Scout-17B-16E-Instruct"), "bfloat16") == pytest.approx(2.5)
     assert rope_cache_gib(get_model("meta-llama/Llama-3.1-8B-Instruct"), "bfloat16") == pytest.approx(1 / 32)
+    # a table of a GiB or more is named (info), so a config with an inflated max_position_embeddings is explained
+    (note,) = {f.message for f in fit("meta-llama/Llama-4-Scout-17B-16E-Instruct", tensor_parallel_size=4,
+                                          max_model_len=8192).all_findings() if f.code == "rope-table"}
+    assert "2.50 GiB" in note and "10,485,760 positions" in note
+    assert "rope-table" not in fit("meta-llama/Llama-3.1-8B-Instruct", max_model_len=8192).codes()
     assert rope_cache_gib(get_model("facebook/opt-125m"), "float16") == 0  # learned positions
     base = {"model_type": "qwen2", "hidden_size": 4096, "num_hidden_layers": 2, "num_attention_heads": 32,
             "max_position_embeddings": 131072}
